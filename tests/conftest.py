@@ -1,0 +1,21 @@
+"""Test configuration shared by every rl_jax test.
+
+Eight fake CPU devices (for mesh tests) and rank promotion disabled, so an accidental
+[B] vs [B, T] broadcast fails loudly.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+try:  # deterministic hypothesis runs
+  from hypothesis import settings
+
+  settings.register_profile("rl_jax", derandomize=True, database=None, deadline=None, max_examples=25)
+  settings.load_profile("rl_jax")
+except ImportError:  # pragma: no cover
+  pass
