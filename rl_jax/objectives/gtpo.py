@@ -29,7 +29,8 @@ def _leading_run(x: Array) -> Array:
 def _right_align(x: Array, lengths: Array) -> Array:
   """x[..., L−1−p] at position p (p < L), i.e. positions counted from each row's last valid token."""
   t = x.shape[-1]
-  index = jnp.clip(lengths[..., None] - 1 - jnp.arange(t), 0, t - 1)
+  steps = jnp.arange(t).reshape((1,) * lengths.ndim + (t,))
+  index = jnp.clip(lengths[..., None] - 1 - steps, 0, t - 1)
   return jnp.take_along_axis(x, index, axis=-1)
 
 
@@ -59,7 +60,7 @@ def gtpo_conflict_weights(token_ids: Array, mask: Array, advantages: Array, *, g
   takes_part = (pos | neg)[..., None]                                                    # [P, G, 1]
   forward = _leading_run(_raw_conflicts(tokens, valid, pos, neg)) & takes_part
   lengths = jnp.sum(valid, axis=-1)
-  r_valid = jnp.arange(t) < lengths[..., None]
+  r_valid = jnp.arange(t)[None, None, :] < lengths[..., None]
   backward_aligned = _leading_run(_raw_conflicts(_right_align(tokens, lengths), r_valid, pos, neg))
   backward = _right_align(backward_aligned, lengths) & valid & takes_part
   region_weight = jnp.where(pos, conflict_weight, jnp.where(neg, 0.0, 1.0))[..., None]     # [P, G, 1]

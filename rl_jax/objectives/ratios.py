@@ -70,7 +70,7 @@ def sentence_segment_ids(token_ids: Array, mask: Array, delimiter_ids) -> Array:
   token ids, say) closes the segment it ends. Ids stay in [0, T).
   """
   delimiters = jnp.asarray(delimiter_ids, dtype=token_ids.dtype).reshape(-1)
-  is_delim = jnp.any(token_ids[..., None] == delimiters, axis=-1) & (mask > 0)
+  is_delim = jnp.any(token_ids[..., None] == delimiters.reshape((1,) * token_ids.ndim + (-1,)), axis=-1) & (mask > 0)
   ends = jnp.cumsum(is_delim.astype(jnp.int32), axis=-1)
   return ends - is_delim.astype(jnp.int32)
 
