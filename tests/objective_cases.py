@@ -39,7 +39,7 @@ def method_kwargs(name, extras, b=B):
     kw.update(token_ids=extras["token_ids"], group_size=GROUP, ent_threshold=5.0)
   if name == "clip_cov":
     kw.update(rng=jax.random.PRNGKey(0), clip_cov_ratio=1.0, clip_cov_lb=-1e9, clip_cov_ub=1e9)
-  if name in ("tis", "mis"):
+  if name in ("tis", "mis", "minirl"):
     kw["rollout_logp"] = extras["rollout_logp"]
   if name == "dr_grpo":
     kw["max_len"] = 16

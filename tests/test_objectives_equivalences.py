@@ -63,7 +63,7 @@ ON_POLICY = {
     "gspo": {}, "gspo_token": {}, "sapo": {}, "cispo": {}, "dhpo": {"mixing": "average"}, "sspo": {},
     "rank_grpo": {},
     "gmpo": {}, "hapo": {"adv_beta": 0.0}, "clip_cov": {"clip_cov_lb": 1e8}, "kl_cov": {"kl_cov_coef": 0.0},
-    "tis": {}, "mis": {},
+    "tis": {}, "mis": {}, "topr": {}, "minirl": {},
 }
 AGG_OF = {"gmpo": "seq-mean-token-mean"}
 
@@ -75,7 +75,7 @@ def test_on_policy_gradient_is_plain_policy_gradient(name, jit):
   kw = method_kwargs(name, extras)
   kw.update(ON_POLICY[name])
   kw["beta"] = 0.0
-  if name in ("tis", "mis"):
+  if name in ("tis", "mis", "minirl"):
     kw["rollout_logp"] = logp  # no train/inference mismatch: weights are 1
   fn = objectives.get(name)
   lp, a, m = as_f32(logp, adv, mask)

@@ -169,3 +169,35 @@ def test_sentence_segments_attach_delimiters_to_the_preceding_segment():
   tokens = jnp.array([[5, 6, 0, 7, 0, 8]], jnp.int32)  # 0 is the delimiter
   seg = objectives.sentence_segment_ids(tokens, jnp.ones((1, 6)), delimiter_ids=[0])
   np.testing.assert_array_equal(np.asarray(seg), [[0, 0, 0, 1, 1, 2]])
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_topr_truncates_negative_samples_only(jit):
+  # Row 0: negative reward, Σ Δ = −0.2 → w = e^−0.2 = 0.8187; row 1: positive reward → w = 1.
+  old = jnp.full((2, 2), -1.0)
+  logp = old + jnp.array([[-0.1, -0.1], [0.3, 0.3]])
+  mask = jnp.ones((2, 2))
+  rewards = jnp.array([-1.0, 2.0])
+  fn = maybe_jit(jax.grad(lambda lp: objectives.topr(lp, old, rewards, mask, agg="seq-mean-token-sum")[0]), jit)
+  grad = fn(logp)
+  np.testing.assert_allclose(np.asarray(grad), [[0.8187 / 2, 0.8187 / 2], [-1.0, -1.0]], atol=1e-4)
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_minirl_masks_tokens_outside_the_trust_region(jit):
+  # Â = +1: r = 1.5 (> 1.2) is dropped, r = 1.1 kept; Â = −1: r = 0.5 (< 0.8) dropped, r = 0.9 kept.
+  r = jnp.array([[1.5, 1.1], [0.5, 0.9]])
+  old = jnp.zeros((2, 2))
+  roll = jnp.log(jnp.array([[1.0, 0.5], [1.0, 1.0]]))  # π_old/μ = 2 on token (0, 1)
+  fn = maybe_jit(jax.grad(lambda lp: objectives.minirl(lp, old, jnp.array([1.0, -1.0]), jnp.ones((2, 2)),
+                                                       rollout_logp=roll)[0]), jit)
+  grad = fn(jnp.log(r))
+  # d/dlogp of −w·r·Â = −w·r·Â, summed per sequence, averaged over 2 sequences.
+  np.testing.assert_allclose(np.asarray(grad), [[0.0, -2 * 1.1 / 2], [0.0, 0.9 / 2]], rtol=1e-5)
+
+
+def test_k3_plus_has_k3_value_and_k2_gradient():
+  logp, ref = jnp.array([-0.3, -2.0]), jnp.array([-1.0, -1.5])
+  np.testing.assert_allclose(np.asarray(objectives.kl_k3_plus(logp, ref)), np.asarray(objectives.kl_k3(logp, ref)))
+  grad = jax.grad(lambda lp: objectives.kl_k3_plus(lp, ref).sum())(logp)
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(logp - ref), rtol=1e-6)

@@ -13,7 +13,7 @@ objective is a few lines: see `policy_loss`.
 from rl_jax.objectives.aggregation import (AGG_MODES, aggregate, masked_max, masked_mean, seq_mean_token_mean,
                                            seq_mean_token_sum, seq_mean_token_sum_norm, token_mean)
 from rl_jax.objectives.core import get, names, policy_loss, register, start
-from rl_jax.objectives.divergences import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3, kl_penalty
+from rl_jax.objectives.divergences import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3, kl_k3_plus, kl_penalty
 from rl_jax.objectives.inputs import PolicyInputs, prepare
 from rl_jax.objectives.ratios import (prefix_min_log_weight, segment_log_ratio, segment_mean, sentence_segment_ids,
                                       sequence_log_ratio, sequence_token_log_ratio, token_log_ratio)
@@ -25,3 +25,4 @@ from rl_jax.objectives.gated import cispo, clip_cov, kl_cov, sapo, token_covaria
 from rl_jax.objectives.hapo import hapo, normalized_entropy
 from rl_jax.objectives.gtpo import entropy_filter, gtpo, gtpo_conflict_weights
 from rl_jax.objectives.corrections import mis, mis_weights, tis, tis_weights, with_correction
+from rl_jax.objectives.offpolicy import minirl, topr

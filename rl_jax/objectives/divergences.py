@@ -9,7 +9,7 @@ from rl_jax.objectives.inputs import check_choice
 
 Array = jax.Array
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_ESTIMATORS = ("k1", "k2", "k3", "k3+")
 
 
 def kl_k1(logp: Array, ref_logp: Array) -> Array:
@@ -32,7 +32,13 @@ def kl_k3(logp: Array, ref_logp: Array) -> Array:
   return jnp.clip(jnp.exp(x) - x - 1.0, -10.0, 10.0)
 
 
+def kl_k3_plus(logp: Array, ref_logp: Array) -> Array:
+  """k3 value with k2's gradient (straight-through), verl's "k3+": value = k3, ∇ = ∇½(log π_θ − log π_ref)²."""
+  k2 = kl_k2(logp, ref_logp)
+  return jax.lax.stop_gradient(kl_k3(logp, ref_logp)) + k2 - jax.lax.stop_gradient(k2)
+
+
 def kl_penalty(logp: Array, ref_logp: Array, estimator: str = "k3") -> Array:
-  """Per-token KL estimate [B, T] by name ("k1", "k2" or "k3")."""
+  """Per-token KL estimate [B, T] by name ("k1", "k2", "k3" or "k3+")."""
   check_choice("kl_estimator", estimator, KL_ESTIMATORS)
-  return {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}[estimator](logp, ref_logp)
+  return {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3, "k3+": kl_k3_plus}[estimator](logp, ref_logp)
