@@ -1,6 +1,6 @@
 """rl_jax: group-relative policy optimization for language models, in JAX."""
 
-from rl_jax import objectives
+from rl_jax import advantages, models, objectives
 
-__all__ = ["objectives"]
+__all__ = ["advantages", "models", "objectives"]
 __version__ = "0.1.0"

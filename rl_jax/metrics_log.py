@@ -1,0 +1,81 @@
+"""Run logging: JSON lines always, TensorBoard when installed, and a PNG plot of the curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Optional, Sequence
+
+
+class MetricsLogger:
+  """Appends one JSON object per step to <run_dir>/metrics.jsonl (and TensorBoard if available)."""
+
+  def __init__(self, run_dir, *, tensorboard: bool = True):
+    self.run_dir = pathlib.Path(run_dir)
+    self.run_dir.mkdir(parents=True, exist_ok=True)
+    self.path = self.run_dir / "metrics.jsonl"
+    self._tb = None
+    if tensorboard:
+      try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (optional)
+      except Exception:
+        try:
+          import tensorboardX  # noqa: F401
+        except Exception:
+          pass
+        else:
+          self._tb = tensorboardX.SummaryWriter(str(self.run_dir / "tb"))
+      else:
+        self._tb = SummaryWriter(str(self.run_dir / "tb"))
+
+  def log(self, step: int, metrics: dict, *, phase: str = "rl") -> None:
+    row = {"step": int(step), "phase": phase}
+    row.update({k: (float(v) if isinstance(v, (int, float)) or hasattr(v, "__float__") else v)
+                for k, v in metrics.items()})
+    with self.path.open("a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self._tb is not None:
+      for k, v in row.items():
+        if isinstance(v, float) and math.isfinite(v):
+          self._tb.add_scalar(f"{phase}/{k}", v, step)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(path) -> list[dict]:
+  path = pathlib.Path(path)
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(rows: Sequence[dict], out_path, *, keys: Sequence[str] = ("reward", "accuracy"),
+                title: Optional[str] = None) -> pathlib.Path:
+  """Plots each key against step (one panel per key) and writes a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  keys = [k for k in keys if any(k in r for r in rows)]
+  fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(5 * max(len(keys), 1), 3.5), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    pts = [(r["step"], r[key]) for r in rows if key in r]
+    for phase in sorted({r.get("phase", "") for r in rows if key in r}):
+      ph = [(r["step"], r[key]) for r in rows if key in r and r.get("phase", "") == phase]
+      ax.plot([p[0] for p in ph], [p[1] for p in ph], marker="o", ms=3, label=phase)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    if pts:
+      ax.legend()
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  out_path = pathlib.Path(out_path)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)
+  return out_path

@@ -1,0 +1,43 @@
+"""Model configuration for Llama-family decoders (Llama 3, SmolLM2, Qwen2/2.5, Qwen3)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  head_dim: int
+  ffn_dim: int
+  rope_theta: float = 10000.0
+  rms_eps: float = 1e-5
+  tie_embeddings: bool = True
+  qkv_bias: bool = False        # Qwen2 / Qwen2.5
+  qk_norm: bool = False         # Qwen3
+  rope_scaling: Optional[tuple] = None  # sorted (key, value) pairs of HF rope scaling, e.g. rope_type llama3
+  max_seq_len: int = 2048
+
+  def __post_init__(self):
+    if isinstance(self.rope_scaling, dict):  # stored as a tuple so the config stays hashable (jit static arg)
+      object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "max_seq_len"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}.")
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads}) for GQA.")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}.")
+
+
+def tiny_config(vocab_size: int, **overrides) -> ModelConfig:
+  """A small decoder for synthetic tasks and tests (2 layers, d = 64)."""
+  base = dict(vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=128,
+              rope_theta=10000.0, max_seq_len=64)
+  base.update(overrides)
+  return ModelConfig(**base)

@@ -1,0 +1,199 @@
+"""Llama-family decoder as pure functions over a parameter pytree (plain nested dicts of arrays).
+
+Covers Llama 3 / SmolLM2 (RoPE, GQA, RMSNorm, SwiGLU, tied or untied embeddings), Qwen2/2.5
+(QKV bias) and Qwen3 (per-head RMS QK-norm). Layers are stacked along a leading axis and run with
+`jax.lax.scan`, so compile time does not grow with depth. Parameters are float32 unless cast.
+
+Parameter tree:
+  embed [V, D]; final_norm [D]; lm_head [D, V] (absent when tied)
+  layers: attn_norm [L, D], wq [L, D, H·hd], wk [L, D, K·hd], wv [L, D, K·hd], wo [L, H·hd, D],
+          (bq [L, H·hd], bk, bv with qkv_bias), (q_norm [L, hd], k_norm [L, hd] with qk_norm),
+          mlp_norm [L, D], w_gate [L, D, F], w_up [L, D, F], w_down [L, F, D]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from rl_jax.models.config import ModelConfig
+
+Array = jax.Array
+
+
+def init_params(cfg: ModelConfig, rng: Array) -> dict:
+  """Random parameters (normal, std 0.02; output projections scaled by 1/sqrt(2L))."""
+  keys = iter(jax.random.split(rng, 16))
+  L, D, H, K, hd, F, V = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size
+  normal = lambda shape, std=0.02: std * jax.random.normal(next(keys), shape, jnp.float32)
+  out_std = 0.02 / math.sqrt(2 * L)
+  layers = {
+      "attn_norm": jnp.ones((L, D)), "wq": normal((L, D, H * hd)), "wk": normal((L, D, K * hd)),
+      "wv": normal((L, D, K * hd)), "wo": normal((L, H * hd, D), out_std), "mlp_norm": jnp.ones((L, D)),
+      "w_gate": normal((L, D, F)), "w_up": normal((L, D, F)), "w_down": normal((L, F, D), out_std),
+  }
+  if cfg.qkv_bias:
+    layers.update(bq=jnp.zeros((L, H * hd)), bk=jnp.zeros((L, K * hd)), bv=jnp.zeros((L, K * hd)))
+  if cfg.qk_norm:
+    layers.update(q_norm=jnp.ones((L, hd)), k_norm=jnp.ones((L, hd)))
+  params = {"embed": normal((V, D)), "final_norm": jnp.ones((D,)), "layers": layers}
+  if not cfg.tie_embeddings:
+    params["lm_head"] = normal((D, V))
+  return params
+
+
+def rms_norm(x: Array, weight: Array, eps: float) -> Array:
+  """x / sqrt(mean(x²) + eps) · weight, computed in float32."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  return (y * weight.reshape((1,) * (y.ndim - 1) + (-1,))).astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> Array:
+  """Inverse frequencies [hd/2], with Llama-3 style scaling when cfg.rope_scaling asks for it."""
+  hd = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+  scaling = dict(cfg.rope_scaling or ())
+  kind = scaling.get("rope_type", scaling.get("type"))
+  if kind == "llama3":
+    factor = scaling["factor"]
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    old_len = scaling.get("original_max_position_embeddings", 8192)
+    wavelen = 2 * jnp.pi / inv
+    smooth = (old_len / wavelen - low) / (high - low)
+    scaled = jnp.where(wavelen > old_len / low, inv / factor, inv)
+    mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+    inv = jnp.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+  elif kind == "linear":
+    inv = inv / scaling["factor"]
+  elif kind not in (None, "default"):
+    raise ValueError(f"Unsupported rope_scaling type {kind!r}; supported: llama3, linear, default.")
+  return inv
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+  """Rotary embedding, half-split layout (HF "rotate_half"): x [B, S, N, hd], positions [B, S]."""
+  angles = positions[..., None].astype(jnp.float32) * inv_freq[None, None, :]          # [B, S, hd/2]
+  cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class KVCache(NamedTuple):
+  """Per-layer keys/values [L, B, S_max, K, hd] and the number of filled positions."""
+  k: Array
+  v: Array
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+  shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _attention(q, k, v, allowed, cfg):
+  """q [B, S, H, hd], k/v [B, S_k, K, hd], allowed [B, S, S_k] bool → [B, S, H·hd]."""
+  b, s, h, hd = q.shape
+  groups = h // cfg.n_kv_heads
+  q = q.reshape(b, s, cfg.n_kv_heads, groups, hd)
+  scores = jnp.einsum("bskgd,btkd->bkgst", q.astype(jnp.float32), k.astype(jnp.float32)) / math.sqrt(hd)
+  scores = jnp.where(allowed[:, None, None, :, :], scores, -1e30)
+  probs = jax.nn.softmax(scores, axis=-1)
+  out = jnp.einsum("bkgst,btkd->bskgd", probs, v.astype(jnp.float32))
+  return out.reshape(b, s, h * hd).astype(q.dtype)
+
+
+def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=None):
+  """One pre-norm decoder block. With a cache, writes this step's k/v at cache_index first."""
+  b, s, _ = x.shape
+  h = rms_norm(x, lp["attn_norm"], cfg.rms_eps)
+  q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+  if cfg.qkv_bias:
+    q, k, v = q + lp["bq"][None, None, :], k + lp["bk"][None, None, :], v + lp["bv"][None, None, :]
+  q = q.reshape(b, s, cfg.n_heads, cfg.head_dim)
+  k = k.reshape(b, s, cfg.n_kv_heads, cfg.head_dim)
+  v = v.reshape(b, s, cfg.n_kv_heads, cfg.head_dim)
+  if cfg.qk_norm:
+    q, k = rms_norm(q, lp["q_norm"], cfg.rms_eps), rms_norm(k, lp["k_norm"], cfg.rms_eps)
+  q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+  new_kv = None
+  if cache_kv is not None:
+    ck, cv = cache_kv
+    ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+    cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+    k, v, new_kv = ck, cv, (ck, cv)
+  x = x + _attention(q, k, v, allowed, cfg) @ lp["wo"]
+  h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
+  x = x + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+  return x, new_kv
+
+
+def causal_mask(attn_mask: Array) -> Array:
+  """[B, S] padding mask → [B, S, S] allowed (causal and both ends valid; a query always sees itself)."""
+  s = attn_mask.shape[1]
+  causal = jnp.tril(jnp.ones((s, s), bool))[None]
+  valid = attn_mask.astype(bool)
+  return (causal & valid[:, None, :] & valid[:, :, None]) | jnp.eye(s, dtype=bool)[None]
+
+
+def default_positions(attn_mask: Array) -> Array:
+  """Positions counting valid tokens only (left padding gets position 0)."""
+  return jnp.maximum(jnp.cumsum(attn_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: Optional[Array] = None,
+                  attn_mask: Optional[Array] = None) -> Array:
+  """Final-norm hidden states [B, S, D] for tokens [B, S] (no cache)."""
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [B, S], got shape {tokens.shape}.")
+  if attn_mask is None:
+    attn_mask = jnp.ones(tokens.shape, jnp.int32)
+  if positions is None:
+    positions = default_positions(attn_mask)
+  allowed = causal_mask(attn_mask)
+  inv_freq = rope_frequencies(cfg)
+  x = params["embed"][tokens]
+
+  def body(x, lp):
+    x, _ = _layer(cfg, inv_freq, x, lp, positions, allowed)
+    return x, None
+
+  x, _ = jax.lax.scan(body, x, params["layers"])
+  return rms_norm(x, params["final_norm"], cfg.rms_eps)
+
+
+def lm_head_weight(params: dict, cfg: ModelConfig) -> Array:
+  """Output projection [D, V] (the transposed embedding when tied)."""
+  return params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+
+
+def forward(params: dict, tokens: Array, cfg: ModelConfig, *, positions: Optional[Array] = None,
+            attn_mask: Optional[Array] = None) -> Array:
+  """Logits [B, S, V] (float32)."""
+  h = hidden_states(params, tokens, cfg, positions=positions, attn_mask=attn_mask)
+  return (h @ lm_head_weight(params, cfg)).astype(jnp.float32)
+
+
+def forward_with_cache(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache, cache_index: Array,
+                       positions: Array, key_valid: Array) -> tuple[Array, KVCache]:
+  """Runs tokens [B, S] at cache slots [cache_index, cache_index + S) and returns (logits [B, S, V], cache).
+
+  key_valid [B, S_max]: which cache slots hold real (non-padding) tokens, including the new ones.
+  """
+  b, s = tokens.shape
+  s_max = cache.k.shape[2]
+  slots = cache_index + jnp.arange(s)
+  allowed = (jnp.arange(s_max)[None, None, :] <= slots[None, :, None]) & key_valid[:, None, :].astype(bool)
+  inv_freq = rope_frequencies(cfg)
+  x = params["embed"][tokens]
+
+  def body(x, layer):
+    lp, ck, cv = layer
+    x, (ck, cv) = _layer(cfg, inv_freq, x, lp, positions, allowed, (ck, cv), cache_index)
+    return x, (ck, cv)
+
+  x, (ks, vs) = jax.lax.scan(body, x, (params["layers"], cache.k, cache.v))
+  h = rms_norm(x, params["final_norm"], cfg.rms_eps)
+  return (h @ lm_head_weight(params, cfg)).astype(jnp.float32), KVCache(ks, vs)

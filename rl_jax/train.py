@@ -1,0 +1,195 @@
+"""Training steps and the RL iteration.
+
+One jit-compiled pure function per kind of update, `(state, batch) -> (state, metrics)`:
+`make_sft_step` (teacher-forced cross-entropy) and `make_rl_step` (any objective from
+`rl_jax.objectives`, or your own function with the same signature). The RL iteration around them
+(rollouts → rewards → advantages → epochs over mini-batches) is plain Python in `rl_iteration`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rl_jax.logprobs import token_logprobs
+from rl_jax.models.config import ModelConfig
+from rl_jax.sampling import generate
+
+Array = jax.Array
+
+
+class TrainState(NamedTuple):
+  params: dict
+  opt_state: optax.OptState
+  step: Array          # int32 scalar
+  rng: Array           # PRNG key
+
+
+def init_state(params: dict, optimizer: optax.GradientTransformation, rng: Array) -> TrainState:
+  return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
+
+
+class SFTBatch(NamedTuple):
+  prompts: Array       # [B, P] int32, left-padded
+  prompt_mask: Array   # [B, P]
+  answers: Array       # [B, T] int32, right-padded
+  answer_mask: Array   # [B, T]
+
+
+class RLBatch(NamedTuple):
+  tokens: Array            # [B, P + T] prompt then completion
+  attn_mask: Array         # [B, P + T] real tokens
+  completion_mask: Array   # [B, T] trainable completion tokens
+  old_logp: Array          # [B, T] log π_old (recomputed by the trainer)
+  advantages: Array        # [B] or [B, T]
+  ref_logp: Optional[Array] = None   # [B, T] when the objective has β > 0
+
+
+def _apply(optimizer, state, grads):
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state, step=state.step + 1)
+
+
+def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation) -> Callable:
+  """Jitted (state, SFTBatch) -> (state, metrics): mean token cross-entropy on the answers."""
+
+  def loss_fn(params, batch: SFTBatch):
+    tokens = jnp.concatenate([batch.prompts, batch.answers], axis=1)
+    attn = jnp.concatenate([batch.prompt_mask, batch.answer_mask], axis=1)
+    logp, _ = token_logprobs(params, tokens, cfg, prompt_len=batch.prompts.shape[1], attn_mask=attn)
+    m = batch.answer_mask.astype(jnp.float32)
+    return -jnp.sum(logp * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+  @jax.jit
+  def step(state: TrainState, batch: SFTBatch):
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+    return _apply(optimizer, state, grads), {"sft_loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  return step
+
+
+def _named_param(fn: Callable, name: str) -> bool:
+  return name in inspect.signature(fn).parameters
+
+
+def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, objective: Callable,
+                 objective_kwargs: Optional[dict] = None, *, prompt_len: int) -> Callable:
+  """Jitted (state, RLBatch) -> (state, metrics) for any objective with the rl_jax signature.
+
+  The objective is called as objective(logp, old_logp, advantages, completion_mask, ref_logp=...,
+  **objective_kwargs); if it takes `entropy` (HAPO, GTPO, DHPO, ...) the current policy's token
+  entropies are passed too, and `token_ids` likewise.
+  """
+  kwargs = dict(objective_kwargs or {})
+  wants_entropy = _named_param(objective, "entropy") and "entropy" not in kwargs
+  wants_ids = _named_param(objective, "token_ids") and "token_ids" not in kwargs
+
+  def loss_fn(params, batch: RLBatch):
+    logp, entropy = token_logprobs(params, batch.tokens, cfg, prompt_len=prompt_len, attn_mask=batch.attn_mask)
+    extra = dict(kwargs)
+    if wants_entropy:
+      extra["entropy"] = entropy
+    if wants_ids:
+      extra["token_ids"] = batch.tokens[:, prompt_len:]
+    loss, metrics = objective(logp, batch.old_logp, batch.advantages, batch.completion_mask, ref_logp=batch.ref_logp,
+                              **extra)
+    m = batch.completion_mask
+    metrics = dict(metrics, entropy=jnp.sum(entropy * m) / jnp.maximum(jnp.sum(m), 1.0))
+    return loss, metrics
+
+  @jax.jit
+  def step(state: TrainState, batch: RLBatch):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    return _apply(optimizer, state, grads), dict(metrics, grad_norm=optax.global_norm(grads))
+
+  return step
+
+
+def make_logprob_fn(cfg: ModelConfig, *, prompt_len: int) -> Callable:
+  """Jitted (params, tokens, attn_mask) -> per-token log-probs [B, T] of the completion (no gradient)."""
+
+  @jax.jit
+  def fn(params, tokens, attn_mask):
+    return token_logprobs(params, tokens, cfg, prompt_len=prompt_len, attn_mask=attn_mask)[0]
+
+  return fn
+
+
+class Rollouts(NamedTuple):
+  tokens: np.ndarray         # [P·G, P_len + T]
+  attn_mask: np.ndarray
+  completion: np.ndarray     # [P·G, T]
+  completion_mask: np.ndarray
+  rollout_logp: np.ndarray   # sampler log-probs
+
+
+def rollout(params, cfg: ModelConfig, prompts: np.ndarray, prompt_mask: np.ndarray, rng: Array, *, group_size: int,
+            max_new_tokens: int, temperature: float, stop_tokens: tuple, pad_id: int = 0) -> Rollouts:
+  """Samples `group_size` completions per prompt (rows grouped contiguously: prompt i → rows i·G..i·G+G−1)."""
+  p_rep = np.repeat(prompts, group_size, axis=0)
+  m_rep = np.repeat(prompt_mask, group_size, axis=0)
+  out = generate(params, cfg, jnp.asarray(p_rep), jnp.asarray(m_rep), rng, max_new_tokens=max_new_tokens,
+                 temperature=temperature, stop_tokens=tuple(stop_tokens), pad_id=pad_id)
+  comp, cmask, lp = (np.asarray(x) for x in out)
+  tokens = np.concatenate([p_rep, comp], axis=1)
+  attn = np.concatenate([m_rep, cmask.astype(np.int32)], axis=1)
+  return Rollouts(tokens, attn, comp, cmask, lp)
+
+
+def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rollouts: Rollouts,
+                 rewards: np.ndarray, advantages_fn: Callable, *, epochs: int = 1, minibatches: int = 1,
+                 ref_params=None, valid_rows: Optional[np.ndarray] = None) -> tuple[TrainState, dict]:
+  """Advantages from rewards [P, G], then `epochs` passes over `minibatches` shuffled mini-batches.
+
+  `valid_rows` [P·G] (bool) removes rows from the loss (e.g. DAPO's filtered groups) by masking.
+  Returns the new state and the mean of each metric over the updates.
+  """
+  p, g = rewards.shape
+  adv = np.asarray(advantages_fn(jnp.asarray(rewards, jnp.float32))).reshape(p * g)
+  tokens, attn = jnp.asarray(rollouts.tokens), jnp.asarray(rollouts.attn_mask)
+  old_logp = np.asarray(logprob_fn(state.params, tokens, attn))
+  ref_logp = None if ref_params is None else np.asarray(logprob_fn(ref_params, tokens, attn))
+  cmask = rollouts.completion_mask.astype(np.float32)
+  if valid_rows is not None:
+    cmask = cmask * valid_rows[:, None]
+  n = p * g
+  if n % minibatches:
+    raise ValueError(f"{n} rollouts do not split into {minibatches} equal mini-batches.")
+  size = n // minibatches
+  history = []
+  for epoch in range(epochs):
+    state, sub = _split_rng(state)
+    order = np.asarray(jax.random.permutation(sub, n))
+    for k in range(minibatches):
+      idx = order[k * size:(k + 1) * size]
+      batch = RLBatch(tokens[idx], attn[idx], jnp.asarray(cmask[idx]), jnp.asarray(old_logp[idx]),
+                      jnp.asarray(adv[idx]), None if ref_logp is None else jnp.asarray(ref_logp[idx]))
+      state, metrics = rl_step(state, batch)
+      history.append(metrics)
+  mean = {k: float(np.mean([float(m[k]) for m in history])) for k in history[0]}
+  mean["nonzero_adv_frac"] = float(np.mean(np.abs(adv) > 1e-8))
+  return state, mean
+
+
+def _split_rng(state: TrainState):
+  rng, sub = jax.random.split(state.rng)
+  return state._replace(rng=rng), sub
+
+
+def dynamic_sampling_mask(rewards: np.ndarray) -> np.ndarray:
+  """DAPO's group filter: True for groups whose rewards are not all equal ([P] bool)."""
+  return np.std(rewards, axis=1) > 0
+
+
+class Timer:
+  def __init__(self):
+    self.start = time.perf_counter()
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self.start
