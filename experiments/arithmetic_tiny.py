@@ -1,4 +1,4 @@
-"""A small transformer learns multi-digit addition: supervised warm-up, then RL.
+"""A small transformer learns addition: supervised warm-up, then RL.
 
 Hypothesis: after a short supervised warm-up leaves the model partly right, group-relative RL with
 an exact verifier raises greedy accuracy within a few CPU minutes, for any objective in
@@ -23,39 +23,39 @@ import optax
 import rl_jax
 from rl_jax import advantages as advantages_lib
 from rl_jax import objectives as objectives_lib
-from rl_jax.checkpoint import Checkpointer
+from rl_jax.checkpoint import Checkpointer, SaveOnSigterm
 from rl_jax.config import apply_overrides, to_dict
 from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
 from rl_jax.models import init_params, tiny_config
 from rl_jax.progress import progress
 from rl_jax.sampling import generate
 from rl_jax.tasks import ArithmeticTask
-from rl_jax.train import (SFTBatch, dynamic_sampling_mask, init_state, make_logprob_fn, make_rl_step, make_sft_step,
-                          rl_iteration, rollout)
+from rl_jax.train import (SFTBatch, Timer, dynamic_sampling_mask, init_state, make_logprob_fn, make_rl_step,
+                          make_sft_step, rl_iteration, rollout)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-  digits: int = 2                  # operand digits
+  digits: int = 1                  # operand digits (2+ learns too, but needs a longer warm-up)
   ops: str = "+"                   # operators drawn from "+-*"
   seed: int = 0
   d_model: int = 64                # model width (2 layers, 4 heads, 2 KV heads)
   n_layers: int = 2
-  sft_steps: int = 60              # supervised warm-up steps (leaves the model partly right)
+  sft_steps: int = 50              # supervised warm-up steps (leaves the model partly right, ~40%)
   sft_batch: int = 64
   sft_lr: float = 3e-3
-  rl_steps: int = 40               # RL iterations
-  prompts_per_step: int = 16       # P
+  rl_steps: int = 60               # RL iterations
+  prompts_per_step: int = 32       # P
   group_size: int = 8              # G samples per prompt
   temperature: float = 1.0         # sampling temperature for rollouts
-  lr: float = 1e-3                 # RL learning rate (Adam)
-  epochs: int = 1                  # optimizer passes over each rollout batch
-  minibatches: int = 2             # mini-batches per pass
+  lr: float = 5e-4                 # RL learning rate (Adam, global-norm clip 1.0)
+  epochs: int = 2                  # optimizer passes over each rollout batch
+  minibatches: int = 4             # mini-batches per pass
   objective: str = "grpo"          # any name in rl_jax.objectives.names()
   advantage: str = "grpo"          # any sequence-level name in rl_jax.advantages.names()
   beta: float = 0.0                # KL-to-reference coefficient (reference = post-warm-up model)
   dynamic_sampling: bool = False   # DAPO: drop groups whose rewards all agree
-  eval_every: int = 5              # RL steps between greedy evaluations
+  eval_every: int = 10             # RL steps between greedy evaluations
   eval_size: int = 256             # held-out problems for greedy accuracy
   checkpoint_every: int = 10       # RL steps between checkpoints (0 = never)
   run_dir: str = "results/arithmetic_tiny"
@@ -104,6 +104,30 @@ def evaluate(params, model_cfg, task: ArithmeticTask, n: int) -> float:
   return float(np.mean([task.reward(c, a) for c, (_, a) in zip(comps, problems)]))
 
 
+def rl_step_once(cfg, task, model_cfg, state, step, rl_step, logprob_fn, adv_fn, ref_params):
+  """One RL iteration on the prompts of data position `step`: rollouts, rewards, advantages, updates."""
+  timer = Timer()
+  problems = task.problems(cfg.prompts_per_step, stream=2, index=step)
+  p_ids, p_mask = task.encode_prompts([p for p, _ in problems])
+  rng, sub = jax.random.split(state.rng)
+  state = state._replace(rng=rng)
+  ro = rollout(state.params, model_cfg, p_ids, p_mask, sub, group_size=cfg.group_size,
+               max_new_tokens=task.answer_len, temperature=cfg.temperature, stop_tokens=(task.vocab.EOS,))
+  answers = np.repeat([a for _, a in problems], cfg.group_size)
+  rewards = np.array([task.reward(c, a) for c, a in zip(ro.completion, answers)], np.float32)
+  rewards = rewards.reshape(cfg.prompts_per_step, cfg.group_size)
+  valid = None
+  if cfg.dynamic_sampling:
+    valid = np.repeat(dynamic_sampling_mask(rewards), cfg.group_size).astype(np.float32)
+  state, metrics = rl_iteration(state, rl_step, logprob_fn, ro, rewards, adv_fn, epochs=cfg.epochs,
+                                minibatches=cfg.minibatches, ref_params=ref_params if cfg.beta > 0 else None,
+                                valid_rows=valid)
+  row = {"reward": float(rewards.mean()), "clip_frac": metrics["clip_frac"], "loss": metrics["loss"],
+         "entropy": metrics["entropy"], "nonzero_adv_frac": metrics["nonzero_adv_frac"],
+         "tokens_per_s": float(ro.completion_mask.sum()) / timer.elapsed()}
+  return row, state
+
+
 def build(cfg: Config):
   task = ArithmeticTask(digits=cfg.digits, ops=cfg.ops, seed=cfg.seed)
   model_cfg = tiny_config(task.vocab.size, d_model=cfg.d_model, n_layers=cfg.n_layers,
@@ -127,7 +151,7 @@ def main(cfg: Config) -> dict:
   params = init_params(model_cfg, jax.random.fold_in(rng, 1))
   sft_opt = optax.adam(cfg.sft_lr)
   rl_opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(cfg.lr))
-  restored = ckpt.restore_latest() if cfg.resume else None
+  restored = ckpt.restore_latest(init_state(params, rl_opt, rng)) if cfg.resume else None
 
   if restored is None:
     state = init_state(params, sft_opt, jax.random.fold_in(rng, 2))
@@ -146,7 +170,9 @@ def main(cfg: Config) -> dict:
   else:
     template = init_state(params, rl_opt, rng)
     state, ref_params, start = restored.state(template), restored.ref_params(params), restored.position
-    print(f"resumed from {ckpt.latest_path()} at RL step {start}")
+    print(f"resumed from {restored.path} at RL step {start}")
+    keep = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= start]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
 
   objective = objectives_lib.get(cfg.objective)
   adv_fn = advantages_lib.get(cfg.advantage)
@@ -154,34 +180,27 @@ def main(cfg: Config) -> dict:
   logprob_fn = make_logprob_fn(model_cfg, prompt_len=task.prompt_len)
   bar = progress(range(start, cfg.rl_steps), desc=f"RL ({cfg.objective})", enabled=cfg.progress_bar)
   history = []
-  for step in bar:
-    problems = task.problems(cfg.prompts_per_step, stream=2, index=step)
-    p_ids, p_mask = task.encode_prompts([p for p, _ in problems])
-    state, sub = state._replace(rng=jax.random.split(state.rng)[0]), jax.random.split(state.rng)[1]
-    ro = rollout(state.params, model_cfg, p_ids, p_mask, sub, group_size=cfg.group_size,
-                 max_new_tokens=task.answer_len, temperature=cfg.temperature, stop_tokens=(task.vocab.EOS,))
-    answers = np.repeat([a for _, a in problems], cfg.group_size)
-    rewards = np.array([task.reward(c, a) for c, a in zip(ro.completion, answers)], np.float32)
-    rewards = rewards.reshape(cfg.prompts_per_step, cfg.group_size)
-    valid = None
-    if cfg.dynamic_sampling:
-      valid = np.repeat(dynamic_sampling_mask(rewards), cfg.group_size).astype(np.float32)
-    state, metrics = rl_iteration(state, rl_step, logprob_fn, ro, rewards, adv_fn, epochs=cfg.epochs,
-                                  minibatches=cfg.minibatches, ref_params=ref_params if cfg.beta > 0 else None,
-                                  valid_rows=valid)
-    metrics["reward"] = float(rewards.mean())
-    metrics["tokens"] = float(ro.completion_mask.sum())
-    row = {"reward": metrics["reward"], "clip_frac": metrics["clip_frac"], "loss": metrics["loss"],
-           "entropy": metrics["entropy"], "nonzero_adv_frac": metrics["nonzero_adv_frac"]}
-    if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.rl_steps:
-      row["accuracy"] = evaluate(state.params, model_cfg, task, cfg.eval_size)
-      print(f"RL step {step + 1:4d} | reward {row['reward']:.3f} | greedy accuracy {row['accuracy']:.3f} "
-            f"| clip_frac {row['clip_frac']:.3f} | entropy {row['entropy']:.3f}")
-    logger.log(step + 1, row)
-    history.append(row)
-    bar.set_postfix(reward=f"{row['reward']:.2f}", clip=f"{row['clip_frac']:.3f}")
-    if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl_steps):
-      ckpt.save(step + 1, state, ref_params)
+  live = {"state": state, "position": start}
+
+  def final_checkpoint():
+    if cfg.checkpoint_every:
+      ckpt.save(live["position"], live["state"], ref_params)
+      print(f"SIGTERM: saved a final checkpoint at RL step {live['position']}")
+
+  with SaveOnSigterm(final_checkpoint):
+    for step in bar:
+      row, state = rl_step_once(cfg, task, model_cfg, state, step, rl_step, logprob_fn, adv_fn, ref_params)
+      live.update(state=state, position=step + 1)
+      if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.rl_steps:
+        row["accuracy"] = evaluate(state.params, model_cfg, task, cfg.eval_size)
+        print(f"RL step {step + 1:4d} | reward {row['reward']:.3f} | greedy accuracy {row['accuracy']:.3f} "
+              f"| clip_frac {row['clip_frac']:.3f} | entropy {row['entropy']:.3f}")
+      logger.log(step + 1, row)
+      history.append(row)
+      bar.set_postfix(reward=f"{row['reward']:.2f}", clip=f"{row['clip_frac']:.3f}",
+                      tok_s=f"{row['tokens_per_s']:.0f}")
+      if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl_steps):
+        ckpt.save(step + 1, state, ref_params)
   logger.close()
   rows = read_metrics(run_dir / "metrics.jsonl")
   plot = plot_curves(rows, run_dir / "curves.png", keys=("reward", "accuracy", "clip_frac"),

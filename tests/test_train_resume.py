@@ -1,0 +1,127 @@
+"""Reliability of the training loop: resume == uninterrupted, corrupt checkpoints, strict config."""
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments import arithmetic_tiny as exp
+from rl_jax.checkpoint import Checkpointer
+from rl_jax.config import apply_overrides
+from rl_jax.metrics_log import read_metrics
+from rl_jax.train import init_state
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny(run_dir, **kw):
+  base = dict(digits=1, d_model=32, sft_steps=3, sft_batch=16, rl_steps=4, prompts_per_step=4, group_size=4,
+              minibatches=2, eval_every=2, eval_size=16, checkpoint_every=1, run_dir=str(run_dir), progress_bar=False)
+  base.update(kw)
+  return exp.Config(**base)
+
+
+def rl_rows(run_dir):
+  return [r for r in read_metrics(pathlib.Path(run_dir) / "metrics.jsonl") if r["phase"] == "rl"]
+
+
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path):
+  exp.main(tiny(tmp_path / "full"))
+  exp.main(tiny(tmp_path / "cut", rl_steps=2))            # "killed" after 2 RL steps
+  exp.main(tiny(tmp_path / "cut", rl_steps=4))            # resumed from its checkpoint
+  full, cut = rl_rows(tmp_path / "full"), rl_rows(tmp_path / "cut")
+  assert [r["step"] for r in cut] == [1, 2, 3, 4]
+  for a, b in zip(full, cut):
+    for key in ("reward", "loss", "clip_frac", "entropy", "accuracy"):
+      if key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["step"], key)
+  assert (tmp_path / "full" / "curves.png").stat().st_size > 0
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
+  params = {"w": jnp.arange(6.0).reshape(2, 3)}
+  opt = optax.adam(1e-3)
+  ckpt = Checkpointer(tmp_path)
+  s1 = init_state(params, opt, jax.random.PRNGKey(0))
+  s2 = s1._replace(params={"w": s1.params["w"] + 1}, step=s1.step + 1)
+  ckpt.save(1, s1)
+  ckpt.save(2, s2)
+  for f in (tmp_path / "step_2" / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b"garbage")
+  with pytest.warns(UserWarning, match="step_2 could not be restored"):
+    restored = ckpt.restore_latest(s1)
+  assert restored.position == 1
+  np.testing.assert_array_equal(restored.state(s1).params["w"], s1.params["w"])
+
+
+def test_incomplete_checkpoint_is_skipped(tmp_path):
+  params = {"w": jnp.ones(3)}
+  s = init_state(params, optax.sgd(0.1), jax.random.PRNGKey(0))
+  ckpt = Checkpointer(tmp_path)
+  ckpt.save(1, s)
+  (tmp_path / "step_2").mkdir()  # a save that died before writing COMPLETE
+  with pytest.warns(UserWarning, match="incomplete"):
+    assert ckpt.restore_latest(s).position == 1
+
+
+def test_sigterm_writes_a_final_checkpoint(tmp_path):
+  run_dir = tmp_path / "run"
+  code = (
+      "import sys; from experiments import arithmetic_tiny as e; "
+      f"e.main(e.Config(digits=1, d_model=32, sft_steps=2, sft_batch=8, rl_steps=100000, prompts_per_step=2, "
+      f"group_size=2, minibatches=1, eval_every=1000000, eval_size=4, checkpoint_every=1000000, "
+      f"run_dir={str(run_dir)!r}, progress_bar=False))")
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  try:
+    metrics = run_dir / "metrics.jsonl"
+    for _ in range(600):  # wait until RL steps are being logged
+      if metrics.exists() and sum(1 for r in read_metrics(metrics) if r["phase"] == "rl") >= 2:
+        break
+      if proc.poll() is not None:
+        break
+      import time
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, out
+  assert "SIGTERM: saved a final checkpoint" in out
+  steps = Checkpointer(run_dir / "checkpoints").steps()
+  assert steps and steps[-1] >= 2
+
+
+def test_config_overrides_are_strict():
+  cfg = apply_overrides(exp.Config(), ["--objective=dapo", "--lr=3e-4", "--dynamic_sampling=true"])
+  assert (cfg.objective, cfg.lr, cfg.dynamic_sampling) == ("dapo", 3e-4, True)
+  with pytest.raises(ValueError, match="Unknown config key 'learning_rate'"):
+    apply_overrides(exp.Config(), ["--learning_rate=1"])
+  with pytest.raises(ValueError, match="--lr expects float"):
+    apply_overrides(exp.Config(), ["--lr=fast"])
+  with pytest.raises(ValueError, match="Unknown objective 'grpoo'"):
+    apply_overrides(exp.Config(), ["--objective=grpoo"])
+  with pytest.raises(ValueError, match="divisible by minibatches"):
+    apply_overrides(exp.Config(), ["--minibatches=3"])
+  with pytest.raises(ValueError, match="--key=value"):
+    apply_overrides(exp.Config(), ["objective=dapo"])
+
+
+@pytest.mark.parametrize("objective", ["dapo", "hapo", "gtpo", "clip_cov"])
+def test_experiment_runs_two_steps_with_any_objective(objective, tmp_path):
+  out = exp.main(tiny(tmp_path, objective=objective, rl_steps=2, checkpoint_every=0, sft_steps=1))
+  assert len(out["history"]) == 2
+  assert all(np.isfinite(r["loss"]) for r in out["history"])
