@@ -1,0 +1,117 @@
+"""Token selection and weighting rules: each returns a weight/mask that multiplies the per-token loss
+(pass it as `token_weights` to any objective), or a reshaped advantage."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from rl_jax.advantages.core import register
+
+Array = jax.Array
+
+
+@register
+def forking_tokens(entropy, mask, *, rho: float = 0.2, keep: str = "top") -> Array:
+  """80/20 rule: keep the top-ρ fraction of valid tokens by entropy (the "forking" tokens).
+
+    τ = the k-th largest valid entropy, k = max(1, ⌊ρ N_valid⌋);  weight = 1[H ≥ τ] ("top"),
+    1[H < τ] ("bottom", the complementary 80%) or 1 ("all").
+
+  "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective RL for LLM Reasoning",
+  arXiv 2506.01939. The threshold is over the whole batch passed in (the paper's mini-batch); ties at
+  τ are kept. Keep the objective's denominator over all valid tokens (the paper's form) by passing the
+  result as `token_weights`; works for [B, T] or [P, G, T].
+  """
+  if keep not in ("top", "bottom", "all"):
+    raise ValueError(f"Unknown keep {keep!r}; expected top, bottom or all.")
+  if not 0.0 < rho <= 1.0:
+    raise ValueError(f"rho must be in (0, 1], got {rho}.")
+  h = jnp.asarray(entropy, jnp.float32)
+  valid = jnp.asarray(mask) > 0
+  n = jnp.sum(valid)
+  k = jnp.maximum(jnp.floor(rho * n), 1).astype(jnp.int32)
+  sorted_h = jnp.sort(jnp.where(valid, h, -jnp.inf).reshape(-1))[::-1]
+  tau = sorted_h[jnp.clip(k - 1, 0, sorted_h.size - 1)]
+  top = (h >= tau) & valid
+  out = {"top": top, "bottom": valid & ~top, "all": valid}[keep]
+  return out.astype(jnp.float32)
+
+
+@register
+def seed_grpo(advantages, answer_ids, *, alpha: float = 1.0) -> Array:
+  """SEED-GRPO: scale a group's advantages down by its semantic entropy over final answers.
+
+    SE = −Σ_c p_c log p_c over answer clusters (p_c = |C_c|/G),  A ← A·(1 − α SE / log G).
+
+  "SEED-GRPO: Semantic Entropy Enhanced GRPO for Uncertainty-Aware Policy Optimization",
+  arXiv 2505.12346 (paper's linear variant; α is not pinned there). `answer_ids` [P, G] cluster ids.
+  """
+  a = jnp.asarray(advantages, jnp.float32)
+  ids = jnp.asarray(answer_ids)
+  g = a.shape[1]
+  same = (ids[:, :, None] == ids[:, None, :]).astype(jnp.float32)
+  p = jnp.sum(same, -1) / g                                                # p of each member's cluster
+  se = -jnp.sum(jnp.log(p), -1) / g                                        # = −Σ_c p_c log p_c
+  scale = 1.0 - alpha * se / math.log(g) if g > 1 else jnp.ones_like(se)
+  return jax.lax.stop_gradient(a * scale[:, None])
+
+
+@register
+def hicra(advantages, planning_mask, *, alpha: float = 0.2) -> Array:
+  """HICRA: amplify planning tokens, A_t = A + α|A|·1[t ∈ S] (S = strategic-gram tokens, given as a mask).
+
+  "Emergent Hierarchical Reasoning in LLMs through Reinforcement Learning", arXiv 2509.03646 (paper only;
+  α = 0.2 as reported; the strategic-gram extraction is up to the caller). `advantages` broadcast to
+  the mask's shape ([P, G, T] or [B, T]).
+  """
+  s = jnp.asarray(planning_mask, jnp.float32)
+  a = jnp.asarray(advantages, jnp.float32)
+  a = a.reshape(a.shape + (1,) * (s.ndim - a.ndim))
+  return jax.lax.stop_gradient(a + alpha * jnp.abs(a) * s)
+
+
+@register
+def lp_reg(logp, proxy_logp, advantages, mask, *, neg_frac: float = 0.01) -> Array:
+  """Lp-Reg token selection: the lowest-probability negative-advantage tokens still below the min-p proxy.
+
+  Among valid tokens with A < 0 take the k = max(1, ⌊neg_frac·n_neg⌋) lowest log π_θ, and keep those
+  with log π_θ < log π_proxy (applied only when k > 1, as in the code). Returns a 0/1 mask [B, T]: on
+  these tokens the official loss replaces PPO-clip by −A r + β KL_k3(π_θ ‖ π_proxy).
+  "Low-probability Tokens Sustain Exploration in RLVR" (Lp-Reg), arXiv 2510.03222.
+  """
+  lp = jnp.asarray(logp, jnp.float32)
+  a = jnp.asarray(advantages, jnp.float32)
+  a = a.reshape(a.shape + (1,) * (lp.ndim - a.ndim))
+  neg = (jnp.asarray(mask) > 0) & (a < 0)
+  n_neg = jnp.sum(neg)
+  k = jnp.maximum(jnp.floor(neg_frac * n_neg), 1).astype(jnp.int32)
+  score = jnp.where(neg, lp, jnp.inf).reshape(-1)
+  order = jnp.argsort(score, stable=True)
+  rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.size)).reshape(lp.shape)
+  chosen = neg & (rank < k) & (lp < jnp.asarray(proxy_logp, jnp.float32)) & (k > 1)
+  return chosen.astype(jnp.float32)
+
+
+@register
+def dars(accuracy, *, n: int = 8, n_max: int = 32, schedule: str = "ET", use_std: bool = False) -> Array:
+  """DARS re-sampling allocation: extra rollouts per prompt from its first-stage accuracy.
+
+    a ≤ 1e-6 → a := 0.5/N; a ≥ 0.5 → 0 extra;  S(a) = 2a(1−a) (no std) or 2 sqrt(a(1−a));
+    A_peak = 0.5N (no std) or N;  ET: ⌈(A_peak − N S)/S⌉;  HW: ⌈(2(1−a)A_peak − N S)/S⌉;  min(·, N_max − N).
+
+  "Depth-Breadth Synergy in RLVR", arXiv 2508.13755 (released scripts: no std). `accuracy` [P].
+  Toy (N = 8): a = 0 → ET 24 / HW 24; 0.125 → 11 / 24; 0.25 → 3 / 8; 0.375 → 1 / 3; 0.5 → 0 / 0.
+  """
+  if schedule not in ("ET", "HW"):
+    raise ValueError(f"Unknown schedule {schedule!r}; expected ET or HW.")
+  a = jnp.asarray(accuracy, jnp.float32)
+  a = jnp.where(a <= 1e-6, 0.5 / n, a)
+  s = 2 * jnp.sqrt(a * (1 - a)) if use_std else 2 * a * (1 - a)
+  peak = float(n) if use_std else 0.5 * n
+  target = peak if schedule == "ET" else 2 * (1 - a) * peak
+  extra = jnp.ceil((target - n * s) / s - 1e-6)
+  extra = jnp.clip(extra, 0, n_max - n)
+  return jnp.where(a >= 0.5, 0, extra).astype(jnp.int32)

@@ -1,0 +1,132 @@
+"""Token-level returns and batch-global normalisation: REINFORCE++, REINFORCE++-baseline, GAE."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from rl_jax.advantages.core import check_rewards, check_tokens, register
+
+Array = jax.Array
+NORMS = ("openrlhf", "verl")
+
+
+def masked_whiten(x: Array, mask: Array, *, unbiased: bool = True, eps: float = 1e-8, shift_mean: bool = True) -> Array:
+  """(x − μ)·rsqrt(var + eps) over the valid tokens of the whole batch (verl `masked_whiten`).
+
+  Token-weighted: long responses weigh more. `unbiased` uses S/(S−1) (verl); with S ≤ 1 valid tokens the
+  variance is taken as 0. Returns 0 on masked tokens.
+  """
+  s = jnp.sum(mask)
+  mu = jnp.sum(x * mask) / jnp.maximum(s, 1.0)
+  var = jnp.sum(jnp.square(x - mu) * mask) / jnp.maximum(s, 1.0)
+  if unbiased:
+    var = jnp.where(s > 1, var * s / jnp.maximum(s - 1.0, 1.0), 0.0)
+  centred = x - mu if shift_mean else x
+  return centred * jax.lax.rsqrt(var + eps) * mask
+
+
+def _global_norm(x: Array, mask: Array, norm: str) -> Array:
+  if norm not in NORMS:
+    raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")
+  if norm == "verl":
+    return masked_whiten(x, mask, unbiased=True, eps=1e-8)
+  s = jnp.maximum(jnp.sum(mask), 1.0)
+  mu = jnp.sum(x * mask) / s
+  var = jnp.sum(jnp.square(x - mu) * mask) / s
+  return (x - mu) * jax.lax.rsqrt(jnp.maximum(var, 1e-8)) * mask
+
+
+def last_token_indicator(mask: Array) -> Array:
+  """1 at each row's last valid token ([..., T])."""
+  t = mask.shape[-1]
+  idx = jnp.arange(t).reshape((1,) * (mask.ndim - 1) + (t,))
+  last = jnp.max(jnp.where(mask > 0, idx, -1), axis=-1, keepdims=True)
+  return ((idx == last) & (mask > 0)).astype(jnp.float32)
+
+
+def discounted_returns(rewards: Array, mask: Array, gamma: float) -> Array:
+  """G_t = Σ_{t' ≥ t} γ^{t'−t} r_{t'} over valid tokens (masked tokens carry the return through)."""
+  def step(carry, xs):
+    r, m = xs
+    g = r * m + gamma * carry
+    g = jnp.where(m > 0, g, carry)
+    return g, g
+
+  r_t = jnp.moveaxis(rewards, -1, 0)[::-1]
+  m_t = jnp.moveaxis(mask, -1, 0)[::-1]
+  _, out = jax.lax.scan(step, jnp.zeros(rewards.shape[:-1]), (r_t, m_t))
+  return jnp.moveaxis(out[::-1], 0, -1) * mask
+
+
+def _token_rewards(r: Array, mask: Array, kl: Optional[Array], beta: float) -> Array:
+  rew = r[..., None] * last_token_indicator(mask)
+  if kl is not None:
+    rew = rew - beta * jnp.clip(kl, -10.0, 10.0) * mask
+  return rew
+
+
+@register
+def reinforce_pp(rewards, mask, *, kl=None, beta: float = 0.0, gamma: float = 1.0, norm: str = "openrlhf") -> Array:
+  """REINFORCE++: discounted token returns of (outcome reward − β·KL), normalised over the whole batch.
+
+    rew_t = −β kl_t + 1[t = last]·R,  G_t = Σ_{t'≥t} γ^{t'−t} rew_{t'},  A = (G − μ)/σ over all valid tokens.
+
+  "REINFORCE++: A Simple and Efficient Approach for Aligning LLMs", arXiv 2501.03262. Official code is
+  OpenRLHF (population variance, rsqrt(max(var, 1e-8)), norm="openrlhf"); norm="verl" uses verl's
+  unbiased whitening. `kl` [P, G, T] is a per-token KL estimate (clamped to ±10). Returns [P, G, T].
+  """
+  r = check_rewards(rewards, method="reinforce_pp")
+  _, m = check_tokens(jnp.zeros(jnp.shape(mask), jnp.int32), mask, r.shape, method="reinforce_pp")
+  returns = discounted_returns(_token_rewards(r, m, kl, beta), m, gamma)
+  return jax.lax.stop_gradient(_global_norm(returns, m, norm))
+
+
+@register
+def reinforce_pp_baseline(rewards, mask, *, kl=None, beta: float = 0.0, norm: str = "openrlhf") -> Array:
+  """REINFORCE++-baseline: group-mean-centred reward, then REINFORCE++'s batch-global normalisation.
+
+  s'_i = R_i − mean_G R (a one-sample group keeps R), placed on the last token (γ = 1, so every token's
+  return is s'_i minus the KL that follows it), normalised over all valid tokens (arXiv 2501.03262).
+  """
+  r = check_rewards(rewards, method="reinforce_pp_baseline")
+  centred = r if r.shape[1] == 1 else r - r.mean(axis=1, keepdims=True)
+  _, m = check_tokens(jnp.zeros(jnp.shape(mask), jnp.int32), mask, r.shape, method="reinforce_pp_baseline")
+  returns = discounted_returns(_token_rewards(centred, m, kl, beta), m, 1.0)
+  return jax.lax.stop_gradient(_global_norm(returns, m, norm))
+
+
+@register
+def gae(rewards, values, mask, *, kl=None, beta: float = 0.0, gamma: float = 1.0, lam: float = 1.0,
+        whiten: bool = True) -> tuple[Array, Array]:
+  """Generalised advantage estimation over response tokens; returns (advantages, returns) [P, G, T].
+
+    rew_t = −β kl_t + 1[t = last]·R,  δ_t = rew_t + γ V_{t+1} − V_t (V after the end = 0),
+    A_t = δ_t + γλ A_{t+1},  returns = A + V;  advantages whitened over valid tokens (verl).
+
+  Schulman et al., arXiv 1506.02438. Defaults follow verl's config (γ = λ = 1). Masked tokens inside a
+  response are skipped: the next value and the running advantage are carried across them.
+  """
+  r = check_rewards(rewards, method="gae")
+  _, m = check_tokens(jnp.zeros(jnp.shape(mask), jnp.int32), mask, r.shape, method="gae")
+  v = jnp.asarray(values, jnp.float32) * m
+  rew = _token_rewards(r, m, kl, beta)
+
+  def step(carry, xs):
+    next_v, next_a = carry
+    rt, vt, mt = xs
+    delta = rt + gamma * next_v - vt
+    a = delta + gamma * lam * next_a
+    keep = mt > 0
+    return (jnp.where(keep, vt, next_v), jnp.where(keep, a, next_a)), jnp.where(keep, a, 0.0)
+
+  xs = tuple(jnp.moveaxis(x, -1, 0)[::-1] for x in (rew, v, m))
+  zero = jnp.zeros(r.shape)
+  _, adv = jax.lax.scan(step, (zero, zero), xs)
+  adv = jnp.moveaxis(adv[::-1], 0, -1)
+  returns = (adv + v) * m
+  if whiten:
+    adv = masked_whiten(adv, m)
+  return jax.lax.stop_gradient(adv * m), jax.lax.stop_gradient(returns)

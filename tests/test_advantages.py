@@ -1,0 +1,243 @@
+"""Advantage estimators: the specification's toy examples, float64 references, invariants, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_jax import advantages as A
+from reference import advantages_np as ref
+
+JIT = [False, True]
+
+
+def run(fn, *args, jit=False, **kw):
+  f = (lambda *a: fn(*a, **kw))
+  return jax.jit(f)(*args) if jit else f(*args)
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_group_toys(jit):
+  r = jnp.array([[1.0, 0, 0, 0]])
+  np.testing.assert_allclose(run(A.grpo, r, jit=jit, eps=0.0), [[1.5, -0.5, -0.5, -0.5]], rtol=1e-6)
+  np.testing.assert_allclose(run(A.dr_grpo, r, jit=jit), [[0.75, -0.25, -0.25, -0.25]], rtol=1e-6)
+  np.testing.assert_allclose(run(A.rloo, r, jit=jit), [[1, -1 / 3, -1 / 3, -1 / 3]], rtol=1e-6)
+  ng = run(A.ngrpo, jnp.array([[0.0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]), jit=jit)
+  np.testing.assert_allclose(ng, [[-0.4472] * 4, [1.0954, -0.7303, -0.7303, -0.7303], [0] * 4], atol=1e-4)
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_grpo_matches_reference_and_constant_groups_are_zero(jit):
+  r = np.random.default_rng(0).normal(size=(5, 6))
+  r[2] = 3.0
+  out = np.asarray(run(A.grpo, jnp.asarray(r, jnp.float32), jit=jit))
+  np.testing.assert_allclose(out, ref.grpo(r), rtol=1e-5, atol=1e-5)
+  assert np.all(out[2] == 0.0) and np.all(np.isfinite(out))
+
+
+def test_one_sample_groups_follow_verl():
+  r = jnp.array([[0.7], [0.0]])
+  for name in ("grpo", "dr_grpo", "rloo", "ngrpo"):
+    np.testing.assert_allclose(A.get(name)(r), r)
+
+
+def test_bad_rewards_are_errors():
+  with pytest.raises(ValueError, match="rewards must be \\[P, G\\]"):
+    A.grpo(jnp.ones((4,)))
+  with pytest.raises(ValueError, match="NaN or inf"):
+    A.grpo(jnp.array([[1.0, jnp.nan]]))
+  with pytest.raises(ValueError, match="Unknown advantage estimator 'grpoo'"):
+    A.get("grpoo")
+  with pytest.raises(ValueError, match="dcpo needs groups of at least 2"):
+    A.dcpo(jnp.ones((2, 1)), jnp.array([0, 1]), A.init_reward_stats(2))
+  with pytest.raises(ValueError, match="tokens must be \\[P, G, T\\]"):
+    A.tempo(jnp.zeros((1, 3, 4), jnp.int32), jnp.ones((1, 3, 4)), jnp.ones((1, 4)))
+
+
+# The TEMPO toy tree: s1 = a b c (1), s2 = a b d (0), s3 = a e f (1), s4 = g h (0).
+TOY_TOKENS = np.array([[[1, 2, 3], [1, 2, 4], [1, 5, 6], [7, 8, 0]]], np.int32)
+TOY_MASK = np.array([[[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0]]], np.float32)
+TOY_R = np.array([[1.0, 0.0, 1.0, 0.0]])
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_tempo_toy_tree(jit):
+  out = np.asarray(run(A.tempo, TOY_TOKENS, TOY_MASK, jnp.asarray(TOY_R, jnp.float32), jit=jit))
+  expected = [[1.1547, 0.5773, 1.7320], [-0.5773, -1.1547, -1.7320], [1.1547, 1.4434, 0.8660], [-1.7320, -0.8660, 0]]
+  np.testing.assert_allclose(out[0], expected, atol=1e-4)
+  np.testing.assert_allclose(out, ref.tempo(TOY_TOKENS, TOY_MASK, TOY_R), atol=1e-5)
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_tempo_matches_the_reference_procedure_on_random_trees(jit):
+  rng = np.random.default_rng(1)
+  P, G, T = 3, 6, 9
+  tokens = rng.integers(0, 2, (P, G, T)).astype(np.int32)   # small alphabet: many shared prefixes
+  lengths = rng.integers(1, T + 1, (P, G))
+  mask = (np.arange(T)[None, None, :] < lengths[..., None]).astype(np.float32)
+  r = rng.integers(0, 2, (P, G)).astype(np.float64)
+  r[0, 0] = 1 - r[0, 1]  # at least one group with signal
+  out = np.asarray(run(A.tempo, tokens, mask, jnp.asarray(r, jnp.float32), jit=jit))
+  np.testing.assert_allclose(out, ref.tempo(tokens, mask, r), atol=1e-5)
+
+
+def test_tempo_reduces_to_grpo_wherever_no_sibling_branches():
+  """TD term = V(s_{j+1}) − V(s_j) vanishes unless the group splits at token j.
+
+  With no shared prefix beyond the prompt, every response splits from the others at its first token, so
+  there TD = R_i − μ (the official procedure's value: A = 2·GRPO at j = 0, the spec's toy s4 = [−1.732, …]),
+  and from the second token on tempo == grpo exactly.
+  """
+  rng = np.random.default_rng(2)
+  P, G, T = 2, 5, 6
+  tokens = (np.arange(G)[None, :, None] * 10 + rng.integers(0, 3, (P, G, T))).astype(np.int32)  # distinct firsts
+  mask = np.ones((P, G, T), np.float32)
+  r = jnp.asarray(rng.normal(size=(P, G)), jnp.float32)
+  out = np.asarray(A.tempo(tokens, mask, r))
+  grpo = np.asarray(A.grpo(r))
+  np.testing.assert_allclose(out[..., 1:], np.broadcast_to(grpo[..., None], out[..., 1:].shape), atol=1e-5)
+  np.testing.assert_allclose(out[..., 0], 2 * grpo, atol=1e-5)
+  # With shared prefixes: on tokens where no sibling diverges the TD term vanishes → GRPO's value.
+  out = np.asarray(A.tempo(TOY_TOKENS, TOY_MASK, jnp.asarray(TOY_R, jnp.float32)))
+  grpo = np.asarray(A.grpo(jnp.asarray(TOY_R, jnp.float32)))[0]
+  assert out[0, 3, 1] == pytest.approx(grpo[3], abs=1e-5)  # s4 alone after "g"
+  assert out[0, 2, 2] == pytest.approx(grpo[2], abs=1e-5)  # s3 alone after "a e"
+  assert out[0, 0, 1] != pytest.approx(grpo[0], abs=1e-3)  # s1 at "b": s3 branches off there
+
+
+def test_tempo_permuting_samples_permutes_advantages_and_constant_rewards_give_zero():
+  rng = np.random.default_rng(3)
+  tokens = rng.integers(0, 2, (1, 5, 6)).astype(np.int32)
+  mask = np.ones((1, 5, 6), np.float32)
+  r = jnp.asarray(rng.normal(size=(1, 5)), jnp.float32)
+  perm = np.array([3, 1, 4, 0, 2])
+  a = np.asarray(A.tempo(tokens, mask, r))
+  b = np.asarray(A.tempo(tokens[:, perm], mask[:, perm], r[:, perm]))
+  np.testing.assert_allclose(b, a[:, perm], atol=1e-6)
+  assert np.all(np.asarray(A.tempo(tokens, mask, jnp.ones((1, 5)))) == 0.0)
+  assert np.all(np.asarray(A.tempo(tokens[:, :1], mask[:, :1], r[:, :1])) == 0.0)  # G = 1 convention
+
+
+TREEPO_UIDS = ["u#1-0#2-0", "u#1-0#2-1", "u#1-1#2-2#3-0", "u#1-1#2-2#3-1"]
+TREEPO_PATHS = np.array([[[10, 20, -1], [10, 21, -1], [11, 22, 30], [11, 22, 31]]], np.int32)
+TREEPO_R = np.array([[1.0, 0.0, 1.0, 1.0]])
+TREEPO_MASK = (np.arange(6)[None, :] < np.array([4, 4, 6, 6])[:, None]).astype(np.float32)[None]
+
+
+@pytest.mark.parametrize("jit", JIT)
+@pytest.mark.parametrize("weighting, expected", [("average", [1.1000, -1.8333, 0.2444, 0.2444]),
+                                                 ("group_size", [0.9129, -1.8959, 0.3277, 0.3277])])
+def test_treepo_toy_tree(weighting, expected, jit):
+  out = np.asarray(run(A.treepo, jnp.asarray(TREEPO_R, jnp.float32), TREEPO_PATHS, TREEPO_MASK, jit=jit,
+                       weighting=weighting))
+  np.testing.assert_allclose(out[0, :, 0], expected, atol=1e-4)
+  np.testing.assert_allclose(out[0], ref.treepo(TREEPO_R, TREEPO_UIDS, TREEPO_MASK[0], weighting), atol=1e-5)
+  pre = np.asarray(A.treepo(jnp.asarray(TREEPO_R, jnp.float32), TREEPO_PATHS, TREEPO_MASK, whiten=False))[0, :, 0]
+  if weighting == "average":
+    np.testing.assert_allclose(pre, [0.375, -0.625, 0.0833, 0.0833], atol=1e-4)
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_spo_chain_toy(jit):
+  p = np.array([[[0.95, 0.5, 0.99, 0.3, 0.97, 0.6, 0.98, 0.99]]])
+  values = np.zeros((1, 1, 8))
+  values[0, 0, [0, 2, 4]] = [0.5, 0.75, 0.25]
+  mask = np.ones((1, 1, 8), np.float32)
+  adv, loss_mask = run(A.spo_chain, p, mask, values, jnp.array([[1.0]]), jit=jit, interval=1)
+  np.testing.assert_allclose(np.asarray(adv)[0, 0], [0, 0.25, 0, -0.5, 0, 0.75, 0, 0], atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(loss_mask)[0, 0], (p[0, 0] <= 0.9).astype(float))
+  adv, _ = A.spo_chain(p, mask, values, jnp.array([[1.0]]), interval=1, prob_mask=False)
+  np.testing.assert_allclose(np.asarray(adv)[0, 0], [0, 0.25, 0.25, -0.5, -0.5, 0.75, 0.75, 0.75], atol=1e-6)
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_reinforce_pp_baseline_and_gae_match_references(jit):
+  rng = np.random.default_rng(4)
+  P, G, T = 2, 3, 5
+  mask = (np.arange(T)[None, None, :] < rng.integers(1, T + 1, (P, G))[..., None]).astype(np.float32)
+  r = rng.normal(size=(P, G))
+  out = run(A.reinforce_pp_baseline, jnp.asarray(r, jnp.float32), mask, jit=jit)
+  np.testing.assert_allclose(np.asarray(out), ref.reinforce_pp_baseline(r, mask), atol=1e-5)
+  values = rng.normal(size=(P, G, T)) * mask
+  adv, ret = run(A.gae, jnp.asarray(r, jnp.float32), jnp.asarray(values, jnp.float32), mask, jit=jit, gamma=0.9,
+                 lam=0.8)
+  ref_adv, ref_ret = ref.gae(r, values, mask, 0.9, 0.8)
+  np.testing.assert_allclose(np.asarray(adv), ref_adv, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(ret), ref_ret, atol=1e-5)
+
+
+def test_reinforce_pp_without_kl_puts_the_reward_on_every_token_before_normalising():
+  mask = np.ones((1, 2, 3), np.float32)
+  out = np.asarray(A.reinforce_pp(jnp.array([[1.0, 0.0]]), mask))
+  np.testing.assert_allclose(out, [[[1, 1, 1], [-1, -1, -1]]], atol=1e-4)
+
+
+def test_gigpo_toy():
+  # Two trajectories (R = 1, 0) both visit anchor X: traj 1 at t = 0 (G = 0.9025), traj 2 at t = 1 (G = 0).
+  ep = jnp.array([[1.0, 0.0]])
+  step_r = jnp.array([[[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]])
+  anchors = jnp.array([[[7, 1, 2], [3, 7, 4]]])
+  mask = jnp.ones((1, 2, 3))
+  out = np.asarray(A.gigpo(ep, step_r, anchors, mask, gamma=0.95, mode="mean_norm"))
+  assert out[0, 0, 0] == pytest.approx(0.5 + 0.45125, abs=1e-5)
+  assert out[0, 1, 1] == pytest.approx(-0.5 - 0.45125, abs=1e-5)
+  assert out[0, 0, 1] == pytest.approx(0.5) and out[0, 1, 0] == pytest.approx(-0.5)  # singleton anchors
+
+
+def test_brpo_dars_rank_sgrpo_toys():
+  out = np.asarray(A.brpo(jnp.array([[[0.0, 1.0], [1.0, 1.0]]]), prior=jnp.array([0.5, 0.5])))
+  np.testing.assert_allclose(out[0, 0], [-0.25, 0.25], atol=1e-6)
+  acc = jnp.array([0.0, 0.125, 0.25, 0.375, 0.5])
+  np.testing.assert_array_equal(np.asarray(A.dars(acc, schedule="ET")), [24, 11, 3, 1, 0])
+  np.testing.assert_array_equal(np.asarray(A.dars(acc, schedule="HW")), [24, 24, 8, 3, 0])
+  np.testing.assert_allclose(np.asarray(A.rank_rewards(jnp.array([[[1, 0, 1, 0]]]), mode="log_decay"))[0, 0],
+                             [1.5, 0.5, 0.5, 0.0], atol=1e-4)
+  rank = np.asarray(A.rank_grpo(jnp.array([[[1, 0], [0, 0], [1, 1]]])))
+  np.testing.assert_allclose(rank[0, :, 0], (np.array([1, 0, 1]) - 2 / 3) / (np.std([1, 0, 1], ddof=1) + 1e-4),
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(A.s_grpo(jnp.array([[0, 1, 1, 0, 1]]))),
+                             [np.array([0, 1, 0.5, 0, 0.25]) - 1.75 / 5], atol=1e-6)
+
+
+def test_dcpo_smooth_standardisation_over_visits():
+  stats = A.init_reward_stats(3)
+  r1 = jnp.array([[1.0, 0.0, 0.0, 1.0]])
+  adv, stats = A.dcpo(r1, jnp.array([2]), stats)
+  np.testing.assert_allclose(np.asarray(adv), np.asarray(A.grpo(r1, eps=0.0)), atol=1e-5)  # first visit: A_new
+  r2 = jnp.array([[1.0, 1.0, 1.0, 1.0]])  # no variance now: the history still gives a signal
+  adv2, stats = A.dcpo(r2, jnp.array([2]), stats)
+  mu_tot = (0.5 + 1.0) / 2
+  sd_tot = np.sqrt((np.std([1, 0, 0, 1], ddof=1) ** 2 + 0 + 0.5 * 0.25) / 2)
+  np.testing.assert_allclose(np.asarray(adv2), 0.5 * (1 - mu_tot) / sd_tot * np.ones((1, 4)), rtol=1e-5)
+  assert int(stats.count[2]) == 2 and int(stats.count[0]) == 0
+
+
+def test_single_stream_tracker_and_rho():
+  # ρ leaves the clip band [0.875, 0.96] only for 0.0035 < D < 0.0116.
+  np.testing.assert_allclose(np.asarray(A.tracker_rho(jnp.array([0.0, 0.005, 0.02, 1.0]))),
+                             [0.96, 2 ** (-0.005 / 0.06), 0.875, 0.875], rtol=1e-6)
+  tracker = A.init_value_tracker(jnp.array([4.0, 0.0]), jnp.array([8.0, 0.0]))
+  adv, new, w = A.single_stream(jnp.array([[1.0], [0.0]]), jnp.array([0, 1]), tracker)
+  # p̂ = 0.5 for both (4.5/9 and 0.5/1) → a = [0.5, −0.5] → standardised ±0.7071.
+  np.testing.assert_allclose(np.asarray(adv)[:, 0], [0.70710677, -0.70710677], atol=1e-5)
+  np.testing.assert_allclose(float(new.alpha[0]), 0.96 * float(tracker.alpha[0]) + 1.0, rtol=1e-6)
+  assert w.shape == (2,) and float(jnp.sum(w)) == pytest.approx(1.0)
+
+
+def test_forking_tokens_keeps_the_top_entropy_fraction():
+  h = jnp.array([[0.1, 2.0, 0.5, 3.0, 0.2], [1.0, 0.0, 0.0, 0.3, 9.0]])
+  m = jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+  top = np.asarray(A.forking_tokens(h, m, rho=0.25))  # 9 valid → k = 2: H ≥ 2.0
+  np.testing.assert_array_equal(top, [[0, 1, 0, 1, 0], [0, 0, 0, 0, 0]])
+  bottom = np.asarray(A.forking_tokens(h, m, rho=0.25, keep="bottom"))
+  np.testing.assert_array_equal(top + bottom, np.asarray(m, float))
+
+
+def test_seed_grpo_and_hicra():
+  a = jnp.array([[1.0, -1.0, 0.5, -0.5]])
+  same = A.seed_grpo(a, jnp.array([[3, 3, 3, 3]]))
+  np.testing.assert_allclose(np.asarray(same), np.asarray(a))  # SE = 0 keeps A
+  spread = A.seed_grpo(a, jnp.array([[0, 1, 2, 3]]), alpha=0.5)  # SE = log G → scale 0.5
+  np.testing.assert_allclose(np.asarray(spread), 0.5 * np.asarray(a), rtol=1e-6)
+  h = A.hicra(jnp.array([[1.0], [-2.0]]), jnp.array([[1, 0], [0, 1]]), alpha=0.2)
+  np.testing.assert_allclose(np.asarray(h), [[1.2, 1.0], [-2.0, -1.6]], rtol=1e-6)
