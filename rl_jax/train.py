@@ -79,12 +79,13 @@ def _named_param(fn: Callable, name: str) -> bool:
 
 
 def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, objective: Callable,
-                 objective_kwargs: Optional[dict] = None, *, prompt_len: int) -> Callable:
+                 objective_kwargs: Optional[dict] = None, *, prompt_len: int, jit: bool = True) -> Callable:
   """Jitted (state, RLBatch) -> (state, metrics) for any objective with the rl_jax signature.
 
   The objective is called as objective(logp, old_logp, advantages, completion_mask, ref_logp=...,
   **objective_kwargs); if it takes `entropy` (HAPO, GTPO, DHPO, ...) the current policy's token
-  entropies are passed too, and `token_ids` likewise.
+  entropies are passed too, and `token_ids` likewise. `jit=False` returns the raw function, to be
+  jitted with explicit shardings (rl_jax.sharding.jit_sharded_step).
   """
   kwargs = dict(objective_kwargs or {})
   wants_entropy = _named_param(objective, "entropy") and "entropy" not in kwargs
@@ -103,12 +104,11 @@ def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, obje
     metrics = dict(metrics, entropy=jnp.sum(entropy * m) / jnp.maximum(jnp.sum(m), 1.0))
     return loss, metrics
 
-  @jax.jit
   def step(state: TrainState, batch: RLBatch):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     return _apply(optimizer, state, grads), dict(metrics, grad_norm=optax.global_norm(grads))
 
-  return step
+  return jax.jit(step) if jit else step
 
 
 def make_logprob_fn(cfg: ModelConfig, *, prompt_len: int) -> Callable:
