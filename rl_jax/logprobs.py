@@ -34,6 +34,7 @@ def logprobs_from_hidden(hidden: Array, w: Array, targets: Array, *, vocab_chunk
   w_pad = jnp.pad(w, ((0, 0), (0, pad)))
   h32 = hidden.astype(jnp.float32)
 
+  @jax.checkpoint  # recompute each chunk's logits in the backward pass instead of storing [N, V]
   def body(carry, c):
     m, s, sz, tgt = carry
     w_c = jax.lax.dynamic_slice_in_dim(w_pad, c * chunk, chunk, axis=1).astype(jnp.float32)

@@ -115,3 +115,8 @@ def optional_token_array(name: str, x, inp: PolicyInputs, *, required: bool, met
       raise ValueError(f"{method} needs the keyword array {name} of shape {tuple(inp.mask.shape)}.")
     return None
   return clean_token_array(name, x, inp.mask, dtype=dtype)
+
+
+def kernel_impl(use_kernel) -> str:
+  """`use_kernel=True` → the Pallas kernel's "auto" choice; a string ("interpret", "pallas", ...) is passed on."""
+  return "auto" if use_kernel is True else str(use_kernel)

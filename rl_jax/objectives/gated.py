@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from rl_jax.objectives import ratios, trust_regions
 from rl_jax.objectives.aggregation import masked_mean
 from rl_jax.objectives.core import policy_loss, register, start
+from rl_jax.objectives.core import kernel_impl as _impl
 from rl_jax.objectives.inputs import check_choice, check_hparam
 
 Array = jax.Array
@@ -35,7 +36,7 @@ def sapo(logp, old_logp, advantages, mask, *, ref_logp=None, tau_pos=1.0, tau_ne
   if use_kernel:
     from kernels_pallas.ratio_clip.ops import ratio_clip_loss
     per_token, clipped = ratio_clip_loss(inp.logp, inp.old_logp, inp.adv, inp.mask, mode="sapo", tau_pos=tau_pos,
-                                         tau_neg=tau_neg)
+                                         tau_neg=tau_neg, impl=_impl(use_kernel))
   else:
     per_token, clipped = trust_regions.sapo_gate(ratio, inp.adv, tau_pos=tau_pos, tau_neg=tau_neg)
   return policy_loss(per_token, inp, ratio=ratio, clipped=clipped, agg=agg, max_len=max_len, beta=beta,
@@ -63,7 +64,7 @@ def cispo(logp, old_logp, advantages, mask, *, ref_logp=None, eps_low=10.0, eps_
   if use_kernel and cap_mode == "relative":
     from kernels_pallas.ratio_clip.ops import ratio_clip_loss
     per_token, clipped = ratio_clip_loss(inp.logp, inp.old_logp, inp.adv, inp.mask, mode="cispo", eps_low=eps_low,
-                                         eps_high=eps_high)
+                                         eps_high=eps_high, impl=_impl(use_kernel))
   else:
     per_token = -weight * inp.adv * inp.logp
     clipped = (weight != ratio).astype(jnp.float32)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from rl_jax.objectives import ratios, trust_regions
 from rl_jax.objectives.core import check_dual_clip, policy_loss, register, start
+from rl_jax.objectives.core import kernel_impl as _impl
 from rl_jax.objectives.inputs import PolicyInputs
 
 Array = jax.Array
@@ -28,7 +29,8 @@ def token_clip_terms(inp: PolicyInputs, *, eps_low, eps_high, dual_clip_c=None, 
   if use_kernel:
     from kernels_pallas.ratio_clip.ops import ratio_clip_loss
     per_token, clipped = ratio_clip_loss(inp.logp, inp.old_logp, inp.adv, inp.mask, mode="clip", eps_low=eps_low,
-                                         eps_high=eps_high, dual_clip_c=dual_clip_c)
+                                         eps_high=eps_high, dual_clip_c=dual_clip_c,
+                                         impl=_impl(use_kernel))
     return per_token, clipped, ratio
   per_token, clipped = trust_regions.clipped_surrogate(ratio, inp.adv, eps_low=eps_low, eps_high=eps_high)
   if dual_clip_c is not None:

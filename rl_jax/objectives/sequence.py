@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from rl_jax.objectives import ratios, trust_regions
 from rl_jax.objectives.core import optional_token_array, policy_loss, register, start
+from rl_jax.objectives.core import kernel_impl as _impl
 from rl_jax.objectives.inputs import check_choice, check_hparam
 from rl_jax.objectives.aggregation import masked_mean
 
@@ -29,7 +30,7 @@ def _gspo_like(logp, old_logp, advantages, mask, ref_logp, *, token_level, eps_l
   if use_kernel and not token_level:
     from kernels_pallas.ratio_clip.ops import ratio_clip_loss
     per_token, clipped = ratio_clip_loss(inp.logp, inp.old_logp, inp.adv, inp.mask, mode="seq", eps_low=eps_low,
-                                         eps_high=eps_high)
+                                         eps_high=eps_high, impl=_impl(use_kernel))
   else:
     per_token, clipped = trust_regions.clipped_surrogate(ratio, inp.adv, eps_low=eps_low, eps_high=eps_high)
   return policy_loss(per_token, inp, ratio=ratio, clipped=clipped, agg=agg, max_len=max_len, beta=beta,
