@@ -6,7 +6,8 @@ Eight fake CPU devices (for mesh tests) and rank promotion disabled, so an accid
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if os.environ.get("RL_JAX_TEST_ACCELERATOR") != "1":  # set it to run the @gpu tests on a GPU/TPU machine
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
