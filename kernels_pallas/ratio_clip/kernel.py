@@ -25,7 +25,9 @@ class BlockSizes:
 
   @classmethod
   def get_default(cls, b: int, t: int) -> "BlockSizes":
-    return cls(block_b=min(8, max(1, b)), block_t=min(512, max(128, 1 << (max(t, 1) - 1).bit_length())))
+    """Powers of two (the GPU Triton lowering needs them); inputs are padded up to whole blocks."""
+    pow2 = lambda n: 1 << (max(n, 1) - 1).bit_length()
+    return cls(block_b=min(8, pow2(b)), block_t=min(512, max(128, pow2(t))))
 
 
 def _fwd_kernel(lp_ref, old_ref, a_ref, m_ref, loss_ref, clip_ref, **hp):
