@@ -69,7 +69,8 @@ def token_logprobs(params: dict, tokens: Array, cfg: ModelConfig, *, prompt_len:
   w = lm_head_weight(params, cfg)
   if use_kernel:
     from kernels_pallas.fused_logprobs.ops import fused_logprobs
-    logp, ent = fused_logprobs(h.reshape(b * t, d), w, targets.reshape(-1).astype(jnp.int32))
+    impl = "auto" if use_kernel is True else str(use_kernel)
+    logp, ent = fused_logprobs(h.reshape(b * t, d), w, targets.reshape(-1).astype(jnp.int32), impl=impl)
   else:
     logp, ent = logprobs_from_hidden(h.reshape(b * t, d), w, targets.reshape(-1), vocab_chunk=vocab_chunk)
   return logp.reshape(b, t), jax.lax.stop_gradient(ent.reshape(b, t))

@@ -1,0 +1,1 @@
+from kernels_pallas.fused_logprobs.ops import fused_logprobs
