@@ -13,12 +13,15 @@ from rl_jax.models import init_params, tiny_config
 
 # (rtol, atol) per input dtype, after upcasting to float32.
 TOLERANCES = {jnp.float32: (2e-5, 2e-5), jnp.bfloat16: (2e-2, 2e-2)}
+# Compiled on GPU, Triton multiplies float32 tiles in TF32 (10-bit mantissa): measured errors up to ~1.4e-3.
+GPU_TOLERANCES = {jnp.float32: (5e-3, 5e-3), jnp.bfloat16: (3e-2, 3e-2)}
 SHAPES = [(1, 16, 128), (37, 40, 300), (64, 72, 1000)]  # N, D, V not multiples of the tiles
 
 
 class FusedLogprobsTest:
   IMPL = "interpret"
   BLOCKS = BlockSizes(block_n=16, block_v=128, block_d=16)
+  TOL = TOLERANCES
 
   @pytest.mark.parametrize("shape", SHAPES)
   @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -33,7 +36,7 @@ class FusedLogprobsTest:
     h = jnp.asarray(rng.normal(size=(n, d)), dtype)
     w = jnp.asarray(rng.normal(size=(d, v)) * 0.3, dtype)
     t = jnp.asarray(rng.integers(0, v, n), jnp.int32)
-    rtol, atol = TOLERANCES[dtype]
+    rtol, atol = self.TOL[dtype]
     got, vjp_got = jax.vjp(lambda h, w: fused_logprobs(h, w, t, impl=self.IMPL, blocks=self.BLOCKS)[0], h, w)
     want, vjp_want = jax.vjp(lambda h, w: logprobs_naive(h, w, t)[0], h, w)
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=rtol, atol=atol)
@@ -70,3 +73,4 @@ class TestFusedLogprobsInterpret(FusedLogprobsTest):
 class TestFusedLogprobsCompiled(FusedLogprobsTest):
   IMPL = "pallas"
   BLOCKS = BlockSizes(block_n=16, block_v=128, block_d=16)
+  TOL = GPU_TOLERANCES
