@@ -136,7 +136,9 @@ def build(cfg: Config):
   return task, model_cfg
 
 
-def main(cfg: Config) -> dict:
+def main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
+  """Runs the experiment. `objective_fn` replaces the named objective with your own function (same
+  signature as rl_jax.objectives.*; `objective_kw` are its keyword arguments)."""
   task, model_cfg = build(cfg)
   run_dir = pathlib.Path(cfg.run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,9 +176,10 @@ def main(cfg: Config) -> dict:
     keep = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= start]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
 
-  objective = objectives_lib.get(cfg.objective)
+  objective = objective_fn or objectives_lib.get(cfg.objective)
+  kw = objective_kwargs(cfg) if objective_fn is None else dict(objective_kw or {})
   adv_fn = advantages_lib.get(cfg.advantage)
-  rl_step = make_rl_step(model_cfg, rl_opt, objective, objective_kwargs(cfg), prompt_len=task.prompt_len)
+  rl_step = make_rl_step(model_cfg, rl_opt, objective, kw, prompt_len=task.prompt_len)
   logprob_fn = make_logprob_fn(model_cfg, prompt_len=task.prompt_len)
   bar = progress(range(start, cfg.rl_steps), desc=f"RL ({cfg.objective})", enabled=cfg.progress_bar)
   history = []
@@ -204,7 +207,7 @@ def main(cfg: Config) -> dict:
   logger.close()
   rows = read_metrics(run_dir / "metrics.jsonl")
   plot = plot_curves(rows, run_dir / "curves.png", keys=("reward", "accuracy", "clip_frac"),
-                     title=f"arithmetic_tiny: {cfg.objective} / {cfg.advantage}")
+                     title=f"arithmetic_tiny: {getattr(objective, '__name__', cfg.objective)} / {cfg.advantage}")
   accs = [r["accuracy"] for r in rows if "accuracy" in r]
   print(f"accuracy curve: {' -> '.join(f'{a:.3f}' for a in accs)}")
   print(f"plot: {plot}")
