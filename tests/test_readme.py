@@ -22,3 +22,13 @@ def test_compose_example_runs_and_matches_gspo_token():
   ref, _ = objectives.gspo_token(scope["logp"], scope["logp"] - 0.01, scope["adv"], scope["mask"], eps_low=3e-4,
                                  eps_high=4e-4, agg="token-mean")
   np.testing.assert_allclose(float(loss), float(ref), rtol=1e-6)
+
+
+def test_smollm2_five_line_example_runs():
+  import pytest
+  pytest.importorskip("torch", reason="the GGUF tokenizer path of transformers needs torch")
+  block = next(b for b in python_blocks() if "load_gguf(smollm2_gguf_path())" in b)
+  scope = {}
+  exec(compile(block, str(README), "exec"), scope)
+  text = scope["tok"].decode(scope["out"].tokens[0][scope["out"].mask[0] > 0])
+  assert "12 + 7" in text
