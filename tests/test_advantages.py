@@ -241,3 +241,89 @@ def test_seed_grpo_and_hicra():
   np.testing.assert_allclose(np.asarray(spread), 0.5 * np.asarray(a), rtol=1e-6)
   h = A.hicra(jnp.array([[1.0], [-2.0]]), jnp.array([[1, 0], [0, 1]]), alpha=0.2)
   np.testing.assert_allclose(np.asarray(h), [[1.2, 1.0], [-2.0, -1.6]], rtol=1e-6)
+
+
+# A small tree: 0 → {1, 2}; 1 → leaves {3 (R=1), 4 (R=0)}; 2 → leaf {5 (R=1)}.
+PARENT = jnp.array([[-1, 0, 0, 1, 1, 2]])
+IS_LEAF = jnp.array([[False, False, False, True, True, True]])
+LEAF_R = jnp.array([[0.0, 0, 0, 1, 0, 1]])
+
+
+def test_tree_values_spo_tree_and_treerl():
+  v = A.tree_node_values(LEAF_R, PARENT, IS_LEAF)
+  np.testing.assert_allclose(np.asarray(v), [[0.75, 0.5, 1.0, 1.0, 0.0, 1.0]])
+  adv, keep = A.spo_tree(v, PARENT)
+  np.testing.assert_allclose(np.asarray(adv), [[0.0, -0.25, 0.25, 0.5, -0.5, 0.0]])
+  np.testing.assert_array_equal(np.asarray(keep), [[False, True, True, True, True, False]])
+  adv_g, _ = A.spo_tree(v, PARENT, mode="grpo")  # siblings {1, 2}: std_p 0.25; {3, 4}: 0.5; {5}: 0
+  np.testing.assert_allclose(np.asarray(adv_g)[0, 1:5], [-1.0, 1.0, 1.0, -1.0], rtol=1e-5)
+  r = A.treerl(v, PARENT, jnp.array([[3, 2, 1, 1, 1, 1]]))
+  np.testing.assert_allclose(float(r[0, 1]), ((0.5 - 0.75) * 2) / np.sqrt(2), rtol=1e-6)
+  np.testing.assert_allclose(float(r[0, 3]), (1 - 0.75) + (1 - 0.5), rtol=1e-6)
+
+
+def pure_reference(r, sm, pos, mask, solved, G, T=0.1):
+  B, K = r.shape
+  Tn = mask.shape[1]
+  rt = np.zeros((B, K))
+  ntok = np.zeros((B, K))
+  for i in range(B):
+    idx = [k for k in range(K) if sm[i, k]]
+    z = np.array([-r[i, k] / T for k in idx])
+    w = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    prev = -1
+    for j, k in enumerate(idx):
+      rt[i, k] = w[j] * r[i, k]
+      ntok[i, k] = pos[i, k] - prev
+      prev = pos[i, k]
+  lengths = mask.sum(1)
+  rewards = np.zeros((B, Tn))
+  for i in range(B):
+    g0 = (i // G) * G
+    others = [j for j in range(g0, g0 + G) if j != i]
+    base = sum(rt[j].sum() for j in others) / sum(lengths[j] for j in others)
+    for k in range(K):
+      if sm[i, k]:
+        rewards[i, pos[i, k]] += rt[i, k] - base * ntok[i, k]
+    v = solved[i] - 1.0
+    v_others = np.mean([solved[j] - 1.0 for j in others])
+    rewards[i, int(lengths[i]) - 1] += v - v_others
+  adv = np.zeros((B, Tn))
+  for i in range(B):
+    acc = 0.0
+    for t in reversed(range(Tn)):
+      acc += rewards[i, t]
+      adv[i, t] = acc * mask[i, t]
+    for k in range(K):
+      if sm[i, k]:
+        adv[i, pos[i, k]] = 0.0
+  return adv
+
+
+def test_pure_min_form_credit_matches_a_loop_reference():
+  r = np.array([[0.5, -0.5, 0.0], [1.0, 1.0, 0.9], [-0.2, 0.3, 0.0], [0.1, 0.0, 0.0]])
+  sm = np.array([[1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]], bool)
+  pos = np.array([[1, 3, 0], [0, 2, 4], [2, 4, 0], [1, 0, 0]])
+  mask = (np.arange(6)[None] < np.array([5, 6, 6, 3])[:, None]).astype(np.float32)
+  solved = np.array([0.0, 1.0, 1.0, 0.0])
+  got = np.asarray(A.pure(r, sm, pos, mask, solved, group_size=2))
+  np.testing.assert_allclose(got, pure_reference(r, sm, pos, mask, solved, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_d3s_thr_xrpo_and_gtpo_conflict():
+  adv = jnp.array([[0.9, -0.1, -1.2, 0.4]])
+  h = jnp.ones((1, 4, 5))
+  m = jnp.ones((1, 4, 5))
+  w = np.asarray(A.d3s(adv, h, m, sample_keep=0.5, token_keep=1.0))
+  np.testing.assert_array_equal(w.sum(-1)[0], [5, 0, 5, 0])  # the two largest |A| rows, all their tokens
+  w = np.asarray(A.d3s(adv, h * jnp.arange(5.0)[None, None, :], m, sample_keep=0.5, token_keep=0.4))
+  assert w.sum() == 4 and np.all(w[0, :, :3] == 0)
+  assert float(A.d3s_schedule(0, 100)) == 0.25 and float(A.d3s_schedule(100, 100)) == 1.0
+  np.testing.assert_allclose(np.asarray(A.thr(jnp.array([2.0]), jnp.array([[1.0, -3.0, 0.0]]), jnp.ones((1, 3)))),
+                             [[3.0, 1.0, 2.0]])
+  x = A.xrpo_sharpen(jnp.array([[1.0, 1.0, -1.0]]), jnp.array([[1, 1, 0]]), jnp.array([[-0.2, -1.0, -3.0]]), lam=0.5)
+  np.testing.assert_allclose(np.asarray(x), [[1.0, 1.2, -1.0]], rtol=1e-6)
+  tokens = jnp.array([[[1, 2, 3, 4], [1, 2, 5, 4]]])
+  delta, shaped = A.gtpo_conflict(tokens, jnp.ones((1, 2, 4)), jnp.array([[1.0, -1.0]]), jnp.full((1, 2, 4), 0.5))
+  np.testing.assert_allclose(np.asarray(delta)[0], [[2, 2, 1, 2], [0, 0, 1, 0]])
+  np.testing.assert_allclose(np.asarray(shaped), [[0.95, -1.05]], rtol=1e-6)
