@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
+from rl_jax.registry import Registry
+
 Array = jax.Array
-_REGISTRY: dict[str, Callable] = {}
-
-
-def register(fn: Callable) -> Callable:
-  _REGISTRY[fn.__name__] = fn
-  return fn
-
-
-def get(name: str) -> Callable:
-  """Returns the advantage estimator registered as `name` (see `names()`)."""
-  if name not in _REGISTRY:
-    raise ValueError(f"Unknown advantage estimator {name!r}; known estimators: {names()}.")
-  return _REGISTRY[name]
-
-
-def names() -> list[str]:
-  return sorted(_REGISTRY)
+_ESTIMATORS = Registry("advantage estimator")
+register = _ESTIMATORS.register
+get = _ESTIMATORS.get
+names = _ESTIMATORS.names
 
 
 def check_rewards(rewards, *, min_group: int = 1, method: str = "") -> Array:

@@ -17,29 +17,15 @@ from rl_jax.objectives.inputs import (PolicyInputs, check_choice, check_hparam, 
                                       prepare)
 from rl_jax.objectives.aggregation import AGG_MODES
 from rl_jax.objectives.divergences import KL_ESTIMATORS
+from rl_jax.registry import Registry
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
 
-_REGISTRY: dict[str, Callable] = {}
-
-
-def register(fn: Callable) -> Callable:
-  """Adds an objective to the registry under its function name."""
-  _REGISTRY[fn.__name__] = fn
-  return fn
-
-
-def get(name: str) -> Callable:
-  """Returns the objective registered as `name` (see `names()`)."""
-  if name not in _REGISTRY:
-    raise ValueError(f"Unknown objective {name!r}; known objectives: {names()}.")
-  return _REGISTRY[name]
-
-
-def names() -> list[str]:
-  """Sorted names of every registered objective."""
-  return sorted(_REGISTRY)
+_OBJECTIVES = Registry("objective")
+register = _OBJECTIVES.register  # adds an objective under its function name
+get = _OBJECTIVES.get            # the objective registered as `name`
+names = _OBJECTIVES.names        # sorted names of every registered objective
 
 
 def beta_active(beta) -> bool:
