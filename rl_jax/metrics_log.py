@@ -62,15 +62,11 @@ def plot_curves(rows: Sequence[dict], out_path, *, keys: Sequence[str] = ("rewar
   keys = [k for k in keys if any(k in r for r in rows)]
   fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(5 * max(len(keys), 1), 3.5), squeeze=False)
   for ax, key in zip(axes[0], keys):
-    pts = [(r["step"], r[key]) for r in rows if key in r]
-    for phase in sorted({r.get("phase", "") for r in rows if key in r}):
-      ph = [(r["step"], r[key]) for r in rows if key in r and r.get("phase", "") == phase]
-      ax.plot([p[0] for p in ph], [p[1] for p in ph], marker="o", ms=3, label=phase)
+    pts = sorted((r["step"], r[key]) for r in rows if key in r)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
     ax.set_xlabel("step")
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
-    if pts:
-      ax.legend()
   if title:
     fig.suptitle(title)
   fig.tight_layout()
