@@ -327,3 +327,47 @@ def test_d3s_thr_xrpo_and_gtpo_conflict():
   delta, shaped = A.gtpo_conflict(tokens, jnp.ones((1, 2, 4)), jnp.array([[1.0, -1.0]]), jnp.full((1, 2, 4), 0.5))
   np.testing.assert_allclose(np.asarray(delta)[0], [[2, 2, 1, 2], [0, 0, 1, 0]])
   np.testing.assert_allclose(np.asarray(shaped), [[0.95, -1.05]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_group_estimators_match_loop_references_on_random_rewards(jit):
+  rng = np.random.default_rng(7)
+  for shape in ((4, 5), (3, 2), (2, 1)):
+    r = rng.normal(size=shape)
+    r32 = jnp.asarray(r, jnp.float32)
+    np.testing.assert_allclose(np.asarray(run(A.rloo, r32, jit=jit)), ref.rloo(r), rtol=1e-5, atol=1e-5)
+    if shape[1] > 1:
+      np.testing.assert_allclose(np.asarray(run(A.ngrpo, r32, jit=jit)), ref.ngrpo(r), rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(np.asarray(run(A.grpo, r32, jit=jit)), ref.grpo(r), rtol=1e-5, atol=1e-5)
+
+
+def test_dcpo_matches_the_loop_reference_over_three_visits():
+  rng = np.random.default_rng(8)
+  stats = A.init_reward_stats(4)
+  history = []
+  for visit in range(3):
+    r = rng.integers(0, 2, 6).astype(np.float64)
+    if visit == 1:
+      r[:] = 1.0  # a zero-variance visit
+    adv, stats = A.dcpo(jnp.asarray(r[None], jnp.float32), jnp.array([3]), stats)
+    want = ref.dcpo_visit(r, history)
+    if visit == 0:
+      history.append((r.mean(), r.std(ddof=1)))
+    else:
+      want, new = want
+      history.append(new)
+    np.testing.assert_allclose(np.asarray(adv)[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_lp_reg_selection_matches_the_loop_reference():
+  rng = np.random.default_rng(9)
+  logp = rng.normal(-2.0, 1.0, (6, 40))
+  proxy = logp + rng.normal(0.0, 0.5, (6, 40))
+  adv = np.array([-1.0, 0.5, -0.2, -0.7, 1.0, -0.1])
+  mask = (rng.uniform(size=(6, 40)) > 0.1).astype(np.float32)
+  got = np.asarray(A.lp_reg(jnp.asarray(logp, jnp.float32), jnp.asarray(proxy, jnp.float32), jnp.asarray(adv),
+                            jnp.asarray(mask), neg_frac=0.05))
+  want = ref.lp_reg(logp.astype(np.float32).astype(np.float64), proxy.astype(np.float32).astype(np.float64), adv,
+                    mask, frac=0.05)
+  np.testing.assert_array_equal(got, want)
+  assert got.sum() > 0

@@ -101,3 +101,52 @@ def gae(r, values, mask, gamma, lam):
         adv[p, g, t] = last
   returns = (adv + values) * mask
   return whiten(adv, mask), returns
+
+
+def rloo(r):
+  r = np.asarray(r, np.float64)
+  out = np.zeros_like(r)
+  for p in range(r.shape[0]):
+    G = r.shape[1]
+    for i in range(G):
+      out[p, i] = r[p, i] if G == 1 else r[p, i] - sum(r[p, j] for j in range(G) if j != i) / (G - 1)
+  return out
+
+
+def ngrpo(r, r_max=1.0, k=1, eps=1e-6):
+  r = np.asarray(r, np.float64)
+  out = np.zeros_like(r)
+  for p in range(r.shape[0]):
+    aug = np.concatenate([r[p], [r_max] * k])
+    out[p] = (r[p] - aug.mean()) / (aug.std(ddof=1) + eps)
+  return out
+
+
+def dcpo_visit(r, history):
+  """SAS for one group given the list of earlier groups' rewards of the same prompt (all visits kept)."""
+  r = np.asarray(r, np.float64)
+  n = len(history) + 1
+  mu_new, sd_new = r.mean(), r.std(ddof=1)
+  a_new = (r - mu_new) / sd_new if sd_new > 0 else np.zeros_like(r)
+  if n == 1:
+    return a_new
+  mu_old, sd_old = history[-1]
+  mu_tot = ((n - 1) * mu_old + mu_new) / n
+  sd_tot = np.sqrt(((n - 1) * sd_old ** 2 + sd_new ** 2 + (n - 1) / n * (mu_new - mu_old) ** 2) / n)
+  a_tot = (r - mu_tot) / sd_tot if sd_tot > 0 else np.zeros_like(r)
+  sa_new = a_tot / n + (1 - 1 / n) * a_new
+  sa_tot = a_new / n + (1 - 1 / n) * a_tot
+  return np.where(np.abs(sa_new) < np.abs(sa_tot), sa_new, sa_tot), (mu_tot, sd_tot)
+
+
+def lp_reg(logp, proxy, adv, mask, frac=0.01):
+  B, T = logp.shape
+  neg = [(i, t) for i in range(B) for t in range(T) if mask[i, t] and adv[i] < 0]
+  k = max(1, int(np.floor(frac * len(neg))))
+  out = np.zeros((B, T))
+  if k <= 1:
+    return out
+  for i, t in sorted(neg, key=lambda c: (logp[c], c[0] * T + c[1]))[:k]:
+    if logp[i, t] < proxy[i, t]:
+      out[i, t] = 1.0
+  return out
