@@ -30,8 +30,8 @@ from rl_jax.models import init_params, tiny_config
 from rl_jax.progress import progress
 from rl_jax.sampling import generate
 from rl_jax.tasks import ArithmeticTask
-from rl_jax.train import (SFTBatch, Timer, dynamic_sampling_mask, init_state, make_logprob_fn, make_rl_step,
-                          make_sft_step, rl_iteration, rollout)
+from rl_jax.train import (SFTBatch, Timer, dynamic_sampling, init_state, make_logprob_fn, make_rl_step, make_sft_step,
+                          rl_iteration, rollout)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,7 +54,8 @@ class Config:
   objective: str = "grpo"          # any name in rl_jax.objectives.names()
   advantage: str = "grpo"          # any sequence-level name in rl_jax.advantages.names()
   beta: float = 0.0                # KL-to-reference coefficient (reference = post-warm-up model)
-  dynamic_sampling: bool = False   # DAPO: drop groups whose rewards all agree
+  dynamic_sampling: bool = False   # DAPO: over-sample, drop groups whose rewards all agree, refill the batch
+  max_gen_batches: int = 8         # DAPO: rollout batches tried per step before giving up (<= 0: unlimited)
   eval_every: int = 10             # RL steps between greedy evaluations
   eval_size: int = 256             # held-out problems for greedy accuracy
   checkpoint_every: int = 10       # RL steps between checkpoints (0 = never)
@@ -107,22 +108,32 @@ def evaluate(params, model_cfg, task: ArithmeticTask, n: int) -> float:
 def rl_step_once(cfg, task, model_cfg, state, step, rl_step, logprob_fn, adv_fn, ref_params):
   """One RL iteration on the prompts of data position `step`: rollouts, rewards, advantages, updates."""
   timer = Timer()
-  problems = task.problems(cfg.prompts_per_step, stream=2, index=step)
-  p_ids, p_mask = task.encode_prompts([p for p, _ in problems])
   rng, sub = jax.random.split(state.rng)
   state = state._replace(rng=rng)
-  ro = rollout(state.params, model_cfg, p_ids, p_mask, sub, group_size=cfg.group_size,
-               max_new_tokens=task.answer_len, temperature=cfg.temperature, stop_tokens=(task.vocab.EOS,))
-  answers = np.repeat([a for _, a in problems], cfg.group_size)
-  rewards = np.array([task.reward(c, a) for c, a in zip(ro.completion, answers)], np.float32)
-  rewards = rewards.reshape(cfg.prompts_per_step, cfg.group_size)
-  valid = None
+
+  def sample(attempt):
+    """Rollouts and rewards for a fresh batch of prompts (data position = (step, attempt)); refills for
+    dynamic sampling draw from their own stream so they never reuse another step's prompts."""
+    if attempt == 0:
+      problems, key = task.problems(cfg.prompts_per_step, stream=2, index=step), sub
+    else:
+      problems = task.problems(cfg.prompts_per_step, stream=3, index=step * 1000 + attempt)
+      key = jax.random.fold_in(sub, attempt)
+    p_ids, p_mask = task.encode_prompts([p for p, _ in problems])
+    ro = rollout(state.params, model_cfg, p_ids, p_mask, key, group_size=cfg.group_size,
+                 max_new_tokens=task.answer_len, temperature=cfg.temperature, stop_tokens=(task.vocab.EOS,))
+    answers = np.repeat([a for _, a in problems], cfg.group_size)
+    rewards = np.array([task.reward(c, a) for c, a in zip(ro.completion, answers)], np.float32)
+    return ro, rewards.reshape(cfg.prompts_per_step, cfg.group_size)
+
   if cfg.dynamic_sampling:
-    valid = np.repeat(dynamic_sampling_mask(rewards), cfg.group_size).astype(np.float32)
+    ro, rewards, ds = dynamic_sampling(sample, cfg.prompts_per_step, cfg.group_size, max_batches=cfg.max_gen_batches)
+  else:
+    (ro, rewards), ds = sample(0), {"gen_batches": 1, "short": 0}
   state, metrics = rl_iteration(state, rl_step, logprob_fn, ro, rewards, adv_fn, epochs=cfg.epochs,
-                                minibatches=cfg.minibatches, ref_params=ref_params if cfg.beta > 0 else None,
-                                valid_rows=valid)
+                                minibatches=cfg.minibatches, ref_params=ref_params if cfg.beta > 0 else None)
   row = {"reward": float(rewards.mean()), "clip_frac": metrics["clip_frac"], "loss": metrics["loss"],
+         "gen_batches": ds["gen_batches"],
          "entropy": metrics["entropy"], "nonzero_adv_frac": metrics["nonzero_adv_frac"],
          "tokens_per_s": float(ro.completion_mask.sum()) / timer.elapsed()}
   return row, state

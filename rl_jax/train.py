@@ -193,3 +193,44 @@ class Timer:
 
   def elapsed(self) -> float:
     return time.perf_counter() - self.start
+
+
+def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
+  return Rollouts(*(np.concatenate(xs, axis=0) for xs in zip(*parts)))
+
+
+def dynamic_sampling(sample_fn: Callable[[int], tuple[Rollouts, np.ndarray]], num_groups: int, group_size: int, *,
+                     max_batches: int = 8) -> tuple[Rollouts, np.ndarray, dict]:
+  """DAPO dynamic sampling: over-sample, drop groups whose rewards all agree, refill until `num_groups`.
+
+  `sample_fn(attempt)` returns (rollouts with rows grouped by prompt, rewards [P, G]) for a fresh batch
+  of prompts. Kept groups are concatenated in order and truncated to exactly `num_groups` groups. If
+  `max_batches` (≤ 0: unlimited) batches do not yield enough, the batch is filled up with the last
+  rejected groups masked out (their completion mask is zeroed), and `stats["short"]` says by how many.
+  Returns (rollouts, rewards [num_groups, G], stats).
+  """
+  kept_ro, kept_r, rejected_ro, rejected_r = [], [], [], []
+  attempt, have = 0, 0
+  while have < num_groups and (max_batches <= 0 or attempt < max_batches):
+    ro, rewards = sample_fn(attempt)
+    attempt += 1
+    keep = dynamic_sampling_mask(rewards)
+    rows = np.repeat(keep, group_size)
+    if keep.any():
+      kept_ro.append(Rollouts(*(x[rows] for x in ro)))
+      kept_r.append(rewards[keep])
+      have += int(keep.sum())
+    if (~keep).any():
+      rejected_ro.append(Rollouts(*(x[~rows] for x in ro)))
+      rejected_r.append(rewards[~keep])
+  short = max(0, num_groups - have)
+  if short:
+    filler = concat_rollouts(rejected_ro)
+    filler = Rollouts(*(x[:short * group_size] for x in filler))
+    filler = filler._replace(completion_mask=np.zeros_like(filler.completion_mask))
+    kept_ro.append(filler)
+    kept_r.append(np.concatenate(rejected_r)[:short])
+  ro = concat_rollouts(kept_ro)
+  ro = Rollouts(*(x[:num_groups * group_size] for x in ro))
+  rewards = np.concatenate(kept_r)[:num_groups]
+  return ro, rewards, {"gen_batches": attempt, "short": short}

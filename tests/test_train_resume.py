@@ -125,3 +125,29 @@ def test_experiment_runs_two_steps_with_any_objective(objective, tmp_path):
   out = exp.main(tiny(tmp_path, objective=objective, rl_steps=2, checkpoint_every=0, sft_steps=1))
   assert len(out["history"]) == 2
   assert all(np.isfinite(r["loss"]) for r in out["history"])
+
+
+def test_dynamic_sampling_refills_with_groups_that_carry_signal():
+  from rl_jax.train import Rollouts, dynamic_sampling
+  G, T = 2, 3
+
+  def fake(attempt):
+    rewards = np.array([[1, 1], [0, 1], [0, 0]], np.float32) if attempt % 2 == 0 else np.array(
+        [[1, 0], [1, 1], [0, 0]], np.float32)
+    ids = (attempt * 10 + np.arange(6))[:, None].repeat(T, 1)   # row identity survives the shuffle
+    ro = Rollouts(ids, ids, ids, np.ones((6, T), np.float32), np.zeros((6, T)))
+    return ro, rewards
+
+  ro, rewards, stats = dynamic_sampling(fake, 2, G, max_batches=8)
+  assert stats == {"gen_batches": 2, "short": 0}
+  np.testing.assert_array_equal(rewards, [[0, 1], [1, 0]])
+  np.testing.assert_array_equal(ro.tokens[:, 0], [2, 3, 10, 11])      # group 1 of batch 0, group 0 of batch 1
+  ro, rewards, stats = dynamic_sampling(fake, 5, G, max_batches=2)    # only 2 informative groups exist
+  assert stats["short"] == 3 and rewards.shape == (5, 2)
+  assert ro.completion_mask[:4].sum() == 4 * T and ro.completion_mask[4:].sum() == 0
+
+
+def test_experiment_with_dynamic_sampling(tmp_path):
+  out = exp.main(tiny(tmp_path, objective="dapo", dynamic_sampling=True, rl_steps=2, checkpoint_every=0,
+                      sft_steps=20))
+  assert all(r["gen_batches"] >= 1 for r in out["history"])
