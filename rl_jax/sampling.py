@@ -43,9 +43,10 @@ def filter_logits(logits: Array, *, temperature: float, top_k: int, top_p: float
   return logits
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens",
-                                             "pad_id"))
-def generate(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, *, max_new_tokens: int,
+STATIC_ARGS = ("cfg", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id")
+
+
+def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
              pad_id: int = 0) -> Samples:
   """Samples `max_new_tokens` tokens per row (temperature 0 = greedy argmax).
@@ -89,3 +90,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array,
   init = (logits[:, -1], cache, key_valid, jnp.zeros((b,), bool), rng)
   _, (tokens, mask, logp) = jax.lax.scan(step, init, jnp.arange(max_new_tokens))
   return Samples(tokens.T, mask.T, logp.T)
+
+
+generate = jax.jit(generate_raw, static_argnames=STATIC_ARGS)
+generate.__doc__ = generate_raw.__doc__

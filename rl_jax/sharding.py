@@ -142,3 +142,18 @@ def jit_sharded_step(step_fn, mesh: Mesh, state, optimizer, batch, *, donate: bo
   st = state_shardings(mesh, state, optimizer)
   bt = batch_shardings(mesh, batch)
   return jax.jit(step_fn, in_shardings=(st, bt), out_shardings=(st, None), donate_argnums=(0,) if donate else ()), st, bt
+
+
+def jit_sharded_generate(mesh: Mesh, params, **static):
+  """rl_jax.sampling.generate jitted with explicit shardings: parameters by the partition rules, prompts,
+  masks and outputs over the batch axes, the RNG key replicated. `static` are generate's static keywords
+  (cfg, max_new_tokens, temperature, ...). Returns (fn(params, prompts, prompt_mask, rng), param_shardings).
+  """
+  from rl_jax.sampling import Samples, generate_raw
+
+  p_sh = param_shardings(mesh, params)
+  rows = NamedSharding(mesh, P(BATCH))
+  fn = jax.jit(lambda params, prompts, mask, rng: generate_raw(params, static["cfg"], prompts, mask, rng,
+                                                               **{k: v for k, v in static.items() if k != "cfg"}),
+               in_shardings=(p_sh, rows, rows, NamedSharding(mesh, P())), out_shardings=Samples(rows, rows, rows))
+  return fn, p_sh

@@ -127,3 +127,22 @@ def test_checkpoint_saved_on_one_mesh_restores_onto_another(tmp_path):
   for a, b, s in zip(jax.tree.leaves(restored), jax.tree.leaves(state), jax.tree.leaves(target_sh)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert a.sharding == s
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2)])
+def test_sampler_is_identical_sharded_and_unsharded(shape):
+  from rl_jax.sampling import generate
+  from rl_jax.sharding import jit_sharded_generate
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(4)
+  prompts = jnp.asarray(rng.integers(3, 24, (8, 5)), jnp.int32)
+  mask = jnp.asarray((np.arange(5)[None] >= rng.integers(0, 3, 8)[:, None]).astype(np.int32))  # left padding
+  static = dict(cfg=CFG, max_new_tokens=6, temperature=0.0, stop_tokens=(5,))
+  want = generate(params, prompts=prompts, prompt_mask=mask, rng=jax.random.PRNGKey(1), **static)
+  mesh = make_mesh(MeshConfig(*shape))
+  fn, p_sh = jit_sharded_generate(mesh, params, **static)
+  got = fn(shard(params, p_sh), prompts, mask, jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
+  np.testing.assert_array_equal(np.asarray(got.mask), np.asarray(want.mask))
+  np.testing.assert_allclose(np.asarray(got.logp), np.asarray(want.logp), atol=1e-5)
+  assert got.tokens.sharding.spec == P(("data", "fsdp"))
