@@ -7,7 +7,7 @@ import pytest
 
 from rl_jax import objectives
 from objective_cases import make_batch
-from reference import objectives_np as ref
+from reference import objectives_loops_np as ref
 
 # (method, hyperparameters): defaults plus the switches that the docstrings expose.
 CASES = [
