@@ -118,7 +118,6 @@ def test_tempo_permuting_samples_permutes_advantages_and_constant_rewards_give_z
   assert np.all(np.asarray(A.tempo(tokens[:, :1], mask[:, :1], r[:, :1])) == 0.0)  # G = 1 convention
 
 
-TREEPO_UIDS = ["u#1-0#2-0", "u#1-0#2-1", "u#1-1#2-2#3-0", "u#1-1#2-2#3-1"]
 TREEPO_PATHS = np.array([[[10, 20, -1], [10, 21, -1], [11, 22, 30], [11, 22, 31]]], np.int32)
 TREEPO_R = np.array([[1.0, 0.0, 1.0, 1.0]])
 TREEPO_MASK = (np.arange(6)[None, :] < np.array([4, 4, 6, 6])[:, None]).astype(np.float32)[None]
@@ -131,7 +130,7 @@ def test_treepo_toy_tree(weighting, expected, jit):
   out = np.asarray(run(A.treepo, jnp.asarray(TREEPO_R, jnp.float32), TREEPO_PATHS, TREEPO_MASK, jit=jit,
                        weighting=weighting))
   np.testing.assert_allclose(out[0, :, 0], expected, atol=1e-4)
-  np.testing.assert_allclose(out[0], ref.treepo(TREEPO_R, TREEPO_UIDS, TREEPO_MASK[0], weighting), atol=1e-5)
+  np.testing.assert_allclose(out, ref.treepo(TREEPO_R, TREEPO_PATHS, TREEPO_MASK, weighting=weighting), atol=1e-5)
   pre = np.asarray(A.treepo(jnp.asarray(TREEPO_R, jnp.float32), TREEPO_PATHS, TREEPO_MASK, whiten=False))[0, :, 0]
   if weighting == "average":
     np.testing.assert_allclose(pre, [0.375, -0.625, 0.0833, 0.0833], atol=1e-4)
@@ -157,11 +156,13 @@ def test_reinforce_pp_baseline_and_gae_match_references(jit):
   mask = (np.arange(T)[None, None, :] < rng.integers(1, T + 1, (P, G))[..., None]).astype(np.float32)
   r = rng.normal(size=(P, G))
   out = run(A.reinforce_pp_baseline, jnp.asarray(r, jnp.float32), mask, jit=jit)
-  np.testing.assert_allclose(np.asarray(out), ref.reinforce_pp_baseline(r, mask), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out), ref.reinforce_pp_baseline(r, mask, style="openrlhf"), atol=1e-5)
+  verl = run(A.reinforce_pp_baseline, jnp.asarray(r, jnp.float32), mask, jit=jit, norm="verl")
+  np.testing.assert_allclose(np.asarray(verl), ref.reinforce_pp_baseline(r, mask, style="verl"), atol=1e-5)
   values = rng.normal(size=(P, G, T)) * mask
   adv, ret = run(A.gae, jnp.asarray(r, jnp.float32), jnp.asarray(values, jnp.float32), mask, jit=jit, gamma=0.9,
                  lam=0.8)
-  ref_adv, ref_ret = ref.gae(r, values, mask, 0.9, 0.8)
+  ref_adv, ref_ret = ref.gae(r, values, mask, gamma=0.9, lam=0.8)
   np.testing.assert_allclose(np.asarray(adv), ref_adv, atol=1e-4)
   np.testing.assert_allclose(np.asarray(ret), ref_ret, atol=1e-5)
 
@@ -344,19 +345,14 @@ def test_group_estimators_match_loop_references_on_random_rewards(jit):
 def test_dcpo_matches_the_loop_reference_over_three_visits():
   rng = np.random.default_rng(8)
   stats = A.init_reward_stats(4)
-  history = []
+  ref_state = {}
   for visit in range(3):
-    r = rng.integers(0, 2, 6).astype(np.float64)
+    r = rng.integers(0, 2, (2, 6)).astype(np.float64)
     if visit == 1:
-      r[:] = 1.0  # a zero-variance visit
-    adv, stats = A.dcpo(jnp.asarray(r[None], jnp.float32), jnp.array([3]), stats)
-    want = ref.dcpo_visit(r, history)
-    if visit == 0:
-      history.append((r.mean(), r.std(ddof=1)))
-    else:
-      want, new = want
-      history.append(new)
-    np.testing.assert_allclose(np.asarray(adv)[0], want, rtol=1e-5, atol=1e-6)
+      r[0] = 1.0  # a zero-variance visit
+    adv, stats = A.dcpo(jnp.asarray(r, jnp.float32), jnp.array([3, 1]), stats)
+    want, ref_state = ref.dcpo(r, [3, 1], ref_state)
+    np.testing.assert_allclose(np.asarray(adv), want, rtol=1e-5, atol=1e-6)
 
 
 def test_lp_reg_selection_matches_the_loop_reference():
@@ -367,7 +363,7 @@ def test_lp_reg_selection_matches_the_loop_reference():
   mask = (rng.uniform(size=(6, 40)) > 0.1).astype(np.float32)
   got = np.asarray(A.lp_reg(jnp.asarray(logp, jnp.float32), jnp.asarray(proxy, jnp.float32), jnp.asarray(adv),
                             jnp.asarray(mask), neg_frac=0.05))
-  want = ref.lp_reg(logp.astype(np.float32).astype(np.float64), proxy.astype(np.float32).astype(np.float64), adv,
-                    mask, frac=0.05)
-  np.testing.assert_array_equal(got, want)
+  want = ref.lp_reg_select(logp.astype(np.float32).astype(np.float64), proxy.astype(np.float32).astype(np.float64),
+                           np.broadcast_to(adv[:, None], logp.shape), mask, neg_frac=0.05)
+  np.testing.assert_array_equal(got, want.astype(float))
   assert got.sum() > 0

@@ -71,11 +71,14 @@ class ValueTracker(NamedTuple):
 
 
 def init_value_tracker(offline_successes, offline_trials, *, rho_min: float = 0.875) -> ValueTracker:
-  """α0 = N_init (k + 0.5)/(N_eff + 1), β0 = N_init (N_eff − k + 0.5)/(N_eff + 1), N_init = 1/(1 − ρ_min)."""
+  """α0 = N_init (k + 0.5)/(N_eff + 1), β0 = N_init (N_eff − k + 0.5)/(N_eff + 1), N_init = 1/(1 − ρ_min);
+  a prompt with no offline samples (N_eff = 0) starts at α0 = β0 = 0.5, as in the official recipe."""
   k = jnp.asarray(offline_successes, jnp.float32)
   n = jnp.asarray(offline_trials, jnp.float32)
   n_init = 1.0 / (1.0 - rho_min)
-  return ValueTracker(n_init * (k + 0.5) / (n + 1.0), n_init * (n - k + 0.5) / (n + 1.0))
+  alpha = jnp.where(n > 0, n_init * (k + 0.5) / (n + 1.0), 0.5)
+  beta = jnp.where(n > 0, n_init * (n - k + 0.5) / (n + 1.0), 0.5)
+  return ValueTracker(alpha, beta)
 
 
 def tracker_rho(kl_distance, *, d_half: float = 0.06, rho_min: float = 0.875, rho_max: float = 0.96) -> Array:
