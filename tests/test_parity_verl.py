@@ -209,3 +209,15 @@ def test_gae(jit):
   adv, ret = fn(jnp.asarray(rewards), jnp.asarray(values), jnp.asarray(mask), gamma=0.95, lam=0.9)
   np.testing.assert_allclose(np.asarray(adv).reshape(P * G, T), peer_adv.numpy() * m, rtol=TOL, atol=TOL)
   np.testing.assert_allclose(np.asarray(ret).reshape(P * G, T), peer_ret.numpy() * m, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_seq_mean_token_sum_norm_with_constant_scale(jit):
+  # verl's "seq-mean-token-sum-norm" divides by the number of non-empty sequences and by loss_scale_factor
+  # (the padded width of the micro-batch unless set). With a constant factor it equals rl_jax's (oat's) mode.
+  logp, old, mask, adv = _inputs(12)
+  l_const = 16
+  peer = _verl("vanilla", logp, old, mask, adv, agg="seq-mean-token-sum-norm", clip_ratio=0.2,
+               clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=1e9,
+               global_batch_info={"loss_scale_factor": l_const})
+  _check(peer, _ours("grpo", logp, old, mask, adv, jit=jit, beta=0.0, agg="seq-mean-token-sum-norm", max_len=l_const))
