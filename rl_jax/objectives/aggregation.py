@@ -46,7 +46,9 @@ def seq_mean_token_sum(per_token: Array, mask: Array) -> Array:
 def seq_mean_token_sum_norm(per_token: Array, mask: Array, max_len: float) -> Array:
   """Σ_{i,t} m ℓ / (N_seq · L_const)   (Dr. GRPO, arXiv 2503.20783, as in its oat code).
 
-  verl's mode of the same name omits the 1/N_seq factor: a constant rescaling of the loss.
+  verl 0.9.1's mode of the same name also divides by the number of non-empty sequences, but by its
+  `loss_scale_factor`, which defaults to the micro-batch's padded width rather than a constant; with a
+  constant factor it equals this (tests/test_parity_verl.py).
   """
   return jnp.sum(per_token * mask) / (_num_seqs(mask) * max_len)
 

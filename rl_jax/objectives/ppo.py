@@ -96,7 +96,8 @@ def dr_grpo(logp, old_logp, advantages, mask, *, ref_logp=None, eps_low=0.2, eps
 
   "Understanding R1-Zero-Like Training: A Critical Perspective", arXiv 2503.20783. Defaults from its
   official oat code: L_const = max_len = 3000, ε = 0.2, β = 0. The advantage side (no std division)
-  is `rl_jax.advantages.dr_grpo`. verl's "seq-mean-token-sum-norm" lacks the 1/N_seq factor.
+  is `rl_jax.advantages.dr_grpo`. verl's "seq-mean-token-sum-norm" matches when its
+  loss_scale_factor is the constant L_const (its default is the padded micro-batch width).
   Example: two sequences with token-loss sums −6 and +3, L_const = 3000 → (−6 + 3)/(2·3000) = −5e-4.
   """
   return _clip_objective(logp, old_logp, advantages, mask, ref_logp, eps_low=eps_low, eps_high=eps_high,
