@@ -11,8 +11,10 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 import jax  # noqa: E402
 
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes,
-                           process_id=process_id, initialization_timeout=60)
+# Loopback only: the coordinator binds to 127.0.0.1 (its default is every interface).
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", coordinator_bind_address=f"127.0.0.1:{port}",
+                           num_processes=num_processes, process_id=process_id, initialization_timeout=60,
+                           heartbeat_timeout_seconds=30, shutdown_timeout_seconds=30)
 
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402

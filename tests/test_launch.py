@@ -1,32 +1,75 @@
-"""Launch scripts: the TPU pod dry run prints a correct command sequence; local.sh validates its input."""
+"""Launch scripts: the TPU pod dry run prints a correct command sequence; bad input is refused."""
 
 import pathlib
+import shlex
 import subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+POD = ["bash", str(ROOT / "launch/tpu_pod.sh")]
+
+
+def dry_run(*extra):
+  return subprocess.run(POD + ["--name=rl-v5p", "--zone=us-east5-a", "--type=v5p-64", "--project=proj", "--dry-run",
+                               *extra, "--", "experiments.configs.gsm8k_pod", "--preset=qwen2.5-math-7b",
+                               "--smoke_steps=2"], capture_output=True, text=True, check=True).stdout.splitlines()
 
 
 def test_tpu_pod_dry_run_prints_the_command_sequence():
-  out = subprocess.run(["bash", str(ROOT / "launch/tpu_pod.sh"), "--name=rl-v5p", "--zone=us-east5-a",
-                        "--type=v5p-32", "--project=proj", "--dry-run", "--", "experiments.arithmetic_tiny",
-                        "--objective=dapo"], capture_output=True, text=True, check=True).stdout.splitlines()
-  assert len(out) == 4
-  assert out[0].startswith("gcloud compute tpus tpu-vm create rl-v5p --zone=us-east5-a --accelerator-type=v5p-32")
-  assert "--project=proj" in out[0]
-  assert out[1].startswith("gcloud compute tpus tpu-vm scp --recurse") and "--worker=all" in out[1]
-  assert "pip install" in out[2] and "jax[tpu]" in out[2] and "--worker=all" in out[2]
-  assert "--worker=all" in out[3] and "python3 -m experiments.arithmetic_tiny --objective=dapo" in out[3]
-  assert "RL_JAX_MULTIHOST=1" in out[3]
+  out = dry_run()
+  assert len(out) == 5
+  create, mkdir, scp, install, start = out
+  # Create or reuse: describe first, create only when it fails.
+  assert create.startswith("gcloud compute tpus tpu-vm describe rl-v5p --zone=us-east5-a --project=proj")
+  assert "|| gcloud compute tpus tpu-vm create rl-v5p --zone=us-east5-a --accelerator-type=v5p-64" in create
+  assert "--version=v2-alpha-tpuv5 --project=proj" in create
+  for line in (mkdir, scp, install, start):
+    assert "--worker=all" in line and "--project=proj" in line and "--zone=us-east5-a" in line
+  assert "mkdir -p ~/rl_jax" in mkdir
+  assert scp.startswith("gcloud compute tpus tpu-vm scp --recurse") and scp.endswith("rl-v5p:~/rl_jax/")
+  for path in ("rl_jax", "experiments", "kernels_pallas", "requirements.txt"):
+    assert f"{ROOT}/{path}" in scp and (ROOT / path).exists()
+  assert "pip install" in install and "jax[tpu]" in install and "-r requirements.txt" in install
+  assert start.startswith("gcloud compute tpus tpu-vm ssh rl-v5p")
+  command = shlex.split(start)[-1]  # what every worker runs
+  assert command.startswith("--command=cd ~/rl_jax && ")
+  assert "RL_JAX_MULTIHOST=1" in command
+  assert command.endswith("python3 -m experiments.configs.gsm8k_pod --preset=qwen2.5-math-7b --smoke_steps=2")
 
 
-def test_tpu_pod_requires_name_zone_and_module():
-  r = subprocess.run(["bash", str(ROOT / "launch/tpu_pod.sh"), "--dry-run"], capture_output=True, text=True)
+def test_tpu_pod_skip_install_and_no_project():
+  out = subprocess.run(POD + ["--name=a", "--zone=z", "--dry-run", "--skip-install", "--", "m"], capture_output=True,
+                       text=True, check=True).stdout.splitlines()
+  assert len(out) == 4 and not any("pip install" in line for line in out)
+  assert not any("--project" in line for line in out)
+  assert "--accelerator-type=v5p-8" in out[0]  # default slice
+
+
+def test_tpu_pod_refuses_bad_input():
+  r = subprocess.run(POD + ["--dry-run"], capture_output=True, text=True)
   assert r.returncode == 2 and "usage" in r.stderr
-  r = subprocess.run(["bash", str(ROOT / "launch/tpu_pod.sh"), "--name=a", "--zone=b", "--dry-run"],
-                     capture_output=True, text=True)
+  r = subprocess.run(POD + ["--name=a", "--zone=b", "--dry-run"], capture_output=True, text=True)
   assert r.returncode == 2 and "missing the experiment module" in r.stderr
+  r = subprocess.run(POD + ["--name=a", "--zone=b", "--bogus"], capture_output=True, text=True)
+  assert r.returncode == 2 and "unknown option" in r.stderr
 
 
 def test_local_sh_needs_a_module():
   r = subprocess.run(["bash", str(ROOT / "launch/local.sh")], capture_output=True, text=True)
   assert r.returncode != 0 and "usage" in r.stderr
+
+
+def test_tpu_pod_runs_the_commands_and_reuses_an_existing_vm(tmp_path):
+  """Without --dry-run, a stand-in gcloud on PATH records the calls: create only when describe fails."""
+  log = tmp_path / "calls.txt"
+  fake = tmp_path / "gcloud"
+  fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n[[ "$4" != describe ]] || exit "${{DESCRIBE_RC:-0}}"\n')
+  fake.chmod(0o755)
+  for rc, creates in (("0", False), ("1", True)):
+    log.write_text("")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "DESCRIBE_RC": rc}
+    subprocess.run(POD + ["--name=a", "--zone=z", "--skip-install", "--", "m", "--k=v"], env=env, check=True)
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("compute tpus tpu-vm describe a")
+    assert any(c.startswith("compute tpus tpu-vm create a") for c in calls) == creates
+    assert calls[-1].endswith("--command=cd ~/rl_jax && RL_JAX_MULTIHOST=1 PYTHONUNBUFFERED=1 python3 -m m --k=v")
+    assert len(calls) == 4 + creates

@@ -1,0 +1,1 @@
+"""Experiment configs that are sized for a particular machine (pod slices)."""
