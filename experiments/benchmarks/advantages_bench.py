@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.benchmarks.timing import median_time
+
 from rl_jax import advantages
 
 
@@ -61,16 +63,6 @@ def naive_treepo(rewards, paths):
   return out
 
 
-def timed(fn, *args, repeats=3):
-  jax.block_until_ready(fn(*args))
-  best = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best.append(time.perf_counter() - t0)
-  return float(np.median(best))
-
-
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--sizes", default="8x8x1024,8x16x1024,64x8x1024,8x8x8192")
@@ -87,7 +79,7 @@ def main():
     mask = np.ones((P, G, T), np.float32)
     r = rng.integers(0, 2, (P, G)).astype(np.float32)
     fn = jax.jit(advantages.tempo)
-    ours = timed(fn, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(r)) * 1e3
+    ours = median_time(fn, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(r), repeats=3) * 1e3
     naive = float("nan")
     if P * G * T <= args.naive_max_tokens:
       t0 = time.perf_counter()
@@ -97,7 +89,7 @@ def main():
     paths = rng.integers(0, 2, (P, G, 4)).astype(np.int32)
     paths = np.cumsum(paths * (2 ** np.arange(4)), -1)   # node ids unique per prefix
     fn = jax.jit(lambda r, p, m: advantages.treepo(r, p, m, whiten=False))
-    ours = timed(fn, jnp.asarray(r), jnp.asarray(paths), jnp.asarray(mask)) * 1e3
+    ours = median_time(fn, jnp.asarray(r), jnp.asarray(paths), jnp.asarray(mask), repeats=3) * 1e3
     t0 = time.perf_counter()
     naive_treepo(r.astype(np.float64), paths)
     naive = (time.perf_counter() - t0) * 1e3

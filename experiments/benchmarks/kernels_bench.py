@@ -11,22 +11,12 @@ time) against a measured device-to-device copy ceiling. Memory is XLA's compiled
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def timeit(fn, *args, repeats=10):
-  out = fn(*args)
-  jax.block_until_ready(out)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+from experiments.benchmarks.timing import median_time
 
 
 def peak_bytes(fn, *args):
@@ -40,7 +30,7 @@ def peak_bytes(fn, *args):
 def copy_bandwidth(n_bytes=1 << 28):
   x = jnp.ones((n_bytes // 4,), jnp.float32)
   f = jax.jit(lambda x: x + 1.0)
-  t = timeit(f, x, repeats=5)
+  t = median_time(f, x, repeats=5)
   return 2 * n_bytes / t  # read + write
 
 
@@ -57,7 +47,7 @@ def bench_ratio_clip(shapes, accelerator):
       def f(lp, impl=impl):
         return jax.value_and_grad(lambda x: ratio_clip_loss(x, old, adv, mask, eps_high=0.28, impl=impl)[0].sum())(lp)
       jf = jax.jit(f)
-      sec = timeit(jf, lp)
+      sec = median_time(jf, lp, repeats=10)
       moved = 4 * b * t * (4 + 1)  # forward reads 4 arrays; backward reads 5, writes 1 (lower bound ≈ 5 passes)
       rows.append(("ratio_clip fwd+bwd", f"B={b} T={t}", impl, sec * 1e3, peak_bytes(f, lp), moved / sec))
   return rows
@@ -88,7 +78,7 @@ def bench_logprobs(shapes, accelerator):
       pass
     for name, fn in paths:
       g = jax.value_and_grad(fn, argnums=(0, 1))
-      sec = timeit(jax.jit(g), h, w, repeats=3)
+      sec = median_time(jax.jit(g), h, w, repeats=3)
       rows.append(("logprobs fwd+bwd", f"N={n} D={d} V={v}", name, sec * 1e3, peak_bytes(g, h, w), float("nan")))
   return rows
 

@@ -7,25 +7,16 @@ the standard forward on G copies of prompt + completion (tiny model, CPU unless 
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.benchmarks.timing import median_time
+
 from rl_jax.logprobs import token_logprobs
 from rl_jax.models import init_params, tiny_config
 from rl_jax.prefix_grouper import grouped_logprobs
-
-
-def median_time(fn, *args, repeats=5):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def main():
@@ -48,7 +39,7 @@ def main():
     grouped = jax.jit(jax.grad(lambda p: grouped_logprobs(p, cfg, prefix, suffixes, smask).sum()))
     tokens = jnp.concatenate([jnp.broadcast_to(prefix, (g, lp)), suffixes], axis=1)
     standard = jax.jit(jax.grad(lambda p: token_logprobs(p, tokens, cfg, prompt_len=lp)[0].sum()))
-    t_std, t_grp = median_time(standard, params), median_time(grouped, params)
+    t_std, t_grp = median_time(standard, params, repeats=5), median_time(grouped, params, repeats=5)
     print(f"| {lp} | {t_std * 1e3:.1f} | {t_grp * 1e3:.1f} | {t_std / t_grp:.2f}x |")
 
 
