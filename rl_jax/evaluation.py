@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from math import comb
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -33,3 +33,84 @@ def maj_at_k(answers: Sequence[str], is_correct: Callable[[str], bool], k: int) 
   best = max(votes.values())
   winner = next(a for a in answers[:k] if a is not None and votes[a] == best)
   return float(is_correct(winner))
+
+
+def sample_texts(params, cfg, tokenizer, prompts: Sequence[str], rng, *, samples: int = 1, temperature: float = 0.0,
+                 max_new_tokens: int = 256, batch_size: int = 32, bucket: int = 64, stop_tokens: Sequence[int] = (),
+                 top_p: float = 1.0, progress_bar: bool = False, desc: str = "sampling") -> list[list[str]]:
+  """`samples` completions (text) for each chat-templated prompt string, batched with fixed shapes.
+
+  Prompts are sorted by length and cut into batches of `batch_size` rows (each prompt repeated
+  `samples` times); the last batch is padded with copies, so every batch has the same shape and
+  jitted sampling compiles once per length bucket.
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from rl_jax.chat import decode_completions, encode_prompts
+  from rl_jax.progress import progress
+  from rl_jax.sampling import generate
+
+  if samples < 1:
+    raise ValueError(f"samples must be >= 1, got {samples}.")
+  order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+  rows = [(i, s) for i in order for s in range(samples)]
+  out: list[list[str]] = [[] for _ in prompts]
+  stops = tuple(stop_tokens) or (tokenizer.eos_token_id,)
+  batches = range(0, len(rows), batch_size)
+  for b, start in enumerate(progress(batches, desc=desc, enabled=progress_bar)):
+    chunk = rows[start:start + batch_size]
+    chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
+    ids, mask = encode_prompts(tokenizer, [prompts[i] for i, _ in chunk], bucket=bucket)
+    if ids.shape[1] + max_new_tokens > cfg.max_seq_len:
+      raise ValueError(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) > max_seq_len {cfg.max_seq_len}.")
+    res = generate(params, cfg, jnp.asarray(ids), jnp.asarray(mask), jax.random.fold_in(rng, b),
+                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop_tokens=stops)
+    texts = decode_completions(tokenizer, np.asarray(res.tokens), np.asarray(res.mask))
+    for (i, _), text in zip(chunk[:len(rows[start:start + batch_size])], texts):
+      out[i].append(text)
+  return out
+
+
+def evaluate_math(params, cfg, tokenizer, records: Sequence[dict], rng, *, samples: int = 0,
+                  ks: Sequence[int] = (1, 8), temperature: float = 0.6, top_p: float = 0.95,
+                  max_new_tokens: int = 256, batch_size: int = 32, bucket: int = 64, instruction=None,
+                  reward_fn: Optional[Callable[[str, str], float]] = None, progress_bar: bool = False) -> dict:
+  """Greedy accuracy, and with `samples` > 0 also pass@k, maj@k and avg@k, on math records.
+
+  Records are {problem, answer} dicts (rl_jax.data). A completion is correct when
+  `reward_fn(text, answer)` (default `rl_jax.rewards.math_reward`) is 1; maj@k votes over the
+  normalised extracted answers. Returns {"n", "greedy", "pass@k", "maj@k", "avg@k", "greedy_texts"}.
+  """
+  import jax
+
+  from rl_jax.chat import MATH_INSTRUCTION, chat_text
+  from rl_jax.rewards.math import answers_equivalent, final_answer, math_reward, normalize_answer
+
+  def _normalised(a):
+    return None if a is None else normalize_answer(a)
+
+  if not records:
+    raise ValueError("evaluate_math needs at least one record.")
+  reward_fn = reward_fn or math_reward
+  instruction = MATH_INSTRUCTION if instruction is None else instruction
+  prompts = [chat_text(tokenizer, r["problem"], instruction=instruction) for r in records]
+  common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, bucket=bucket, progress_bar=progress_bar)
+  greedy = sample_texts(params, cfg, tokenizer, prompts, jax.random.fold_in(rng, 0), temperature=0.0,
+                        desc="eval greedy", **common)
+  result = {"n": len(records), "greedy_texts": [g[0] for g in greedy]}
+  result["greedy"] = sum(reward_fn(g[0], r["answer"]) for g, r in zip(greedy, records)) / len(records)
+  if samples:
+    sampled = sample_texts(params, cfg, tokenizer, prompts, jax.random.fold_in(rng, 1), samples=samples,
+                           temperature=temperature, top_p=top_p, desc=f"eval x{samples}", **common)
+    for k in ks:
+      if k > samples:
+        continue
+      correct = [[reward_fn(t, r["answer"]) > 0 for t in texts] for texts, r in zip(sampled, records)]
+      result[f"pass@{k}"] = sum(pass_at_k(samples, sum(c), k) for c in correct) / len(records)
+      result[f"avg@{k}"] = sum(avg_at_k(c, k) for c in correct) / len(records)
+      result[f"maj@{k}"] = sum(
+          maj_at_k([_normalised(final_answer(t)) for t in texts], lambda a, r=r: answers_equivalent(a, r["answer"]), k)
+          for texts, r in zip(sampled, records)) / len(records)
+  return result

@@ -63,7 +63,8 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
   prompt_mask = prompt_mask.astype(jnp.int32)
   key_valid = jnp.concatenate([prompt_mask, jnp.zeros((b, max_new_tokens), jnp.int32)], axis=1)
   cache = init_cache(cfg, b, s_max)
-  logits, cache = forward_with_cache(params, prompts, cfg, cache, 0, default_positions(prompt_mask), key_valid)
+  logits, cache = forward_with_cache(params, prompts, cfg, cache, 0, default_positions(prompt_mask), key_valid,
+                                     last_only=True)
   next_pos = jnp.sum(prompt_mask, axis=1)                                  # [B]
   stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
 

@@ -46,7 +46,7 @@ class RLBatch(NamedTuple):
   tokens: Array            # [B, P + T] prompt then completion
   attn_mask: Array         # [B, P + T] real tokens
   completion_mask: Array   # [B, T] trainable completion tokens
-  old_logp: Array          # [B, T] log π_old (recomputed by the trainer)
+  old_logp: Optional[Array]  # [B, T] log π_old (recomputed by the trainer); None: one on-policy update
   advantages: Array        # [B] or [B, T]
   ref_logp: Optional[Array] = None   # [B, T] when the objective has β > 0
 
@@ -98,7 +98,9 @@ def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, obje
       extra["entropy"] = entropy
     if wants_ids:
       extra["token_ids"] = batch.tokens[:, prompt_len:]
-    loss, metrics = objective(logp, batch.old_logp, batch.advantages, batch.completion_mask, ref_logp=batch.ref_logp,
+    # old_logp None = a single on-policy update: π_old is the current policy, ratio ≡ 1 in value.
+    old_logp = jax.lax.stop_gradient(logp) if batch.old_logp is None else batch.old_logp
+    loss, metrics = objective(logp, old_logp, batch.advantages, batch.completion_mask, ref_logp=batch.ref_logp,
                               **extra)
     m = batch.completion_mask
     metrics = dict(metrics, entropy=jnp.sum(entropy * m) / jnp.maximum(jnp.sum(m), 1.0))
@@ -144,16 +146,20 @@ def rollout(params, cfg: ModelConfig, prompts: np.ndarray, prompt_mask: np.ndarr
 
 def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rollouts: Rollouts,
                  rewards: np.ndarray, advantages_fn: Callable, *, epochs: int = 1, minibatches: int = 1,
-                 ref_params=None, valid_rows: Optional[np.ndarray] = None) -> tuple[TrainState, dict]:
+                 ref_params=None, valid_rows: Optional[np.ndarray] = None,
+                 recompute_old_logp: bool = False) -> tuple[TrainState, dict]:
   """Advantages from rewards [P, G], then `epochs` passes over `minibatches` shuffled mini-batches.
 
   `valid_rows` [P·G] (bool) removes rows from the loss (e.g. DAPO's filtered groups) by masking.
-  Returns the new state and the mean of each metric over the updates.
+  With a single update per batch (epochs = minibatches = 1) π_old is the current policy, so the
+  separate no-gradient forward that recomputes log π_old is skipped (the step uses stop_gradient(log π));
+  `recompute_old_logp=True` forces it. Returns the new state and the mean of each metric over the updates.
   """
   p, g = rewards.shape
   adv = np.asarray(advantages_fn(jnp.asarray(rewards, jnp.float32))).reshape(p * g)
   tokens, attn = jnp.asarray(rollouts.tokens), jnp.asarray(rollouts.attn_mask)
-  old_logp = np.asarray(logprob_fn(state.params, tokens, attn))
+  single = epochs == 1 and minibatches == 1 and not recompute_old_logp
+  old_logp = None if single else np.asarray(logprob_fn(state.params, tokens, attn))
   ref_logp = None if ref_params is None else np.asarray(logprob_fn(ref_params, tokens, attn))
   cmask = rollouts.completion_mask.astype(np.float32)
   if valid_rows is not None:
@@ -168,7 +174,8 @@ def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rol
     order = np.asarray(jax.random.permutation(sub, n))
     for k in range(minibatches):
       idx = order[k * size:(k + 1) * size]
-      batch = RLBatch(tokens[idx], attn[idx], jnp.asarray(cmask[idx]), jnp.asarray(old_logp[idx]),
+      batch = RLBatch(tokens[idx], attn[idx], jnp.asarray(cmask[idx]),
+                      None if old_logp is None else jnp.asarray(old_logp[idx]),
                       jnp.asarray(adv[idx]), None if ref_logp is None else jnp.asarray(ref_logp[idx]))
       state, metrics = rl_step(state, batch)
       history.append(metrics)

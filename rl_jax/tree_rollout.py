@@ -177,7 +177,7 @@ def tree_rollout_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask
   prompt_mask = prompt_mask.astype(jnp.int32)
   key_valid = jnp.concatenate([prompt_mask, jnp.zeros((n_prompts, n_new), jnp.int32)], axis=1)
   logits, cache = forward_with_cache(params, prompts, cfg, init_cache(cfg, n_prompts, s + n_new), 0,
-                                     default_positions(prompt_mask), key_valid)        # the prompt, once
+                                     default_positions(prompt_mask), key_valid, last_only=True)  # the prompt, once
   stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
   state = _State(logits[:, -1], cache, key_valid, jnp.zeros((n_prompts,), bool), jnp.ones((n_prompts,), bool),
                  jnp.full((n_prompts, n_new), pad_id, jnp.int32), jnp.zeros((n_prompts, n_new)),

@@ -24,7 +24,8 @@ def test_extraction():
 
 
 @pytest.mark.parametrize("pred, target, same", [
-    ("0.5", r"\frac{1}{2}", True), (r"\dfrac{3}{4}", "0.75", True), ("1,000", "1000", True), ("50\\%", "50", True),
+    ("0.5", r"\frac{1}{2}", True), (r"\dfrac{3}{4}", "0.75", True), ("1,000", "1000", True),
+    ("109,200,000", "109200000", True), ("50\\%", "50", True),
     (r"2\sqrt{2}", r"\sqrt{8}", True), (r"x^2+2x+1", r"(x+1)^2", True), (r"\frac{\pi}{2}", r"\pi/2", True),
     ("3", "4", False), (r"\frac{1}{3}", "0.33", False), ("x+1", "x-1", False), (None, "1", False),
     (r"\text{(B)}", "(B)", True),

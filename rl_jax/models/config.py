@@ -22,6 +22,7 @@ class ModelConfig:
   qk_norm: bool = False         # Qwen3
   rope_scaling: Optional[tuple] = None  # sorted (key, value) pairs of HF rope scaling, e.g. rope_type llama3
   max_seq_len: int = 2048
+  remat: bool = False           # recompute each decoder layer in the backward pass (activation memory ∝ 1 layer)
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):  # stored as a tuple so the config stays hashable (jit static arg)

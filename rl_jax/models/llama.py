@@ -120,10 +120,12 @@ def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=
   q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
   new_kv = None
   if cache_kv is not None:
-    ck, cv = cache_kv
-    ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
-    cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
-    k, v, new_kv = ck, cv, (ck, cv)
+    # cache_kv = (all layers' keys, values [L, B, S_max, K, hd], this layer's index): written in place
+    # inside the layer scan's carry, so a decode step never copies the whole cache.
+    ck, cv, layer = cache_kv
+    ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (layer, 0, cache_index, 0, 0))
+    cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (layer, 0, cache_index, 0, 0))
+    k, v, new_kv = ck[layer], cv[layer], (ck, cv)
   x = x + _attention(q, k, v, allowed, cfg) @ lp["wo"]
   h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
   x = x + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
@@ -160,6 +162,9 @@ def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: O
     x, _ = _layer(cfg, inv_freq, x, lp, positions, allowed)
     return x, None
 
+  if cfg.remat:
+    body = jax.checkpoint(body)
+
   x, _ = jax.lax.scan(body, x, params["layers"])
   return rms_norm(x, params["final_norm"], cfg.rms_eps)
 
@@ -177,10 +182,12 @@ def forward(params: dict, tokens: Array, cfg: ModelConfig, *, positions: Optiona
 
 
 def forward_with_cache(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache, cache_index: Array,
-                       positions: Array, key_valid: Array) -> tuple[Array, KVCache]:
+                       positions: Array, key_valid: Array, *, last_only: bool = False) -> tuple[Array, KVCache]:
   """Runs tokens [B, S] at cache slots [cache_index, cache_index + S) and returns (logits [B, S, V], cache).
 
   key_valid [B, S_max]: which cache slots hold real (non-padding) tokens, including the new ones.
+  last_only: project only the last position to the vocabulary (logits [B, 1, V]); a prefill needs
+  nothing else, and skips a [B, S, V] matmul.
   """
   b, s = tokens.shape
   s_max = cache.k.shape[2]
@@ -189,11 +196,14 @@ def forward_with_cache(params: dict, tokens: Array, cfg: ModelConfig, cache: KVC
   inv_freq = rope_frequencies(cfg)
   x = params["embed"][tokens]
 
-  def body(x, layer):
-    lp, ck, cv = layer
-    x, (ck, cv) = _layer(cfg, inv_freq, x, lp, positions, allowed, (ck, cv), cache_index)
-    return x, (ck, cv)
+  def body(carry, layer):
+    x, ks, vs = carry
+    lp, i = layer
+    x, (ks, vs) = _layer(cfg, inv_freq, x, lp, positions, allowed, (ks, vs, i), cache_index)
+    return (x, ks, vs), None
 
-  x, (ks, vs) = jax.lax.scan(body, x, (params["layers"], cache.k, cache.v))
+  (x, ks, vs), _ = jax.lax.scan(body, (x, cache.k, cache.v), (params["layers"], jnp.arange(cfg.n_layers)))
+  if last_only:
+    x = x[:, -1:]
   h = rms_norm(x, params["final_norm"], cfg.rms_eps)
   return (h @ lm_head_weight(params, cfg)).astype(jnp.float32), KVCache(ks, vs)

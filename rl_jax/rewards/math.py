@@ -41,7 +41,7 @@ def normalize_answer(ans: str) -> str:
   for junk in ("\\!", "\\,", "\\;", "\\:", "\\left", "\\right", "\\$", "^\\circ", "^{\\circ}", "\\%", "%"):
     s = s.replace(junk, "")
   s = s.replace("dfrac", "frac").replace("tfrac", "frac").replace(" ", "")
-  s = re.sub(r"(\d),(\d{3})", r"\1\2", s)
+  s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators, all of them
   return s.rstrip(".")
 
 
@@ -90,15 +90,20 @@ def answers_equivalent(pred: Optional[str], target: str) -> bool:
     return False
 
 
-def math_reward(completion: str, answer: str) -> float:
-  """1.0 if the completion's final answer (\\boxed{} first, then '####', then the last number) matches."""
+def final_answer(completion: str) -> Optional[str]:
+  """The completion's final answer: \\boxed{} first, then '####', then the last number (None if none)."""
   pred = extract_boxed(completion)
   if pred is None:
     pred = extract_gsm8k_answer(completion)
   if pred is None:
     numbers = re.findall(r"-?\d[\d,]*\.?\d*", completion)
     pred = numbers[-1].rstrip(".") if numbers else None
-  return float(answers_equivalent(pred, answer))
+  return pred
+
+
+def math_reward(completion: str, answer: str) -> float:
+  """1.0 if the completion's final answer (\\boxed{} first, then '####', then the last number) matches."""
+  return float(answers_equivalent(final_answer(completion), answer))
 
 
 def format_reward(completion: str, *, style: str = "boxed") -> float:

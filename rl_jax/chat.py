@@ -1,0 +1,56 @@
+"""Text in and out of the token-level API for pretrained chat models.
+
+`encode_prompts` renders questions with the tokenizer's chat template and left-pads them to a length
+rounded up to `bucket` tokens, so that jitted sampling and training compile once per bucket instead
+of once per batch. `decode_completions` turns sampled token rows back into strings.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+MATH_INSTRUCTION = "Solve the problem step by step. Write the final answer as a number after '####'."
+
+
+def chat_text(tokenizer, question: str, *, instruction: Optional[str] = MATH_INSTRUCTION,
+              system: Optional[str] = None) -> str:
+  """The chat-templated prompt (generation prompt appended) for one question."""
+  messages = [{"role": "system", "content": system}] if system else []
+  content = question if not instruction else f"{question}\n{instruction}"
+  messages.append({"role": "user", "content": content})
+  return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def round_up(n: int, bucket: int) -> int:
+  return -(-n // bucket) * bucket if bucket > 1 else n
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], *, bucket: int = 64, max_len: Optional[int] = None,
+                   pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded ids [N, L] and mask, L = the longest prompt rounded up to `bucket`.
+
+  Prompts longer than `max_len` are an error (they would be silently cut otherwise).
+  """
+  if not texts:
+    raise ValueError("encode_prompts needs at least one prompt.")
+  rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+  longest = max(map(len, rows))
+  if max_len is not None and longest > max_len:
+    raise ValueError(f"a prompt has {longest} tokens, more than max_len={max_len}.")
+  width = round_up(longest, bucket)
+  if max_len is not None:
+    width = min(width, max_len)
+  ids = np.full((len(rows), width), pad_id, np.int32)
+  mask = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, width - len(r):] = r
+    mask[i, width - len(r):] = 1
+  return ids, mask
+
+
+def decode_completions(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
+  """Text of each completion row (masked tokens dropped, special tokens skipped)."""
+  tokens, mask = np.asarray(tokens), np.asarray(mask)
+  return [tokenizer.decode(t[m > 0].tolist(), skip_special_tokens=True) for t, m in zip(tokens, mask)]

@@ -1,0 +1,131 @@
+"""Every experiment module runs 2 RL steps on a tiny config; the GSM8K run also resumes exactly."""
+
+import importlib
+import inspect
+import json
+import pathlib
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from rl_jax.metrics_log import read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _need_smollm2():
+  from rl_jax.models import smollm2_gguf_path
+  try:
+    smollm2_gguf_path()
+  except FileNotFoundError as e:
+    pytest.skip(f"{e} (the GSM8K experiment uses its tokenizer)")
+
+GSM8K_TINY = dict(model="tiny-random", rl_steps=2, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_size=3,
+                  eval_max_new_tokens=8, eval_batch=3, checkpoint_every=1, progress_bar=False)
+TINY = {  # experiment module -> overrides that make it a seconds-long run
+    "arithmetic_tiny": dict(digits=1, d_model=32, sft_steps=2, sft_batch=8, rl_steps=2, prompts_per_step=2,
+                            group_size=2, minibatches=1, eval_every=1, eval_size=8, checkpoint_every=0,
+                            progress_bar=False),
+    "gsm8k_smollm2": GSM8K_TINY,
+}
+
+
+def test_every_experiment_has_a_tiny_config():
+  modules = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if p.stem != "__init__")
+  assert modules == sorted(TINY), f"add a tiny config for {set(modules) ^ set(TINY)}"
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_experiment_runs_two_steps(name, tmp_path):
+  if name == "gsm8k_smollm2":
+    _need_smollm2()
+  mod = importlib.import_module(f"experiments.{name}")
+  cfg = mod.Config(run_dir=str(tmp_path), **TINY[name])
+  mod.main(cfg)
+  rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["phase"] == "rl"]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(np.isfinite(r["loss"]) and np.isfinite(r["reward"]) for r in rows)
+  assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+@pytest.fixture
+def gsm8k():
+  _need_smollm2()
+  from experiments import gsm8k_smollm2
+  return gsm8k_smollm2
+
+
+def test_gsm8k_resume_equals_uninterrupted(gsm8k, tmp_path):
+  full = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "full"), **GSM8K_TINY))
+  gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "cut"), **dict(GSM8K_TINY, rl_steps=1)))   # "killed" after 1 step
+  resumed = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "cut"), **GSM8K_TINY))
+  a = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if r["phase"] == "rl"]
+  b = [r for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r["phase"] == "rl"]
+  drop = ("gen_seconds", "step_seconds", "tokens_per_s", "time")
+  assert [{k: v for k, v in r.items() if k not in drop} for r in a] == \
+         [{k: v for k, v in r.items() if k not in drop} for r in b]
+  assert full["after"]["gsm8k"]["greedy"] == resumed["after"]["gsm8k"]["greedy"]
+  assert json.loads((tmp_path / "cut" / "summary.json").read_text())["before"]["gsm8k"]["n"] == 3
+
+
+def test_gsm8k_config(gsm8k):
+  pod = gsm8k.make_config(["--preset=pod", "--lr=2e-6"])
+  assert pod.prompts_per_step == 128 and pod.eval_size == 0 and pod.lr == 2e-6 and pod.objective == "dapo"
+  assert gsm8k.make_config([]).prompts_per_step == gsm8k.Config().prompts_per_step
+  for bad in (["--objective=nope"], ["--eval_sets=gsm8k,nope"], ["--overlong_buffer=1000"], ["--minibatches=3"]):
+    with pytest.raises(ValueError):
+      gsm8k.make_config(bad)
+
+
+def test_gsm8k_dynamic_sampling_and_overlong_shaping_run(gsm8k, tmp_path):
+  cfg = gsm8k.Config(run_dir=str(tmp_path), **dict(GSM8K_TINY, objective="dapo", dynamic_sampling=True,
+                                                   max_gen_batches=2, overlong_buffer=4, format_bonus=0.1,
+                                                   checkpoint_every=0, eval_sets=""))
+  gsm8k.main(cfg)
+  rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["phase"] == "rl"]
+  assert [r["gen_batches"] for r in rows] == [2, 2]        # a random model's groups are all 0 → refills tried
+  # every sample is 8 tokens long, in the 4-token overlong buffer of an 8-token cap: penalty −1 each
+  assert all(r["reward"] == pytest.approx(-1.0) for r in rows)
+
+
+def test_gsm8k_rewarder(gsm8k):
+  r = gsm8k.Rewarder(gsm8k.Config(max_new_tokens=100, overlong_buffer=20, format_bonus=0.5))
+  reward, correct = r(["so #### 12", "I think 12", "#### 13", "x"], ["12"] * 4, [10, 90, 100, 5], [False] * 4)
+  np.testing.assert_allclose(correct, [1, 1, 0, 0])
+  # overlong: length 90 is 10 tokens into the 20-token buffer → −0.5; length 100 → −1
+  np.testing.assert_allclose(reward, [1.5, 1 - 0.5, 0.5 - 1.0, 0.0])
+
+
+def test_single_update_skips_the_old_logprob_pass_and_equals_recomputing():
+  from rl_jax import advantages, objectives
+  from rl_jax.models import init_params, tiny_config
+  from rl_jax.train import Rollouts, init_state, make_logprob_fn, make_rl_step, rl_iteration
+  cfg = tiny_config(16, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, ffn_dim=32, max_seq_len=16)
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  opt = optax.sgd(0.5)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(1, 16, (4, 7)).astype(np.int32)
+  attn = np.ones_like(tokens)
+  cmask = np.ones((4, 4), np.float32)
+  cmask[1, 2:] = 0
+  ro = Rollouts(tokens, attn, tokens[:, 3:], cmask, np.zeros((4, 4), np.float32))
+  rewards = np.array([[1.0, 0.0], [0.0, 0.0]], np.float32)
+  calls = []
+  lp = make_logprob_fn(cfg, prompt_len=3)
+  counting = lambda *a: (calls.append(1), lp(*a))[1]
+  for objective in ("grpo", "gspo", "cispo"):
+    fn = objectives.get(objective)
+    kw = {"beta": 0.0} if "beta" in inspect.signature(fn).parameters else {}
+    step = make_rl_step(cfg, opt, fn, kw, prompt_len=3)
+    outs = []
+    for recompute in (False, True):
+      calls.clear()
+      st, m = rl_iteration(init_state(params, opt, jax.random.PRNGKey(1)), step, counting, ro, rewards,
+                           advantages.get("grpo"), recompute_old_logp=recompute)
+      assert len(calls) == int(recompute)
+      outs.append((st.params, m))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), outs[0][0], outs[1][0])
+    assert outs[0][1]["loss"] == pytest.approx(outs[1][1]["loss"], abs=1e-6)
+    assert not np.allclose(outs[0][0]["embed"], params["embed"])          # the update did something
