@@ -147,6 +147,26 @@ def build(cfg: Config):
   return task, model_cfg
 
 
+def rl_optimizer(cfg: Config) -> optax.GradientTransformation:
+  """Adam with global-norm clipping 1.0."""
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(cfg.lr))
+
+
+def warm_up(cfg: Config, task: ArithmeticTask, model_cfg):
+  """Fresh model (seeded by cfg.seed) after `cfg.sft_steps` supervised steps; returns its TrainState."""
+  rng = jax.random.PRNGKey(cfg.seed)
+  params = init_params(model_cfg, jax.random.fold_in(rng, 1))
+  sft_opt = optax.adam(cfg.sft_lr)
+  state = init_state(params, sft_opt, jax.random.fold_in(rng, 2))
+  sft_step = make_sft_step(model_cfg, sft_opt)
+  for i in progress(range(cfg.sft_steps), desc="warm-up (SFT)", enabled=cfg.progress_bar):
+    problems = task.problems(cfg.sft_batch, stream=0, index=i)
+    p_ids, p_mask = task.encode_prompts([p for p, _ in problems])
+    a_ids, a_mask = task.encode_answers([a for _, a in problems])
+    state, _ = sft_step(state, SFTBatch(*(jnp.asarray(x) for x in (p_ids, p_mask, a_ids, a_mask))))
+  return state
+
+
 def main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
   """Runs the experiment. `objective_fn` replaces the named objective with your own function (same
   signature as rl_jax.objectives.*; `objective_kw` are its keyword arguments)."""
@@ -162,18 +182,11 @@ def main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
 
   rng = jax.random.PRNGKey(cfg.seed)
   params = init_params(model_cfg, jax.random.fold_in(rng, 1))
-  sft_opt = optax.adam(cfg.sft_lr)
-  rl_opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(cfg.lr))
+  rl_opt = rl_optimizer(cfg)
   restored = ckpt.restore_latest(init_state(params, rl_opt, rng)) if cfg.resume else None
 
   if restored is None:
-    state = init_state(params, sft_opt, jax.random.fold_in(rng, 2))
-    sft_step = make_sft_step(model_cfg, sft_opt)
-    for i in progress(range(cfg.sft_steps), desc="warm-up (SFT)", enabled=cfg.progress_bar):
-      problems = task.problems(cfg.sft_batch, stream=0, index=i)
-      p_ids, p_mask = task.encode_prompts([p for p, _ in problems])
-      a_ids, a_mask = task.encode_answers([a for _, a in problems])
-      state, m = sft_step(state, SFTBatch(*(jnp.asarray(x) for x in (p_ids, p_mask, a_ids, a_mask))))
+    state = warm_up(cfg, task, model_cfg)
     acc = evaluate(state.params, model_cfg, task, cfg.eval_size)
     print(f"after warm-up: greedy accuracy {acc:.3f}")
     logger.log(0, {"accuracy": acc}, phase="eval")

@@ -103,7 +103,11 @@ def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, obje
     loss, metrics = objective(logp, old_logp, batch.advantages, batch.completion_mask, ref_logp=batch.ref_logp,
                               **extra)
     m = batch.completion_mask
-    metrics = dict(metrics, entropy=jnp.sum(entropy * m) / jnp.maximum(jnp.sum(m), 1.0))
+    n = jnp.maximum(jnp.sum(m), 1.0)
+    ratio = jnp.exp(jax.lax.stop_gradient(logp) - old_logp)      # token ratio π/π_old, whatever the objective uses
+    ratio_mean = jnp.sum(ratio * m) / n
+    metrics = dict(metrics, entropy=jnp.sum(entropy * m) / n,
+                   token_ratio_std=jnp.sqrt(jnp.sum(jnp.square(ratio - ratio_mean) * m) / n))
     return loss, metrics
 
   def step(state: TrainState, batch: RLBatch):
@@ -147,16 +151,20 @@ def rollout(params, cfg: ModelConfig, prompts: np.ndarray, prompt_mask: np.ndarr
 def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rollouts: Rollouts,
                  rewards: np.ndarray, advantages_fn: Callable, *, epochs: int = 1, minibatches: int = 1,
                  ref_params=None, valid_rows: Optional[np.ndarray] = None,
-                 recompute_old_logp: bool = False) -> tuple[TrainState, dict]:
+                 recompute_old_logp: bool = False, keep_groups: bool = False) -> tuple[TrainState, dict]:
   """Advantages from rewards [P, G], then `epochs` passes over `minibatches` shuffled mini-batches.
 
   `valid_rows` [P·G] (bool) removes rows from the loss (e.g. DAPO's filtered groups) by masking.
   With a single update per batch (epochs = minibatches = 1) π_old is the current policy, so the
   separate no-gradient forward that recomputes log π_old is skipped (the step uses stop_gradient(log π));
-  `recompute_old_logp=True` forces it. Returns the new state and the mean of each metric over the updates.
+  `recompute_old_logp=True` forces it. `keep_groups=True` shuffles whole groups, so every mini-batch holds
+  complete groups in order (objectives that read the group layout, e.g. GTPO's `group_size`). `advantages_fn` may return [P, G] (one advantage per response) or
+  [P, G, T] (per token: TEMPO, TreePO, ...). Returns the new state, the mean of each metric over the
+  updates, and `advantage_stats`.
   """
   p, g = rewards.shape
-  adv = np.asarray(advantages_fn(jnp.asarray(rewards, jnp.float32))).reshape(p * g)
+  adv = np.asarray(advantages_fn(jnp.asarray(rewards, jnp.float32)))
+  adv = adv.reshape(p * g, *adv.shape[2:])        # [P·G] sequence-level or [P·G, T] token-level
   tokens, attn = jnp.asarray(rollouts.tokens), jnp.asarray(rollouts.attn_mask)
   single = epochs == 1 and minibatches == 1 and not recompute_old_logp
   old_logp = None if single else np.asarray(logprob_fn(state.params, tokens, attn))
@@ -167,11 +175,16 @@ def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rol
   n = p * g
   if n % minibatches:
     raise ValueError(f"{n} rollouts do not split into {minibatches} equal mini-batches.")
+  if keep_groups and p % minibatches:
+    raise ValueError(f"keep_groups: {p} groups do not split into {minibatches} equal mini-batches.")
   size = n // minibatches
   history = []
   for epoch in range(epochs):
     state, sub = _split_rng(state)
-    order = np.asarray(jax.random.permutation(sub, n))
+    if keep_groups:
+      order = (np.asarray(jax.random.permutation(sub, p))[:, None] * g + np.arange(g)[None, :]).reshape(n)
+    else:
+      order = np.asarray(jax.random.permutation(sub, n))
     for k in range(minibatches):
       idx = order[k * size:(k + 1) * size]
       batch = RLBatch(tokens[idx], attn[idx], jnp.asarray(cmask[idx]),
@@ -180,8 +193,27 @@ def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rol
       state, metrics = rl_step(state, batch)
       history.append(metrics)
   mean = {k: float(np.mean([float(m[k]) for m in history])) for k in history[0]}
-  mean["nonzero_adv_frac"] = float(np.mean(np.abs(adv) > 1e-8))
+  mean.update(advantage_stats(adv, cmask, rewards))
   return state, mean
+
+
+def advantage_stats(adv: np.ndarray, cmask: np.ndarray, rewards: np.ndarray) -> dict:
+  """Where the advantages give signal.
+
+  nonzero_adv_frac: share of trainable completion tokens whose advantage is non-zero (|A| > 1e-8);
+  flat_groups: share of groups whose rewards all agree (no signal for GRPO);
+  flat_group_signal: share of those flat groups with some non-zero advantage (NGRPO, DCPO's SAS), 0 if none.
+  `adv` [P·G] or [P·G, T]; `cmask` [P·G, T]; `rewards` [P, G].
+  """
+  nz = np.abs(adv) > 1e-8
+  nz_tok = np.broadcast_to(nz[:, None], cmask.shape) if nz.ndim == 1 else nz
+  m = cmask > 0
+  p, g = rewards.shape
+  flat = np.std(rewards, axis=1) == 0
+  row_signal = (nz_tok & m).any(axis=1).reshape(p, g).any(axis=1)
+  return {"nonzero_adv_frac": float((nz_tok & m).sum() / max(m.sum(), 1)),
+          "flat_groups": float(flat.mean()),
+          "flat_group_signal": float((row_signal & flat).sum() / max(flat.sum(), 1))}
 
 
 def _split_rng(state: TrainState):

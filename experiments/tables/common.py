@@ -1,0 +1,470 @@
+"""Shared pieces of the table runners: the arithmetic RL harness, seeds, mean ± std, markdown and plots.
+
+Every table module follows the same shape: `main(argv)` parses `--quick`, `--seeds=0,1,2`, `--out=DIR`,
+runs its cells, writes `<out>/<name>.md` (the table with the command, machine, date and wall time that
+made it), `<out>/<name>.png` and `<out>/<name>.json` (every per-seed number), and returns the rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import inspect
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+from typing import Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rl_jax
+from rl_jax import advantages as advantages_lib
+from rl_jax import objectives as objectives_lib
+from rl_jax.advantages.stateful import init_reward_stats
+from rl_jax.train import Rollouts, init_state, make_logprob_fn, make_rl_step, rl_iteration, rollout
+from rl_jax.tree_rollout import tree_rollout
+
+RESULTS = pathlib.Path("results/tables")
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+  quick: bool = False
+  seeds: tuple = (0, 1, 2)
+  out: pathlib.Path = RESULTS
+  extra: tuple = ()          # unparsed --key=value pairs, for the module
+
+
+def parse_args(argv: Sequence[str]) -> Args:
+  """--quick, --seeds=0,1,2, --out=DIR; anything else is passed on in `extra`."""
+  quick, seeds, out, extra = False, None, RESULTS, []
+  for a in argv:
+    if a == "--quick":
+      quick = True
+    elif a.startswith("--seeds="):
+      seeds = tuple(int(x) for x in a.split("=", 1)[1].split(",") if x)
+    elif a.startswith("--out="):
+      out = pathlib.Path(a.split("=", 1)[1])
+    elif a.startswith("--"):
+      extra.append(a)
+    else:
+      raise SystemExit(f"Unexpected argument {a!r}; use --quick, --seeds=0,1,2, --out=DIR or --key=value.")
+  if seeds is None:
+    seeds = (0,) if quick else (0, 1, 2)
+  if not seeds:
+    raise SystemExit("--seeds needs at least one seed.")
+  return Args(quick, seeds, out, tuple(extra))
+
+
+def extra_value(args: Args, key: str, default):
+  """Value of --key=value in args.extra, converted to the type of `default`."""
+  for a in args.extra:
+    k, _, v = a[2:].partition("=")
+    if k == key:
+      return type(default)(v) if not isinstance(default, bool) else v.lower() in ("1", "true", "yes")
+  return default
+
+
+# ------------------------------------------------------------------------------------------ reporting
+
+def machine() -> str:
+  """One line: CPU count, platform, jax backend and version."""
+  dev = jax.devices()[0]
+  return (f"{os.cpu_count()} CPU cores, {platform.machine()}, jax {jax.__version__} on {dev.platform} "
+          f"({len(jax.devices())} device{'s' if len(jax.devices()) > 1 else ''}), rl_jax {rl_jax.__version__}")
+
+
+def mean_std(values: Sequence[float], fmt: str = "{:.3f}") -> str:
+  """'m ± s' over seeds (sample std, ddof = 1); one value prints alone; NaNs are dropped (n shown)."""
+  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+  if v.size == 0:
+    return "n/a"
+  if v.size == 1:
+    return fmt.format(v[0])
+  s = fmt.format(v.mean()) + " ± " + fmt.format(v.std(ddof=1))
+  return s if v.size == len(values) else s + f" (n={v.size})"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+class Report:
+  """Collects the table, notes and raw numbers of one module run and writes them under args.out."""
+
+  def __init__(self, name: str, args: Args, argv: Sequence[str]):
+    self.name, self.args = name, args
+    self.command = "python -m experiments.tables." + name + ("" if not argv else " " + " ".join(argv))
+    self.start = time.perf_counter()
+    self.date = datetime.date.today().isoformat()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+  @property
+  def path(self) -> pathlib.Path:
+    return self.args.out / self.name
+
+  def write(self, title: str, table: str, notes: Sequence[str], raw: dict) -> str:
+    wall = time.perf_counter() - self.start
+    text = "\n".join([f"### {title}", "", f"`{self.command}` — {machine()}; {self.date}; wall time {wall:.0f} s"
+                      + (" (--quick: smoke-test sizes, not a result)" if self.args.quick else ""), "",
+                      table, ""] + [f"- {n}" for n in notes]) + "\n"
+    self.path.with_suffix(".md").write_text(text)
+    self.path.with_suffix(".json").write_text(json.dumps(dict(raw, command=self.command, machine=machine(),
+                                                              date=self.date, wall_s=wall), indent=1,
+                                                         default=_jsonable))
+    print(text)
+    print(f"wrote {self.path.with_suffix('.md')}, .json and .png")
+    return text
+
+
+def _jsonable(x):
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  return str(x)
+
+
+def plot_curves(path: pathlib.Path, curves: dict, *, xlabel: str, ylabel: str, title: str):
+  """curves: label -> (x, y mean, y std or None). One line per label with a ±std band."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(8, 4.5))
+  for label, (x, y, s) in curves.items():
+    ax.plot(x, y, label=label, lw=1.5)
+    if s is not None:
+      ax.fill_between(x, np.asarray(y) - s, np.asarray(y) + s, alpha=0.12)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ the arithmetic harness
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """One method in a table: objective (a name or your function) + advantage estimator + rollout kind.
+
+  advantage: a name in rl_jax.advantages taking group rewards [P, G]; or "dcpo" (stateful SAS keyed by
+  prompt), "tempo" (token-level, from the sampled group's prefix tree), "treepo" (needs rollout="tree").
+  """
+  name: str
+  objective: Union[str, Callable] = "grpo"
+  advantage: str = "grpo"
+  objective_kw: tuple = ()          # (key, value) pairs added to the objective's keyword arguments
+  rollout: str = "group"            # "group": G independent samples; "tree": TreePO tree rollouts
+
+  @property
+  def kw(self) -> dict:
+    return dict(self.objective_kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """Same model, data and compute for every recipe of a table (1-digit addition, experiments.arithmetic_tiny)."""
+  sft_steps: int = 50
+  rl_steps: int = 60
+  prompts: int = 32
+  group: int = 8
+  epochs: int = 2
+  minibatches: int = 4
+  lr: float = 5e-4
+  eval_every: int = 5
+  eval_size: int = 256
+  target_accuracy: float = 0.6       # "steps to accuracy" threshold
+
+
+QUICK_BUDGET = Budget(sft_steps=10, rl_steps=2, prompts=4, group=4, epochs=1, minibatches=2, eval_every=2,
+                      eval_size=16)
+
+
+@functools.lru_cache(maxsize=8)
+def _logprob_fn(model_cfg, prompt_len: int):
+  """One jitted log-prob function per model shape, shared by every recipe (compiled once)."""
+  return make_logprob_fn(model_cfg, prompt_len=prompt_len)
+
+
+def _base_config(seed: int, budget: Budget):
+  from experiments import arithmetic_tiny
+  return arithmetic_tiny.Config(seed=seed, sft_steps=budget.sft_steps, rl_steps=budget.rl_steps,
+                                prompts_per_step=budget.prompts, group_size=budget.group, epochs=budget.epochs,
+                                minibatches=budget.minibatches, lr=budget.lr, eval_every=budget.eval_every,
+                                eval_size=budget.eval_size, checkpoint_every=0, progress_bar=False)
+
+
+@functools.lru_cache(maxsize=8)
+def warm_start(seed: int, budget: Budget):
+  """The post-warm-up parameters for a seed (shared by every recipe of that seed) and their accuracy."""
+  from experiments import arithmetic_tiny
+  cfg = _base_config(seed, budget)
+  task, model_cfg = arithmetic_tiny.build(cfg)
+  state = arithmetic_tiny.warm_up(cfg, task, model_cfg)
+  return state, arithmetic_tiny.evaluate(state.params, model_cfg, task, budget.eval_size)
+
+
+def objective_kwargs(recipe: Recipe, cfg) -> dict:
+  """The config's keywords for a named objective (β, group size, ...) plus the recipe's own."""
+  from experiments import arithmetic_tiny
+  if callable(recipe.objective):
+    return recipe.kw
+  kw = arithmetic_tiny.objective_kwargs(dataclasses.replace(cfg, objective=recipe.objective))
+  kw.update(recipe.kw)
+  return kw
+
+
+def tree_to_rollouts(prompts: np.ndarray, prompt_mask: np.ndarray, tr) -> tuple[Rollouts, np.ndarray]:
+  """Flattens a TreeRollout [P, G, T] into Rollouts rows (prompt i → rows i·G..) and the valid-row mask."""
+  p, g, t = tr.tokens.shape
+  comp = np.asarray(tr.tokens).reshape(p * g, t)
+  cmask = np.asarray(tr.mask).reshape(p * g, t)
+  p_rep, m_rep = np.repeat(prompts, g, axis=0), np.repeat(prompt_mask, g, axis=0)
+  tokens = np.concatenate([p_rep, comp], axis=1)
+  attn = np.concatenate([m_rep, (cmask > 0).astype(np.int32)], axis=1)
+  ro = Rollouts(tokens, attn, comp, cmask, np.asarray(tr.logp).reshape(p * g, t))
+  return ro, np.asarray(tr.valid).reshape(p * g)
+
+
+def run_recipe(recipe: Recipe, seed: int, budget: Budget) -> dict:
+  """Trains the warm-started model of `seed` with `recipe` for budget.rl_steps RL steps.
+
+  Returns {"steps": [...per-step metrics...], "evals": [(step, accuracy), ...], "wall_s": ...}.
+  Rollout prompts per step are the same for every recipe of a seed (data position = step).
+  """
+  from experiments import arithmetic_tiny
+  cfg = _base_config(seed, budget)
+  task, model_cfg = arithmetic_tiny.build(cfg)
+  warm, acc0 = warm_start(seed, budget)
+  t0 = time.perf_counter()
+  opt = arithmetic_tiny.rl_optimizer(cfg)
+  state = init_state(warm.params, opt, jax.random.fold_in(jax.random.PRNGKey(seed), 3))
+  objective = recipe.objective if callable(recipe.objective) else objectives_lib.get(recipe.objective)
+  rl_step = make_rl_step(model_cfg, opt, objective, objective_kwargs(recipe, cfg), prompt_len=task.prompt_len)
+  logprob_fn = _logprob_fn(model_cfg, task.prompt_len)
+  dcpo_ids: dict = {}
+  dcpo_state = init_reward_stats(10 ** (2 * task.digits) * len(task.ops))
+  evals, steps = [(0, acc0)], []
+  for step in range(budget.rl_steps):
+    problems = task.problems(budget.prompts, stream=2, index=step)
+    p_ids, p_mask = task.encode_prompts([p for p, _ in problems])
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 1000 + step)
+    valid = None
+    if recipe.rollout == "tree":
+      depth = task.answer_len
+      tr = tree_rollout(state.params, model_cfg, jnp.asarray(p_ids), jnp.asarray(p_mask), key,
+                        group_size=budget.group, segment_len=1, max_depth=depth, first_width=_first_width(budget.group, depth),
+                        branch_factor=2, branch_by="entropy", temperature=1.0, stop_tokens=(task.vocab.EOS,))
+      ro, valid = tree_to_rollouts(p_ids, p_mask, tr)
+      paths = tr.paths
+    else:
+      ro = rollout(state.params, model_cfg, p_ids, p_mask, key, group_size=budget.group,
+                   max_new_tokens=task.answer_len, temperature=1.0, stop_tokens=(task.vocab.EOS,))
+    answers = np.repeat([a for _, a in problems], budget.group)
+    rewards = np.array([task.reward(c, a) for c, a in zip(ro.completion, answers)], np.float32)
+    rewards = rewards.reshape(budget.prompts, budget.group)
+    if valid is not None:
+      rewards = impute_empty_rows(rewards, valid.reshape(rewards.shape))
+    shape3 = (budget.prompts, budget.group, -1)
+    extra = {}
+    adv_fn, extra = advantage_for(recipe, ro, rewards, problems, valid, paths if recipe.rollout == "tree" else None,
+                                  dcpo_ids, dcpo_state)
+    if recipe.advantage == "dcpo":
+      dcpo_state = extra.pop("dcpo_state")
+    keep_groups = "group_size" in inspect.signature(objective).parameters
+    state, metrics = rl_iteration(state, rl_step, logprob_fn, ro, rewards, adv_fn, epochs=budget.epochs,
+                                  minibatches=budget.minibatches, valid_rows=valid, keep_groups=keep_groups)
+    reward = rewards.mean() if valid is None else rewards.reshape(-1)[valid].mean()
+    row = dict(metrics, reward=float(reward), **extra)
+    steps.append(row)
+    if (step + 1) % budget.eval_every == 0 or step + 1 == budget.rl_steps:
+      evals.append((step + 1, arithmetic_tiny.evaluate(state.params, model_cfg, task, budget.eval_size)))
+  return {"steps": steps, "evals": evals, "wall_s": time.perf_counter() - t0}
+
+
+TREE_ADVANTAGES = ("grpo", "tempo", "treepo", "spo_tree")
+
+
+def advantage_for(recipe: Recipe, ro: Rollouts, rewards: np.ndarray, problems, valid, paths, dcpo_ids, dcpo_state):
+  """(advantages_fn for rl_iteration, extra metrics) for the recipe's estimator on this step's rollouts.
+
+  extra["tree_term_frac"]: share of valid completion tokens where the tree / prefix term is non-zero
+  (TEMPO: V(s_{j+1}) − V(s_j); TreePO: the subtree-averaged centred reward differs from R − mean;
+  SPO-tree: the kept edge advantage).
+  """
+  p, g = rewards.shape
+  msk = ro.completion_mask.reshape(p, g, -1)
+  tok = ro.completion.reshape(p, g, -1)
+  extra = {}
+  name = recipe.advantage
+  r = jnp.asarray(rewards)
+  if name == "dcpo":
+    ids = np.array([dcpo_ids.setdefault(q, len(dcpo_ids)) for q, _ in problems])
+    adv, extra["dcpo_state"] = advantages_lib.dcpo(r, jnp.asarray(ids), dcpo_state)
+    return (lambda _, a=adv: a), extra
+  if recipe.rollout == "tree":
+    if name not in TREE_ADVANTAGES:
+      raise ValueError(f"On tree rollouts the table supports {TREE_ADVANTAGES}, got {name!r}.")
+    v = valid.reshape(p, g)
+    mu, sd = masked_group_stats(rewards, v)
+    if name == "grpo":
+      adv = (rewards - mu) / (sd + 1e-6) * v
+    elif name == "tempo":
+      raw = np.asarray(advantages_lib.tempo(jnp.asarray(tok), jnp.asarray(msk), r, norm_adv_by_std=False))
+      td = raw - (rewards - mu)[..., None] * (msk > 0)
+      extra["tree_term_frac"] = _nonzero_frac(td, msk)
+      adv = raw / (sd[..., None] + 1e-6)
+    elif name == "treepo":
+      raw = np.asarray(advantages_lib.treepo(r, paths, jnp.asarray(msk), whiten=False))
+      extra["tree_term_frac"] = _nonzero_frac(raw - (rewards - mu)[..., None] * (msk > 0), msk)
+      adv = advantages_lib.treepo(r, paths, jnp.asarray(msk))
+    else:
+      adv, keep = spo_tree_token_advantages(rewards, np.asarray(paths), msk)
+      extra["tree_term_frac"] = _nonzero_frac(adv * keep, msk)
+      adv = adv * keep
+    return (lambda _, a=adv: a), extra
+  if name == "tempo":
+    adv = advantages_lib.tempo(jnp.asarray(tok), jnp.asarray(msk), r)
+    raw = np.asarray(advantages_lib.tempo(jnp.asarray(tok), jnp.asarray(msk), r, norm_adv_by_std=False))
+    extra["tree_term_frac"] = _nonzero_frac(raw - np.asarray(r - r.mean(1, keepdims=True))[..., None] * (msk > 0), msk)
+    return (lambda _, a=adv: a), extra
+  if name in ("treepo", "spo_tree"):
+    raise ValueError(f"{name} needs rollout='tree' (it reads the tree paths).")
+  return advantages_lib.get(name), extra
+
+
+def masked_group_stats(rewards: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and unbiased std [P, 1] of each group's valid rows (std 0 with fewer than two)."""
+  cnt = valid.sum(1, keepdims=True)
+  mu = (rewards * valid).sum(1, keepdims=True) / np.maximum(cnt, 1)
+  var = (np.square(rewards - mu) * valid).sum(1, keepdims=True) / np.maximum(cnt - 1, 1)
+  return mu, np.where(cnt > 1, np.sqrt(var), 0.0)
+
+
+def spo_tree_token_advantages(rewards: np.ndarray, paths: np.ndarray, mask: np.ndarray):
+  """SPO-tree on TreePO tree rollouts with one-token segments: token d of a leaf gets V(node_{d+1}) − V(node_d).
+
+  Nodes are the distinct path prefixes of each prompt (node 0 the prompt); V is `tree_node_values`
+  (a leaf its reward, an inner node the mean of its children) and the edge advantage and keep mask are
+  `rl_jax.advantages.spo_tree` (official defaults: rloo mode, best-of-4 keep rule). Empty rows (path −1
+  at depth 1) are not part of the tree. Returns (advantages, keep) [P, G, T].
+  """
+  p, g, depth = paths.shape
+  n_max = 1 + g * depth
+  parent = np.full((p, n_max), -1, np.int32)
+  is_leaf = np.zeros((p, n_max), bool)
+  leaf_val = np.zeros((p, n_max), np.float32)
+  node_of = np.full((p, g, depth), -1, np.int32)                     # node id of leaf g at depth d + 1
+  for i in range(p):
+    ids = {(): 0}
+    for j in range(g):
+      if paths[i, j, 0] < 0:
+        continue
+      for d in range(depth):
+        if paths[i, j, d] < 0:
+          break
+        key = tuple(paths[i, j, :d + 1])
+        if key not in ids:
+          ids[key] = len(ids)
+          parent[i, ids[key]] = ids[key[:-1]]
+        node_of[i, j, d] = ids[key]
+      leaf = node_of[i, j][node_of[i, j] >= 0][-1]
+      is_leaf[i, leaf], leaf_val[i, leaf] = True, rewards[i, j]
+  values = advantages_lib.tree_node_values(leaf_val, parent, is_leaf)
+  edge, keep = (np.asarray(x) for x in advantages_lib.spo_tree(values, parent))
+  t = mask.shape[-1]
+  adv, kp = np.zeros((p, g, t), np.float32), np.zeros((p, g, t), np.float32)
+  for d in range(min(depth, t)):                                      # segment_len = 1: token d ↔ depth d + 1
+    node = node_of[:, :, d]
+    ok = node >= 0
+    adv[:, :, d] = np.where(ok, np.take_along_axis(edge, np.maximum(node, 0), 1), 0.0)
+    kp[:, :, d] = np.where(ok, np.take_along_axis(keep, np.maximum(node, 0), 1), 0.0)
+  m = (mask > 0).astype(np.float32)
+  return adv * m, kp * m
+
+
+def _nonzero_frac(x, mask) -> float:
+  m = np.asarray(mask) > 0
+  return float(((np.abs(np.asarray(x)) > 1e-6) & m).sum() / max(m.sum(), 1))
+
+
+def impute_empty_rows(rewards: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """Rewards [P, G] with each empty tree row (valid False) set to its group's mean over valid rows.
+
+  Empty rows are masked out of the loss; giving them the valid mean leaves every group mean, and so
+  every valid row's centred reward, as if the group held only its valid rows (empty rows share path
+  −1, a subtree of their own, so they never enter a valid row's subtree averages).
+  """
+  cnt = valid.sum(1, keepdims=True)
+  mean = np.where(cnt > 0, (rewards * valid).sum(1, keepdims=True) / np.maximum(cnt, 1), 0.0)
+  return np.where(valid, rewards, mean).astype(np.float32)
+
+
+def _first_width(group: int, depth: int) -> int:
+  """Smallest power-of-two first width that reaches `group` leaves with fork factor 2 in `depth` segments."""
+  w = group
+  while w % 2 == 0 and w // 2 * 2 ** (depth - 1) >= group:
+    w //= 2
+  return w
+
+
+def summarize(run: dict, budget: Budget) -> dict:
+  """Per-run numbers for the tables: final accuracy, means over RL steps, end-of-run entropy, steps to target."""
+  steps, evals = run["steps"], run["evals"]
+  reach = [s for s, a in evals if a >= budget.target_accuracy]
+  mean = lambda k: float(np.mean([r[k] for r in steps])) if steps and k in steps[0] else float("nan")
+  return {
+      "accuracy": evals[-1][1],
+      "best_accuracy": max(a for _, a in evals),
+      "clip_frac": mean("clip_frac"),
+      "nonzero_adv_frac": mean("nonzero_adv_frac"),
+      "flat_group_signal": mean("flat_group_signal"),
+      "token_ratio_std": mean("token_ratio_std"),
+      "ratio_max": float(np.max([r.get("ratio_max", np.nan) for r in steps])) if steps else float("nan"),
+      "entropy_end": float(steps[-1]["entropy"]) if steps else float("nan"),
+      "tree_term_frac": mean("tree_term_frac"),
+      "steps_to_target": float(reach[0]) if reach else float("nan"),
+      "wall_s": run["wall_s"],
+  }
+
+
+def run_grid(recipes: Sequence[Recipe], seeds: Sequence[int], budget: Budget, *, log=print) -> dict:
+  """name -> {"runs": [run per seed], "summary": [summary per seed]}."""
+  out = {}
+  for recipe in recipes:
+    out[recipe.name] = {"runs": [], "summary": []}
+  for seed in seeds:
+    for recipe in recipes:
+      run = run_recipe(recipe, seed, budget)
+      s = summarize(run, budget)
+      out[recipe.name]["runs"].append(run)
+      out[recipe.name]["summary"].append(s)
+      log(f"seed {seed} {recipe.name:>12s}: accuracy {s['accuracy']:.3f}  clip {s['clip_frac']:.4f}  "
+          f"nonzero-adv {s['nonzero_adv_frac']:.3f}  entropy {s['entropy_end']:.3f}  ({s['wall_s']:.0f} s)")
+      sys.stdout.flush()
+  return out
+
+
+def accuracy_curves(grid: dict) -> dict:
+  """label -> (eval steps, mean accuracy over seeds, std over seeds) for plot_curves."""
+  curves = {}
+  for name, cell in grid.items():
+    runs = cell["runs"]
+    x = [s for s, _ in runs[0]["evals"]]
+    ys = np.array([[a for _, a in r["evals"]] for r in runs])
+    curves[name] = (x, ys.mean(0), ys.std(0, ddof=1) if len(runs) > 1 else None)
+  return curves

@@ -1,0 +1,78 @@
+"""Table 2: credit assignment — sequence-level GRPO vs prefix-tree credit (TEMPO, TreePO, SPO-tree).
+
+All methods use the GRPO loss and the same budget; they differ in the rollouts (G independent samples,
+or TreePO tree rollouts that fork at the most uncertain open nodes) and in how the outcome reward is
+spread over tokens:
+  grpo      one advantage per response, (R − mean)/std of the group;
+  tempo     GRPO plus the prefix-tree TD term V(s_{j+1}) − V(s_j) (arXiv 2509.18314);
+  treepo    the centred reward averaged over every subtree the response belongs to (arXiv 2508.17445);
+  spo_tree  edge advantages V(child) − V(parent) of the rollout tree (SPO, arXiv 2505.23564).
+Measured: final accuracy, steps to the target accuracy, and the share of tokens where the tree term
+is non-zero (where the method's credit differs from the response's sequence-level signal).
+
+The task is 1-digit addition, where the answer tokens branch (a wrong first digit, or a right one
+followed by a wrong second); it has one right answer per problem, not several right solutions, so
+the tree terms here reward right prefixes rather than choose between solutions.
+SPO-chain needs Monte-Carlo value rollouts from its cut points; that sampler is not part of this
+harness, so SPO-chain has no row (the table says so).
+
+Run:  python -m experiments.tables.credit_assignment [--quick] [--seeds=0,1,2] [--out=results/tables]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from experiments.tables import common
+
+NAME = "credit_assignment"
+
+RECIPES = (
+    common.Recipe("grpo", "grpo", "grpo"),
+    common.Recipe("tempo", "grpo", "tempo"),
+    common.Recipe("grpo (tree rollouts)", "grpo", "grpo", rollout="tree"),
+    common.Recipe("tempo (tree rollouts)", "grpo", "tempo", rollout="tree"),
+    common.Recipe("treepo", "grpo", "treepo", rollout="tree"),
+    common.Recipe("spo_tree", "grpo", "spo_tree", rollout="tree"),
+)
+QUICK = ("grpo", "tempo", "treepo", "spo_tree")
+
+
+def main(argv=()) -> dict:
+  args = common.parse_args(argv)
+  report = common.Report(NAME, args, argv)
+  budget = common.QUICK_BUDGET if args.quick else common.Budget()
+  recipes = [r for r in RECIPES if not args.quick or r.name in QUICK]
+  grid = common.run_grid(recipes, args.seeds, budget)
+  s = {name: cell["summary"] for name, cell in grid.items()}
+  header = ["method", "rollouts", "advantage", "final accuracy", f"steps to {budget.target_accuracy:.2f}",
+            "tokens with a tree term", "non-zero-adv tokens", "entropy (end)"]
+  rows = []
+  for r in recipes:
+    v = s[r.name]
+    col = lambda k, f="{:.3f}": common.mean_std([x[k] for x in v], f)
+    tree = col("tree_term_frac") if r.advantage != "grpo" else "0 (none)"
+    rows.append([r.name, r.rollout, r.advantage, col("accuracy"), col("steps_to_target", "{:.0f}"), tree,
+                 col("nonzero_adv_frac"), col("entropy_end")])
+  rows.append(["spo_chain", "—", "spo_chain", "not run", "", "", "", ""])
+  acc0 = [common.warm_start(seed, budget)[1] for seed in args.seeds]
+  notes = [f"Task: 1-digit addition, 2-layer d=64 transformer, {budget.sft_steps} supervised warm-up steps "
+           f"(greedy accuracy after warm-up {common.mean_std(acc0)}), then {budget.rl_steps} RL steps × "
+           f"{budget.prompts} prompts × {budget.group} samples (tree rollouts: one-token segments, first width "
+           f"{common._first_width(budget.group, 3)}, fork factor 2, forking at the highest-entropy open nodes), "
+           f"GRPO loss, {budget.epochs} epochs × {budget.minibatches} mini-batches; mean ± std over seeds "
+           f"{list(args.seeds)}.",
+           "On tree rollouts a prompt whose branches all end early has fewer than G leaves; the empty rows are "
+           "left out of the loss and of every group statistic.",
+           "spo_chain: not run — it needs Monte-Carlo value rollouts from its cut points, which this harness "
+           "does not sample (rl_jax.advantages.spo_chain itself is tested against a float64 reference)."]
+  common.plot_curves(report.path.with_suffix(".png"), common.accuracy_curves(grid), xlabel="RL step",
+                     ylabel="greedy accuracy", title="Credit assignment, 1-digit addition (mean ± std over seeds)")
+  report.write("Table 2 — credit assignment", common.markdown_table(header, rows), notes,
+               {"summary": s, "evals": {k: [r["evals"] for r in c["runs"]] for k, c in grid.items()},
+                "budget": budget.__dict__})
+  return s
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

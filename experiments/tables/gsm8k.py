@@ -1,0 +1,102 @@
+"""Table 5: SmolLM2-135M-Instruct on GSM8K — test accuracy before and after a short GRPO run, and after a
+run with the best objective of table 1.
+
+Each cell is one `experiments.gsm8k_smollm2` run (same data order, budget and evaluation; only the
+objective and the seed change), in its own folder under `<out>/gsm8k/`. Greedy accuracy and, with
+samples, pass@k and maj@k (temperature 0.6; unbiased pass@k estimator) on the first `eval_size` GSM8K
+test problems. The "best objective" is the highest mean final accuracy in `<out>/objective_zoo.json`
+(run table 1 first), or `--objective=NAME`.
+
+Run:  python -m experiments.tables.gsm8k [--quick] [--seeds=0,1,2] [--objective=NAME] [--rl_steps=8]
+      [--eval_size=100] [--eval_samples=8]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from experiments import gsm8k_smollm2
+from experiments.tables import common
+
+NAME = "gsm8k"
+QUICK = dict(model="tiny-random", rl_steps=1, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_size=2,
+             eval_samples=2, eval_max_new_tokens=8, eval_batch=2, checkpoint_every=0)
+
+
+def best_objective(args: common.Args) -> str:
+  """--objective, else the best mean final accuracy of table 1's results, else dapo."""
+  name = common.extra_value(args, "objective", "")
+  if name:
+    return name
+  path = args.out / "objective_zoo.json"
+  if path.exists():
+    summary = json.loads(path.read_text())["summary"]
+    return max(summary, key=lambda k: np.mean([x["accuracy"] for x in summary[k]]))
+  return "dapo"
+
+
+def run_cell(args: common.Args, objective: str, seed: int, overrides: dict) -> dict:
+  cfg = gsm8k_smollm2.Config(objective=objective, seed=seed, run_dir=str(args.out / NAME / f"{objective}_seed{seed}"),
+                             resume=True, **dict(overrides, progress_bar=False))
+  return gsm8k_smollm2.main(cfg)
+
+
+def main(argv=()) -> dict:
+  args = common.parse_args(argv)
+  report = common.Report(NAME, args, argv)
+  if args.quick:
+    overrides = dict(QUICK)
+  else:
+    overrides = dict(rl_steps=common.extra_value(args, "rl_steps", 8),
+                     eval_size=common.extra_value(args, "eval_size", 100),
+                     eval_samples=common.extra_value(args, "eval_samples", 8))
+  k = overrides["eval_samples"]
+  best = best_objective(args)
+  objectives = ["grpo"] + ([best] if best != "grpo" else [])
+  runs = {obj: [run_cell(args, obj, seed, overrides) for seed in args.seeds] for obj in objectives}
+  metrics = ["greedy"] + ([f"pass@{k}", f"maj@{k}"] if k else [])
+  header = ["model", "eval (GSM8K test)"] + [m for m in metrics]
+  rows = []
+  before = [r["before"]["gsm8k"] for r in runs["grpo"]]
+  n = before[0]["n"]
+  rows.append(["SmolLM2-135M-Instruct" if not args.quick else "tiny-random", f"before RL (n={n})"]
+              + [common.mean_std([b.get(m, float("nan")) for b in before]) for m in metrics])
+  for obj in objectives:
+    after = [r["after"]["gsm8k"] for r in runs[obj]]
+    label = f"after {overrides['rl_steps']} {obj} steps" + (" (best of table 1)" if obj == best and obj != "grpo" else "")
+    rows.append(["", label] + [common.mean_std([a.get(m, float("nan")) for a in after]) for m in metrics])
+  wall = {obj: [r["wall_seconds"] for r in rs] for obj, rs in runs.items()}
+  cfg = gsm8k_smollm2.Config(**overrides)
+  notes = [f"Each run: {cfg.rl_steps} RL steps × {cfg.prompts_per_step} GSM8K train questions × {cfg.group_size} "
+           f"samples (≤ {cfg.max_new_tokens} new tokens, temperature {cfg.temperature}), Adam lr {cfg.lr}; evaluation on "
+           f"the first {cfg.eval_size} test problems, ≤ {cfg.eval_max_new_tokens} new tokens"
+           + (f", {k} samples at temperature 0.6 for pass@{k} / maj@{k}" if k else "") +
+           f"; mean ± std over seeds {list(args.seeds)} (the seed changes the data order and the samples).",
+           "Run wall times (s): " + "; ".join(f"{o}: {', '.join(f'{w:.0f}' for w in ws)}" for o, ws in wall.items()),
+           f"Best objective of table 1: {best}."]
+  curves = {}
+  for obj in objectives:
+    ys = [[row["reward"] for row in common_read(args, obj, seed)] for seed in args.seeds]
+    m = min(len(y) for y in ys)
+    if m:
+      arr = np.array([y[:m] for y in ys])
+      curves[obj] = (list(range(1, m + 1)), arr.mean(0), arr.std(0, ddof=1) if len(ys) > 1 else None)
+  common.plot_curves(report.path.with_suffix(".png"), curves, xlabel="RL step", ylabel="mean rollout reward",
+                     title="GSM8K training reward (mean ± std over seeds)")
+  report.write("Table 5 — SmolLM2-135M-Instruct on GSM8K", common.markdown_table(header, rows), notes,
+               {"runs": {o: [{"before": r["before"], "after": r["after"]} for r in rs] for o, rs in runs.items()},
+                "config": overrides})
+  return runs
+
+
+def common_read(args: common.Args, objective: str, seed: int) -> list:
+  from rl_jax.metrics_log import read_metrics
+  path = args.out / NAME / f"{objective}_seed{seed}" / "metrics.jsonl"
+  return [r for r in read_metrics(path) if "reward" in r] if path.exists() else []
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
