@@ -83,6 +83,27 @@ def bench_logprobs(shapes, accelerator):
   return rows
 
 
+def bench_tree_prefix(shapes, accelerator):
+  """TEMPO prefix values: dense jnp (E [P, G, G, T]), scan jnp ([P, G, G] carry) and the kernel on GPU/TPU."""
+  from kernels_pallas.tree_prefix.ops import tree_prefix_values
+  from kernels_pallas.tree_prefix.reference import next_values_scan
+  rows = []
+  for p, g, t in shapes:
+    rng = np.random.default_rng(0)
+    tok = jnp.asarray(rng.integers(0, 2, (p, g, t)), jnp.int32)  # small alphabet: shared prefixes
+    mask = jnp.ones((p, g, t), jnp.float32)
+    r = jnp.asarray(rng.normal(size=(p, g)), jnp.float32)
+    paths = [("dense jnp E[P,G,G,T] (reference)", lambda *a: tree_prefix_values(*a, impl="reference")[1]),
+             ("scan jnp carry[P,G,G]", next_values_scan)]
+    if accelerator:
+      paths.append(("pallas", lambda *a: tree_prefix_values(*a, impl="pallas")[1]))
+    for name, fn in paths:
+      sec = median_time(jax.jit(fn), tok, mask, r, repeats=5)
+      rows.append(("tree_prefix values", f"P={p} G={g} T={t}", name, sec * 1e3, peak_bytes(fn, tok, mask, r),
+                   float("nan")))
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--quick", action="store_true")
@@ -94,7 +115,9 @@ def main():
   print(f"measured copy bandwidth ceiling: {ceiling / 1e9:.0f} GB/s")
   rc_shapes = [(32, 1024), (256, 4096)] if not args.quick else [(8, 256)]
   lp_shapes = [(2048, 576, 49152)] if not args.quick else [(256, 64, 4096)]
-  rows = bench_ratio_clip(rc_shapes, accelerator) + bench_logprobs(lp_shapes, accelerator)
+  tp_shapes = [(64, 16, 1024), (64, 16, 4096)] if not args.quick else [(8, 8, 256)]
+  rows = (bench_ratio_clip(rc_shapes, accelerator) + bench_logprobs(lp_shapes, accelerator)
+          + bench_tree_prefix(tp_shapes, accelerator))
   print(f"| op | shape | path | time (ms) | peak memory (MiB) | bandwidth (% of ceiling) |")
   print("|---|---|---|---|---|---|")
   for op, shape, path, ms, mem, bw in rows:

@@ -39,7 +39,8 @@ def prefix_values(tokens: Array, mask: Array, rewards: Array) -> tuple[Array, Ar
 
 
 @register
-def tempo(tokens, mask, rewards, *, eps: float = 1e-6, norm_adv_by_std: bool = True) -> Array:
+def tempo(tokens, mask, rewards, *, eps: float = 1e-6, norm_adv_by_std: bool = True,
+          use_kernel: bool | str = False) -> Array:
   """TEMPO: GRPO advantage plus a branch-gated TD term from the responses' prefix tree.
 
     A[i, j] = (R_i − μ_g + V(s_{j+1}) − V(s_j)) / (σ_g + eps),  V(s) = mean{R_k : y_k has prefix s}.
@@ -51,13 +52,19 @@ def tempo(tokens, mask, rewards, *, eps: float = 1e-6, norm_adv_by_std: bool = T
   returns 0 (the code's std of one value is NaN). Tokens after a row's first masked position get 0
   (the code stops there).
   Shapes: tokens int [P, G, T], mask [P, G, T], rewards [P, G] → [P, G, T].
+  `use_kernel=True` computes the prefix values with the Pallas kernel (kernels_pallas.tree_prefix:
+  a [G, G] carry instead of the [P, G, G, T] tensor; same values); a string picks its impl.
   """
   r = check_rewards(rewards, method="tempo")
   tokens, m = check_tokens(tokens, mask, r.shape, method="tempo")
   if r.shape[1] == 1:
     return jnp.zeros(tokens.shape, jnp.float32)
   m = valid_prefix(m)
-  v_cur, v_next = prefix_values(tokens, m, r)
+  if use_kernel:
+    from kernels_pallas.tree_prefix.ops import tree_prefix_values
+    v_cur, v_next = tree_prefix_values(tokens, m, r, impl="auto" if use_kernel is True else str(use_kernel))
+  else:
+    v_cur, v_next = prefix_values(tokens, m, r)
   adv = (r - r.mean(axis=1, keepdims=True))[..., None] + v_next - v_cur
   if norm_adv_by_std:
     adv = adv / (jnp.std(r, axis=1, ddof=1, keepdims=True) + eps)[..., None]

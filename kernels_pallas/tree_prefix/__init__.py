@@ -1,0 +1,1 @@
+from kernels_pallas.tree_prefix.ops import tree_prefix_values
