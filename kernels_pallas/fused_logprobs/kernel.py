@@ -5,7 +5,9 @@ forward  (grid over row blocks): loop over vocabulary chunks, z = h·W_c accumul
 backward: dz = g·(onehot(target) − softmax(z)) recomputed chunk by chunk from the saved logZ;
           dh (grid over row blocks, loop over vocab chunks) and dW (grid over vocab chunks, loop over
           row blocks), so [N, V] never exists. The entropy output carries no gradient.
-All tile sizes are powers of two (GPU Triton lowering); inputs are zero-padded to whole tiles.
+All tile sizes are powers of two (GPU Triton lowering) and every load is one tile, so D need only be a
+multiple of block_d (576 = 9 × 64 is not padded): W and dW are never copied to a padded shape when D
+and V are multiples of their tiles; other inputs are zero-padded to whole tiles.
 On GPU the float32 tile products run on tensor cores in TF32 (Triton's default): expect ~1e-3 relative
 error there; interpret mode is exact float32.
 """
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from kernels_pallas.common import pad_to
+from kernels_pallas.common import gpu_compiler_params, pad_to
 
 NEG = -1e30
 
@@ -79,45 +81,64 @@ def _dz(h_ref, w_ref, t, lse, g, c, nd, vocab, blocks):
 
 def _dh_kernel(h_ref, w_ref, t_ref, lse_ref, g_ref, dh_ref, *, vocab, nv, nd, blocks):
   t, lse, g = t_ref[...], lse_ref[...], g_ref[...]
+  bd, bv = blocks.block_d, blocks.block_v
 
-  def vbody(c, acc):
+  def zero(k, _):
+    dh_ref[:, pl.ds(k * bd, bd)] = jnp.zeros((dh_ref.shape[0], bd), jnp.float32)
+
+  jax.lax.fori_loop(0, nd, zero, None)
+
+  def vbody(c, _):
     dz = _dz(h_ref, w_ref, t, lse, g, c, nd, vocab, blocks)                 # [bn, bv]
-    w_c = w_ref[:, pl.ds(c * blocks.block_v, blocks.block_v)]              # [Dp, bv]
-    return acc + jax.lax.dot_general(dz, w_c, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
-  dh_ref[...] = jax.lax.fori_loop(0, nv, vbody, jnp.zeros(dh_ref.shape, jnp.float32))
+    def kbody(k, _):                                                        # dh[:, D tile k] += dz · W[k, c]ᵀ
+      cols = pl.ds(k * bd, bd)
+      w_kc = w_ref[cols, pl.ds(c * bv, bv)]                                 # [bd, bv]
+      dh_ref[:, cols] += jax.lax.dot_general(dz, w_kc, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+    jax.lax.fori_loop(0, nd, kbody, None)
+
+  jax.lax.fori_loop(0, nv, vbody, None)
 
 
 def _dw_kernel(h_ref, w_ref, t_ref, lse_ref, g_ref, dw_ref, *, vocab, nn, nd, blocks):
   c = pl.program_id(0)
-  bn = blocks.block_n
+  bn, bd, bv = blocks.block_n, blocks.block_d, blocks.block_v
 
-  def nbody(i, acc):
+  def zero(k, _):
+    dw_ref[pl.ds(k * bd, bd), :] = jnp.zeros((bd, bv), jnp.float32)
+
+  jax.lax.fori_loop(0, nd, zero, None)
+
+  def nbody(i, _):
     rows = pl.ds(i * bn, bn)
     t, lse, g = t_ref[rows], lse_ref[rows], g_ref[rows]
-    z = jnp.zeros((bn, blocks.block_v), jnp.float32)
 
     def dbody(k, z):
-      hk = h_ref[rows, pl.ds(k * blocks.block_d, blocks.block_d)]
-      wk = w_ref[pl.ds(k * blocks.block_d, blocks.block_d), pl.ds(c * blocks.block_v, blocks.block_v)]
+      hk = h_ref[rows, pl.ds(k * bd, bd)]
+      wk = w_ref[pl.ds(k * bd, bd), pl.ds(c * bv, bv)]
       return z + jnp.dot(hk, wk, preferred_element_type=jnp.float32)
 
-    z = jax.lax.fori_loop(0, nd, dbody, z)
-    ids = c * blocks.block_v + jax.lax.broadcasted_iota(jnp.int32, (bn, blocks.block_v), 1)
+    z = jax.lax.fori_loop(0, nd, dbody, jnp.zeros((bn, bv), jnp.float32))
+    ids = c * bv + jax.lax.broadcasted_iota(jnp.int32, (bn, bv), 1)
     p = jnp.where(ids < vocab, jnp.exp(z - lse[:, None]), 0.0)
     dz = g[:, None] * (jnp.where(ids == t[:, None], 1.0, 0.0) - p)
-    h_blk = h_ref[rows, :]                                                    # [bn, Dp]
-    return acc + jax.lax.dot_general(h_blk, dz, (((0,), (0,)), ((), ())),
-                                     preferred_element_type=jnp.float32)
 
-  dw_ref[...] = jax.lax.fori_loop(0, nn, nbody, jnp.zeros(dw_ref.shape, jnp.float32))
+    def kbody(k, _):                                                        # dW[D tile k] += h[rows, k]ᵀ · dz
+      cols = pl.ds(k * bd, bd)
+      dw_ref[cols, :] += jax.lax.dot_general(h_ref[rows, cols], dz, (((0,), (0,)), ((), ())),
+                                             preferred_element_type=jnp.float32)
+
+    jax.lax.fori_loop(0, nd, kbody, None)
+
+  jax.lax.fori_loop(0, nn, nbody, None)
 
 
 def _prepare(hidden, w, targets, blocks):
-  d = hidden.shape[1]
-  d_pad = max(blocks.block_d, 1 << (d - 1).bit_length())  # whole-D tiles must be powers of two on GPU
-  h = pad_to(hidden.astype(jnp.float32), (blocks.block_n, d_pad))
-  wp = pad_to(w.astype(jnp.float32), (d_pad, blocks.block_v))
+  """Pads rows to block_n, D to a multiple of block_d and V to block_v; W is copied only when D or V is
+  not already a multiple of its tile (every load in the kernels is one power-of-two tile)."""
+  h = pad_to(hidden.astype(jnp.float32), (blocks.block_n, blocks.block_d))
+  wp = pad_to(w.astype(jnp.float32), (blocks.block_d, blocks.block_v))
   t = pad_to(targets.astype(jnp.int32), (blocks.block_n,))
   return h, wp, t
 
@@ -133,7 +154,8 @@ def fused_forward(hidden, w, targets, *, blocks: BlockSizes, interpret: bool):
       kernel, grid=(np_ // blocks.block_n,),
       in_specs=[pl.BlockSpec((blocks.block_n, dp), lambda i: (i, 0)), pl.BlockSpec((dp, vp), lambda i: (0, 0)), row],
       out_specs=[row, row, row],
-      out_shape=[jax.ShapeDtypeStruct((np_,), jnp.float32)] * 3, interpret=interpret)(h, wp, t)
+      out_shape=[jax.ShapeDtypeStruct((np_,), jnp.float32)] * 3, interpret=interpret,
+      compiler_params=None if interpret else gpu_compiler_params())(h, wp, t)
   return logp[:n], ent[:n], lse
 
 
@@ -150,11 +172,13 @@ def fused_backward(hidden, w, targets, lse, g, *, blocks: BlockSizes, interpret:
       functools.partial(_dh_kernel, vocab=v, nv=nv, nd=nd, blocks=blocks), grid=(nn,),
       in_specs=[pl.BlockSpec((blocks.block_n, dp), lambda i: (i, 0)), full_w, row, row, row],
       out_specs=pl.BlockSpec((blocks.block_n, dp), lambda i: (i, 0)),
-      out_shape=jax.ShapeDtypeStruct((np_, dp), jnp.float32), interpret=interpret)(h, wp, t, lse, g)
+      out_shape=jax.ShapeDtypeStruct((np_, dp), jnp.float32), interpret=interpret,
+      compiler_params=None if interpret else gpu_compiler_params())(h, wp, t, lse, g)
   full_rows = pl.BlockSpec((np_,), lambda j: (0,))
   dw = pl.pallas_call(
       functools.partial(_dw_kernel, vocab=v, nn=nn, nd=nd, blocks=blocks), grid=(nv,),
       in_specs=[pl.BlockSpec((np_, dp), lambda j: (0, 0)), full_w, full_rows, full_rows, full_rows],
       out_specs=pl.BlockSpec((dp, blocks.block_v), lambda j: (0, j)),
-      out_shape=jax.ShapeDtypeStruct((dp, vp), jnp.float32), interpret=interpret)(h, wp, t, lse, g)
+      out_shape=jax.ShapeDtypeStruct((dp, vp), jnp.float32), interpret=interpret,
+      compiler_params=None if interpret else gpu_compiler_params())(h, wp, t, lse, g)
   return dh[:n, :d], dw[:d, :v]

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from kernels_pallas.common import pad_to
+from kernels_pallas.common import gpu_compiler_params, pad_to
 from kernels_pallas.ratio_clip.reference import token_terms
 
 
@@ -53,6 +53,7 @@ def _call(kernel, inputs, n_out, blocks: BlockSizes, interpret: bool, hp: dict):
       out_specs=[spec] * n_out,
       out_shape=[jax.ShapeDtypeStruct((bp, tp), jnp.float32)] * n_out,
       interpret=interpret,
+      compiler_params=None if interpret else gpu_compiler_params(),
   )(*padded)
   return [o[:b, :t] for o in out]
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from kernels_pallas.common import pad_to
+from kernels_pallas.common import gpu_compiler_params, pad_to
 
 TILE_ELEMENTS = 1 << 14   # cap on G_pad² · block_t for the in-kernel [G, G, block_t] tile
 
@@ -35,11 +35,8 @@ def default_block_t(g: int, t: int) -> int:
 
 
 def compiler_params():
-  """Triton on GPU (this JAX's default GPU lowering is Mosaic GPU, whose copies cap blocks at 256); default elsewhere."""
-  if jax.default_backend() == "gpu":
-    from jax.experimental.pallas import triton as pltriton
-    return pltriton.CompilerParams()
-  return None
+  """Triton on GPU (see kernels_pallas.common.gpu_compiler_params); the platform default elsewhere."""
+  return gpu_compiler_params()
 
 
 def _kernel(tok_ref, m_ref, r_ref, out_ref, *, n_blocks, block_t):

@@ -74,3 +74,23 @@ class TestFusedLogprobsCompiled(FusedLogprobsTest):
   IMPL = "pallas"
   BLOCKS = BlockSizes(block_n=16, block_v=128, block_d=16)
   TOL = GPU_TOLERANCES
+
+
+def _compiled_bytes(fn, *args):
+  m = jax.jit(fn).lower(*args).compile().memory_analysis()
+  return m.temp_size_in_bytes, m.temp_size_in_bytes + m.output_size_in_bytes + m.argument_size_in_bytes
+
+
+def test_kernel_buffers_hold_no_padded_copy_of_w_and_are_4x_below_naive():
+  """Compiled (not run) interpret-mode buffers at D = 3 × 64: W and dW are used in place (temporaries stay
+  below one W) and value-and-grad needs at least 4x less than the full-logits path."""
+  n, d, v = 1024, 192, 8192
+  h = jax.ShapeDtypeStruct((n, d), jnp.float32)
+  w = jax.ShapeDtypeStruct((d, v), jnp.float32)
+  tgt = jnp.zeros((n,), jnp.int32)
+  kernel = jax.value_and_grad(lambda h, w: fused_logprobs(h, w, tgt, impl="interpret")[0].sum(), argnums=(0, 1))
+  naive = jax.value_and_grad(lambda h, w: logprobs_naive(h, w, tgt)[0].sum(), argnums=(0, 1))
+  k_temp, k_total = _compiled_bytes(kernel, h, w)
+  _, n_total = _compiled_bytes(naive, h, w)
+  assert k_temp < d * v * 4, f"temporaries {k_temp} B hold a copy of W ({d * v * 4} B)"
+  assert n_total >= 4 * k_total, (n_total, k_total)
