@@ -46,7 +46,7 @@ RECIPES = (
     common.Recipe("minpro", "minpro", "grpo"),
     common.Recipe("ngrpo", "ngrpo", "ngrpo"),
     common.Recipe("cispo", "cispo", "grpo"),
-    common.Recipe("gtpo", "gtpo", "grpo"),
+    common.Recipe("gtpo", "gtpo", "dr_grpo"),     # GTPO shapes the unnormalised R − mean (its docstring)
     common.Recipe("hapo", "hapo", "grpo"),
 )
 QUICK = ("grpo", "dcpo", "ngrpo")
@@ -111,7 +111,8 @@ def main(argv=()) -> dict:
            f"{budget.prompts} prompts × {budget.group} samples, {budget.epochs} epochs × {budget.minibatches} "
            f"mini-batches, Adam lr {budget.lr}; greedy accuracy on {budget.eval_size} held-out problems every "
            f"{budget.eval_every} steps; mean ± std over seeds {list(args.seeds)}.",
-           "Every objective runs with its own defaults (rl_jax.objectives); advantages are GRPO's unless named. "
+           "Every objective runs with its own defaults (rl_jax.objectives) and the advantage its paper pairs it with "
+           "(column 2). "
            "DAPO here is its loss (clip-higher, token-mean) without dynamic sampling, so that every method "
            "gets the same rollouts; SSPO treats each response as one segment (no sentence delimiters).",
            "steps-to-target is n/a when a run never reached it (n = runs that did)."]
