@@ -96,6 +96,7 @@ def test_mean_std_formats_and_drops_nan():
   assert common.mean_std([1.0, 3.0]) == f"2.000 ± {np.std([1, 3], ddof=1):.3f}"
   assert common.mean_std([1.0, float("nan"), 3.0]).endswith("(n=2)")
   assert common.mean_std([float("nan")]) == "n/a"
+  assert common.mean_std([60.0, float("nan"), float("nan")], "{:.0f}") == "60 (n=1)"
 
 
 def test_parse_args_rejects_positional_and_reads_seeds():

@@ -88,7 +88,7 @@ def mean_std(values: Sequence[float], fmt: str = "{:.3f}") -> str:
   if v.size == 0:
     return "n/a"
   if v.size == 1:
-    return fmt.format(v[0])
+    return fmt.format(v[0]) + ("" if len(values) == 1 else f" (n=1)")
   s = fmt.format(v.mean()) + " ± " + fmt.format(v.std(ddof=1))
   return s if v.size == len(values) else s + f" (n={v.size})"
 
