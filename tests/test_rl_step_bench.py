@@ -1,0 +1,43 @@
+"""The RL-step benchmark (rl_jax vs TRL's GRPOTrainer) runs end to end in its --quick mode."""
+import math
+
+import pytest
+
+pytest.importorskip("torch", reason="the RL-step benchmark compares against TRL, which needs torch")
+pytest.importorskip("trl", reason="TRL is not installed (pip install trl): the RL-step benchmark's peer")
+pytest.importorskip("datasets", reason="TRL's GRPOTrainer needs the datasets package")
+
+from experiments.benchmarks import rl_step_bench  # noqa: E402
+
+
+def _cells(line):
+  return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_quick_mode_prints_one_row_of_positive_finite_numbers(capsys):
+  rl_step_bench.main(["--quick", "--steps=3"])
+  out = capsys.readouterr().out
+  lines = [ln for ln in out.splitlines() if ln.startswith("|")]
+  assert _cells(lines[0]) == rl_step_bench.HEADER
+  rows = [_cells(ln) for ln in lines[2:]]
+  assert len(rows) == 1 and rows[0][0].startswith("tiny random Llama")
+  model, pxg, tokens, *numbers = rows[0]
+  case = rl_step_bench.QUICK["tiny"]
+  assert pxg == f"{case.prompts} x {case.group}"
+  assert tokens == str(case.prompts * case.group * case.new_tokens)  # both sides generated the full length
+  values = [float(x.rstrip("x")) for x in numbers]
+  assert len(values) == 5 and all(math.isfinite(v) and v > 0 for v in values)
+  jax_s, jax_tps, trl_s, trl_tps, ratio = values
+  assert jax_tps == pytest.approx(float(tokens) / jax_s, rel=0.02)
+  assert trl_tps == pytest.approx(float(tokens) / trl_s, rel=0.02)
+  assert ratio == pytest.approx(jax_tps / trl_tps, rel=0.02)
+  assert "machine:" in out and "trl " in out
+
+
+def test_rejects_unknown_models_and_bad_steps():
+  with pytest.raises(ValueError, match="Unknown models"):
+    rl_step_bench.run(("gpt5",), quick=True)
+  with pytest.raises(ValueError, match="steps"):
+    rl_step_bench.run(("tiny",), steps=0, quick=True)
+  with pytest.raises(ValueError, match="tiny model only"):
+    rl_step_bench.run(("smollm2",), quick=True)
