@@ -459,6 +459,18 @@ def run_grid(recipes: Sequence[Recipe], seeds: Sequence[int], budget: Budget, *,
   return out
 
 
+def write_grid_report(report: Report, title: str, plot_title: str, header, rows, notes, grid: dict,
+                      budget: Budget) -> dict:
+  """Plots the accuracy curves of a run_grid result and writes the table; returns name -> per-seed summaries."""
+  s = {name: cell["summary"] for name, cell in grid.items()}
+  plot_curves(report.path.with_suffix(".png"), accuracy_curves(grid), xlabel="RL step", ylabel="greedy accuracy",
+              title=plot_title)
+  report.write(title, markdown_table(header, rows), notes,
+               {"summary": s, "evals": {k: [r["evals"] for r in c["runs"]] for k, c in grid.items()},
+                "budget": budget.__dict__})
+  return s
+
+
 def accuracy_curves(grid: dict) -> dict:
   """label -> (eval steps, mean accuracy over seeds, std over seeds) for plot_curves."""
   curves = {}

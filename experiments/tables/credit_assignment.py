@@ -66,12 +66,8 @@ def main(argv=()) -> dict:
            "left out of the loss and of every group statistic.",
            "spo_chain: not run — it needs Monte-Carlo value rollouts from its cut points, which this harness "
            "does not sample (rl_jax.advantages.spo_chain itself is tested against a float64 reference)."]
-  common.plot_curves(report.path.with_suffix(".png"), common.accuracy_curves(grid), xlabel="RL step",
-                     ylabel="greedy accuracy", title="Credit assignment, 1-digit addition (mean ± std over seeds)")
-  report.write("Table 2 — credit assignment", common.markdown_table(header, rows), notes,
-               {"summary": s, "evals": {k: [r["evals"] for r in c["runs"]] for k, c in grid.items()},
-                "budget": budget.__dict__})
-  return s
+  return common.write_grid_report(report, "Table 2 — credit assignment", "Credit assignment, 1-digit addition (mean ± std over seeds)", header, rows, notes, grid,
+                                  budget)
 
 
 if __name__ == "__main__":

@@ -60,12 +60,8 @@ def main(argv=()) -> dict:
            f"ρ = {RHO} per mini-batch; mean ± std over seeds {list(args.seeds)}.",
            f"Claim 'top 20% ≥ all tokens > bottom 80%': measured final accuracy {top:.3f} / {all_:.3f} / {bottom:.3f} — "
            + ("agrees." if top >= all_ - 1e-9 and all_ > bottom else "does NOT hold here.")]
-  common.plot_curves(report.path.with_suffix(".png"), common.accuracy_curves(grid), xlabel="RL step",
-                     ylabel="greedy accuracy", title="80/20 forking tokens, 1-digit addition (mean ± std over seeds)")
-  report.write("Table 4 — 80/20 forking tokens", common.markdown_table(header, rows), notes,
-               {"summary": s, "evals": {k: [r["evals"] for r in c["runs"]] for k, c in grid.items()},
-                "budget": budget.__dict__})
-  return s
+  return common.write_grid_report(report, "Table 4 — 80/20 forking tokens", "80/20 forking tokens, 1-digit addition (mean ± std over seeds)", header, rows, notes, grid,
+                                  budget)
 
 
 if __name__ == "__main__":

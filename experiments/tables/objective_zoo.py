@@ -117,12 +117,8 @@ def main(argv=()) -> dict:
            "gets the same rollouts; SSPO treats each response as one segment (no sentence delimiters).",
            "steps-to-target is n/a when a run never reached it (n = runs that did)."]
   notes += claims(s)
-  common.plot_curves(report.path.with_suffix(".png"), common.accuracy_curves(grid), xlabel="RL step",
-                     ylabel="greedy accuracy", title="Objective zoo, 1-digit addition (mean ± std over seeds)")
-  report.write("Table 1 — objective zoo", common.markdown_table(header, rows), notes,
-               {"summary": s, "evals": {k: [r["evals"] for r in c["runs"]] for k, c in grid.items()},
-                "budget": budget.__dict__})
-  return s
+  return common.write_grid_report(report, "Table 1 — objective zoo", "Objective zoo, 1-digit addition (mean ± std over seeds)", header, rows, notes, grid,
+                                  budget)
 
 
 if __name__ == "__main__":
