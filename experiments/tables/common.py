@@ -17,7 +17,7 @@ import pathlib
 import platform
 import sys
 import time
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -88,7 +88,7 @@ def mean_std(values: Sequence[float], fmt: str = "{:.3f}") -> str:
   if v.size == 0:
     return "n/a"
   if v.size == 1:
-    return fmt.format(v[0]) + ("" if len(values) == 1 else f" (n=1)")
+    return fmt.format(v[0]) + ("" if len(values) == 1 else " (n=1)")
   s = fmt.format(v.mean()) + " ± " + fmt.format(v.std(ddof=1))
   return s if v.size == len(values) else s + f" (n={v.size})"
 
@@ -279,8 +279,6 @@ def run_recipe(recipe: Recipe, seed: int, budget: Budget) -> dict:
     rewards = rewards.reshape(budget.prompts, budget.group)
     if valid is not None:
       rewards = impute_empty_rows(rewards, valid.reshape(rewards.shape))
-    shape3 = (budget.prompts, budget.group, -1)
-    extra = {}
     adv_fn, extra = advantage_for(recipe, ro, rewards, problems, valid, paths if recipe.rollout == "tree" else None,
                                   dcpo_ids, dcpo_state)
     if recipe.advantage == "dcpo":
@@ -457,6 +455,18 @@ def run_grid(recipes: Sequence[Recipe], seeds: Sequence[int], budget: Budget, *,
           f"nonzero-adv {s['nonzero_adv_frac']:.3f}  entropy {s['entropy_end']:.3f}  ({s['wall_s']:.0f} s)")
       sys.stdout.flush()
   return out
+
+
+def run_table(name: str, argv, recipes: Sequence[Recipe], quick: Sequence[str] = ()):
+  """The shared start of tables 1, 2 and 4: arguments, report, budget, the recipes to run (`quick` names
+  the subset for --quick; empty = all) and their grid over the seeds. Returns (args, report, budget,
+  recipes, grid, summaries name -> per-seed)."""
+  args = parse_args(argv)
+  report = Report(name, args, argv)
+  budget = QUICK_BUDGET if args.quick else Budget()
+  recipes = [r for r in recipes if not (args.quick and quick) or r.name in quick]
+  grid = run_grid(recipes, args.seeds, budget)
+  return args, report, budget, recipes, grid, {n: cell["summary"] for n, cell in grid.items()}
 
 
 def write_grid_report(report: Report, title: str, plot_title: str, header, rows, notes, grid: dict,

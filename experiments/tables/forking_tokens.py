@@ -38,21 +38,17 @@ RECIPES = (
 
 
 def main(argv=()) -> dict:
-  args = common.parse_args(argv)
-  report = common.Report(NAME, args, argv)
-  budget = common.QUICK_BUDGET if args.quick else common.Budget()
-  grid = common.run_grid(RECIPES, args.seeds, budget)
-  s = {name: cell["summary"] for name, cell in grid.items()}
+  args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES)
   header = ["tokens trained", "final accuracy", "best accuracy", f"steps to {budget.target_accuracy:.2f}",
             "entropy (end)", "clipped tokens"]
   rows = []
-  for r in RECIPES:
+  for r in recipes:
     v = s[r.name]
     col = lambda k, f="{:.3f}": common.mean_std([x[k] for x in v], f)
     rows.append([r.name, col("accuracy"), col("best_accuracy"), col("steps_to_target", "{:.0f}"), col("entropy_end"),
                  col("clip_frac", "{:.4f}")])
   mean = lambda n: sum(x["accuracy"] for x in s[n]) / len(s[n])
-  top, all_, bottom = (mean(r.name) for r in RECIPES)
+  top, all_, bottom = (mean(r.name) for r in recipes)
   acc0 = [common.warm_start(seed, budget)[1] for seed in args.seeds]
   notes = [f"Task: 1-digit addition (answers of 2-3 tokens, so 20% of a mini-batch's tokens is mostly the first "
            f"answer digit), {budget.sft_steps} warm-up steps (accuracy {common.mean_std(acc0)}), "

@@ -90,12 +90,7 @@ def claims(s: dict) -> list[str]:
 
 
 def main(argv=()) -> dict:
-  args = common.parse_args(argv)
-  report = common.Report(NAME, args, argv)
-  budget = common.QUICK_BUDGET if args.quick else common.Budget()
-  recipes = [r for r in RECIPES if not args.quick or r.name in QUICK]
-  grid = common.run_grid(recipes, args.seeds, budget)
-  s = {name: cell["summary"] for name, cell in grid.items()}
+  args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK)
   header = ["objective", "objective / advantage", "final accuracy", f"steps to {budget.target_accuracy:.2f}",
             "clipped tokens", "non-zero-adv tokens", "flat groups with signal", "token ratio std", "entropy (end)"]
   rows = []
