@@ -76,6 +76,7 @@ class Config:
   run_dir: str = "results/gsm8k_smollm2"
   resume: bool = True
   progress_bar: bool = True
+  before_from: str = ""             # run dir whose "before" evaluation is reused (same model, seed and eval settings)
 
   def __post_init__(self):
     if self.preset not in ("cpu", "pod"):
@@ -186,6 +187,28 @@ def evaluate_all(cfg: Config, params, mcfg, tok, tag: str) -> dict:
   return out
 
 
+# Fields that decide the "before" evaluation: two runs that agree on them have the same one.
+EVAL_FIELDS = ("preset", "model", "seed", "eval_sets", "eval_size", "eval_samples", "eval_max_new_tokens", "eval_batch",
+               "prompt_bucket")
+
+
+def reused_before(cfg: Config) -> dict:
+  """The "before" evaluation of the run in `cfg.before_from`, after checking it was made with the same settings."""
+  src = pathlib.Path(cfg.before_from)
+  if not (src / "summary.json").exists() or not (src / "config.json").exists():
+    raise FileNotFoundError(f"before_from={src}: no summary.json / config.json there (run that evaluation first).")
+  other = json.loads((src / "config.json").read_text())
+  mine = to_dict(cfg)
+  diff = {k: (other.get(k), mine[k]) for k in EVAL_FIELDS if other.get(k) != mine[k]}
+  if diff:
+    raise ValueError(f"before_from={src} was evaluated with different settings (theirs, ours): {diff}.")
+  before = json.loads((src / "summary.json").read_text()).get("before")
+  if not before:
+    raise ValueError(f"before_from={src}: its summary.json holds no 'before' evaluation.")
+  print(f"[before] reused from {src}")
+  return before
+
+
 def main(cfg: Config) -> dict:
   run_dir = pathlib.Path(cfg.run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +231,7 @@ def main(cfg: Config) -> dict:
   restored = ckpt.restore_latest(template) if cfg.resume else None
   summary_path = run_dir / "summary.json"
   if restored is None:
-    before = evaluate_all(cfg, params, mcfg, tok, "before")
+    before = reused_before(cfg) if cfg.before_from else evaluate_all(cfg, params, mcfg, tok, "before")
     summary = {"before": before}
     summary_path.write_text(json.dumps(summary, indent=2))
     for name, m in before.items():

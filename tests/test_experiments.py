@@ -70,6 +70,18 @@ def test_gsm8k_resume_equals_uninterrupted(gsm8k, tmp_path):
   assert json.loads((tmp_path / "cut" / "summary.json").read_text())["before"]["gsm8k"]["n"] == 3
 
 
+def test_gsm8k_before_from_reuses_an_equal_evaluation_and_refuses_a_different_one(gsm8k, tmp_path):
+  tiny = dict(GSM8K_TINY, rl_steps=0, checkpoint_every=0)
+  first = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "a"), **tiny))
+  reused = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "b"), before_from=str(tmp_path / "a"),
+                                   **dict(tiny, objective="dapo")))   # objective does not enter the "before" evaluation
+  assert reused["before"] == first["before"]
+  with pytest.raises(ValueError, match="eval_size"):
+    gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "c"), before_from=str(tmp_path / "a"), **dict(tiny, eval_size=2)))
+  with pytest.raises(FileNotFoundError, match="summary.json"):
+    gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "d"), before_from=str(tmp_path / "nowhere"), **tiny))
+
+
 def test_gsm8k_config(gsm8k):
   pod = gsm8k.make_config(["--preset=pod", "--lr=2e-6"])
   assert pod.prompts_per_step == 128 and pod.eval_size == 0 and pod.lr == 2e-6 and pod.objective == "dapo"

@@ -38,9 +38,15 @@ def best_objective(args: common.Args) -> str:
   return "dapo"
 
 
+def cell_dir(args: common.Args, objective: str, seed: int) -> str:
+  return str(args.out / NAME / f"{objective}_seed{seed}")
+
+
 def run_cell(args: common.Args, objective: str, seed: int, overrides: dict) -> dict:
-  cfg = gsm8k_smollm2.Config(objective=objective, seed=seed, run_dir=str(args.out / NAME / f"{objective}_seed{seed}"),
-                             resume=True, **dict(overrides, progress_bar=False))
+  # The model before RL is the same for every objective: evaluate it once per seed (in the grpo cell).
+  before_from = cell_dir(args, "grpo", seed) if objective != "grpo" else ""
+  cfg = gsm8k_smollm2.Config(objective=objective, seed=seed, run_dir=cell_dir(args, objective, seed), resume=True,
+                             before_from=before_from, **dict(overrides, progress_bar=False))
   return gsm8k_smollm2.main(cfg)
 
 
