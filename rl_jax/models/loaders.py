@@ -75,6 +75,62 @@ def params_from_tensors(get: Callable[[str], np.ndarray], cfg: ModelConfig, *, p
   return params
 
 
+def tensors_from_params(params: dict, cfg: ModelConfig, *, prefix: str = "model.") -> dict[str, np.ndarray]:
+  """HF-named float32 tensors from a parameter tree: the inverse of `params_from_tensors`.
+
+  With `hf_config(cfg)` this writes a checkpoint folder that transformers, and other loaders of Llama-family
+  safetensors, read back unchanged.
+  """
+  layers = params["layers"]
+  names = {"attn_norm": ("input_layernorm.weight", False), "wq": ("self_attn.q_proj.weight", True),
+           "wk": ("self_attn.k_proj.weight", True), "wv": ("self_attn.v_proj.weight", True),
+           "wo": ("self_attn.o_proj.weight", True), "mlp_norm": ("post_attention_layernorm.weight", False),
+           "w_gate": ("mlp.gate_proj.weight", True), "w_up": ("mlp.up_proj.weight", True),
+           "w_down": ("mlp.down_proj.weight", True), "bq": ("self_attn.q_proj.bias", False),
+           "bk": ("self_attn.k_proj.bias", False), "bv": ("self_attn.v_proj.bias", False),
+           "q_norm": ("self_attn.q_norm.weight", False), "k_norm": ("self_attn.k_norm.weight", False)}
+  unknown = set(layers) - set(names)
+  if unknown:
+    raise ValueError(f"no Hugging Face name for layer parameters {sorted(unknown)}.")
+  out = {prefix + "embed_tokens.weight": np.asarray(params["embed"], np.float32),
+         prefix + "norm.weight": np.asarray(params["final_norm"], np.float32)}
+  for key, stacked in layers.items():
+    name, transpose = names[key]
+    for i in range(cfg.n_layers):
+      a = np.asarray(stacked[i], np.float32)
+      out[f"{prefix}layers.{i}.{name}"] = np.ascontiguousarray(a.T if transpose else a)
+  if not cfg.tie_embeddings:
+    out["lm_head.weight"] = np.ascontiguousarray(np.asarray(params["lm_head"], np.float32).T)
+  return out
+
+
+def hf_config(cfg: ModelConfig) -> dict:
+  """A Hugging Face config.json dict for `cfg` (Llama, or Qwen2 / Qwen3 when the config has their features)."""
+  arch, model_type = ("Qwen3ForCausalLM", "qwen3") if cfg.qk_norm else (
+      ("Qwen2ForCausalLM", "qwen2") if cfg.qkv_bias else ("LlamaForCausalLM", "llama"))
+  out = {"architectures": [arch], "model_type": model_type, "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
+         "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+         "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "intermediate_size": cfg.ffn_dim,
+         "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_eps, "tie_word_embeddings": cfg.tie_embeddings,
+         "max_position_embeddings": cfg.max_seq_len, "hidden_act": "silu", "torch_dtype": "float32"}
+  if cfg.rope_scaling:
+    out["rope_scaling"] = dict(cfg.rope_scaling)
+  if model_type == "llama":
+    out["attention_bias"] = cfg.qkv_bias
+  return out
+
+
+def save_hf_folder(params: dict, cfg: ModelConfig, folder) -> pathlib.Path:
+  """Writes `config.json` and `model.safetensors` (float32) for `params`; `load_hf_folder` reads them back."""
+  from safetensors.numpy import save_file
+
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "config.json").write_text(json.dumps(hf_config(cfg), indent=2))
+  save_file(tensors_from_params(params, cfg), str(folder / "model.safetensors"))
+  return folder
+
+
 def load_hf_folder(folder) -> tuple[dict, ModelConfig]:
   """(params, cfg) from a Hugging Face checkpoint folder with safetensors weights."""
   from safetensors import safe_open
