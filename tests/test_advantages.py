@@ -150,6 +150,54 @@ def test_spo_chain_toy(jit):
 
 
 @pytest.mark.parametrize("jit", JIT)
+@pytest.mark.parametrize("interval", [1, 2, 5])
+@pytest.mark.parametrize("prob_mask", [True, False])
+def test_spo_chain_matches_the_float64_reference_on_random_responses(interval, prob_mask, jit):
+  """Ragged masks, cut points anywhere (the prompt state c = −1 included: first tokens are often below 0.9)."""
+  from reference import advantages_tree_np as tref
+  rng = np.random.default_rng(11 + interval)
+  P, G, T = 3, 4, 12
+  probs = np.where(rng.random((P, G, T)) < 0.5, rng.uniform(0.05, 0.9, (P, G, T)), rng.uniform(0.9, 1.0, (P, G, T)))
+  mask = (np.arange(T)[None, None, :] < rng.integers(1, T + 1, (P, G))[..., None]).astype(np.float32)
+  values = rng.random((P, G, T))            # MC value of the state after token t
+  prompt_values = rng.random((P, G))        # MC value of the prompt alone (c = −1)
+  scores = rng.integers(0, 2, (P, G)).astype(np.float64)
+  adv, loss_mask = run(A.spo_chain, probs, mask, values, jnp.asarray(scores, jnp.float32), jit=jit, interval=interval,
+                       prob_mask=prob_mask, prompt_values=jnp.asarray(prompt_values, jnp.float32))
+  cuts = [[tref.spo_chain_cutpoints(probs[i, j], mask[i, j], interval=interval) for j in range(G)] for i in range(P)]
+  assert any(c and c[0] == -1 for row in cuts for c in row) and any(len(c) > 1 for row in cuts for c in row)
+  c_max = max(len(c) for row in cuts for c in row)
+  ref_values = np.full((P * G, c_max), np.nan)
+  for i in range(P):
+    for j in range(G):
+      for k, c in enumerate(cuts[i][j]):
+        ref_values[i * G + j, k] = prompt_values[i, j] if c == -1 else values[i, j, c]
+  expected = tref.spo_chain(probs.reshape(P * G, T), mask.reshape(P * G, T), ref_values, scores.reshape(-1),
+                            interval=interval, prob_mask=prob_mask, whiten_advantages=False).reshape(P, G, T)
+  np.testing.assert_allclose(np.asarray(adv), expected, atol=1e-6)
+  keep = mask * (probs <= 0.9) if prob_mask else mask
+  np.testing.assert_array_equal(np.asarray(loss_mask), keep)
+  cut, prompt_cut = A.spo_chain_cut_points(probs, mask, interval=interval)
+  for i in range(P):
+    for j in range(G):
+      got = ([-1] if prompt_cut[i, j] else []) + [int(t) for t in np.nonzero(np.asarray(cut[i, j]))[0]]
+      assert got == cuts[i][j]
+
+
+def test_spo_chain_without_prompt_values_gives_the_first_segment_zero():
+  probs = np.array([[[0.5, 0.95, 0.3, 0.99]]])   # token 0 below 0.9: the official code has the cut c = −1
+  mask = np.ones_like(probs)
+  values = np.array([[[0.0, 0.75, 0.0, 0.0]]])
+  with_prompt, _ = A.spo_chain(probs, mask, values, jnp.array([[1.0]]), interval=1, prob_mask=False,
+                               prompt_values=jnp.array([[0.25]]))
+  np.testing.assert_allclose(np.asarray(with_prompt)[0, 0], [0.5, 0.5, 0.25, 0.25], atol=1e-6)
+  without, _ = A.spo_chain(probs, mask, values, jnp.array([[1.0]]), interval=1, prob_mask=False)
+  np.testing.assert_allclose(np.asarray(without)[0, 0], [0.0, 0.0, 0.25, 0.25], atol=1e-6)
+  with pytest.raises(ValueError, match="interval"):
+    A.spo_chain_cut_points(probs, mask, interval=0)
+
+
+@pytest.mark.parametrize("jit", JIT)
 def test_reinforce_pp_baseline_and_gae_match_references(jit):
   rng = np.random.default_rng(4)
   P, G, T = 2, 3, 5

@@ -279,10 +279,16 @@ def run_recipe(recipe: Recipe, seed: int, budget: Budget) -> dict:
     rewards = rewards.reshape(budget.prompts, budget.group)
     if valid is not None:
       rewards = impute_empty_rows(rewards, valid.reshape(rewards.shape))
+    mc = None
+    if recipe.advantage == "spo_chain":
+      mc = spo_chain_mc_values(state.params, model_cfg, task, p_ids, p_mask, ro, answers,
+                               jax.random.fold_in(key, 7), group=budget.group)
     adv_fn, extra = advantage_for(recipe, ro, rewards, problems, valid, paths if recipe.rollout == "tree" else None,
-                                  dcpo_ids, dcpo_state)
+                                  dcpo_ids, dcpo_state, mc=mc)
     if recipe.advantage == "dcpo":
       dcpo_state = extra.pop("dcpo_state")
+    if "loss_mask" in extra:   # SPO-chain's probability mask drops confident tokens from the loss
+      ro = ro._replace(completion_mask=extra.pop("loss_mask"))
     keep_groups = "group_size" in inspect.signature(objective).parameters
     state, metrics = rl_iteration(state, rl_step, logprob_fn, ro, rewards, adv_fn, epochs=budget.epochs,
                                   minibatches=budget.minibatches, valid_rows=valid, keep_groups=keep_groups)
@@ -297,12 +303,15 @@ def run_recipe(recipe: Recipe, seed: int, budget: Budget) -> dict:
 TREE_ADVANTAGES = ("grpo", "tempo", "treepo", "spo_tree")
 
 
-def advantage_for(recipe: Recipe, ro: Rollouts, rewards: np.ndarray, problems, valid, paths, dcpo_ids, dcpo_state):
+def advantage_for(recipe: Recipe, ro: Rollouts, rewards: np.ndarray, problems, valid, paths, dcpo_ids, dcpo_state,
+                  mc=None):
   """(advantages_fn for rl_iteration, extra metrics) for the recipe's estimator on this step's rollouts.
 
   extra["tree_term_frac"]: share of valid completion tokens where the tree / prefix term is non-zero
   (TEMPO: V(s_{j+1}) − V(s_j); TreePO: the subtree-averaged centred reward differs from R − mean;
-  SPO-tree: the kept edge advantage).
+  SPO-tree: the kept edge advantage; SPO-chain: the segment advantage V(c_k) − V(c_{k−1})).
+  `mc`: SPO-chain's Monte-Carlo values (`spo_chain_mc_values`); then extra["loss_mask"] [P·G, T] is the
+  loss mask to train with.
   """
   p, g = rewards.shape
   msk = ro.completion_mask.reshape(p, g, -1)
@@ -342,7 +351,65 @@ def advantage_for(recipe: Recipe, ro: Rollouts, rewards: np.ndarray, problems, v
     return (lambda _, a=adv: a), extra
   if name in ("treepo", "spo_tree"):
     raise ValueError(f"{name} needs rollout='tree' (it reads the tree paths).")
+  if name == "spo_chain":
+    if mc is None:
+      raise ValueError("spo_chain needs its Monte-Carlo values (spo_chain_mc_values).")
+    values, prompt_values, probs = mc
+    raw, loss_mask = advantages_lib.spo_chain(probs, jnp.asarray(msk), values, r, prompt_values=prompt_values,
+                                              interval=SPO_CHAIN_INTERVAL, threshold=SPO_CHAIN_THRESHOLD)
+    extra["tree_term_frac"] = _nonzero_frac(raw, msk)
+    # official code: whiten over mask & (p < threshold), or over the mask when that is empty
+    wm = jnp.where(jnp.sum(loss_mask) > 0, loss_mask, jnp.asarray(msk, jnp.float32))
+    adv = advantages_lib.masked_whiten(raw, wm) * loss_mask
+    extra["loss_mask"] = np.asarray(loss_mask, np.float32).reshape(p * g, -1)
+    return (lambda _, a=adv: a), extra
   return advantages_lib.get(name), extra
+
+
+SPO_CHAIN_INTERVAL, SPO_CHAIN_THRESHOLD = 5, 0.9     # official defaults ("int5", p < 0.9)
+SPO_CHAIN_SAMPLES = 9                                 # MC rollouts per cut point (official GSM8K config)
+
+
+def spo_chain_mc_values(params, model_cfg, task, prompts: np.ndarray, prompt_mask: np.ndarray, ro: Rollouts,
+                        answers: Sequence[str], key, *, group: int, samples: int = SPO_CHAIN_SAMPLES):
+  """SPO-chain's Monte-Carlo values: V(c) = mean reward of `samples` continuations from prompt + y_{≤c}.
+
+  Only the cut points of `rl_jax.advantages.spo_chain_cut_points` are sampled (the prompt state c = −1
+  included). Continuations use the current policy at temperature 1 and stop at EOS or at the task's answer
+  length, as the rollouts did. Returns (values [P, G, T], prompt_values [P, G], token_probs [P, G, T]),
+  the token probabilities being those of the sampler (temperature 1, so the actor's).
+  """
+  n, t = ro.completion.shape
+  p = n // group
+  probs = np.exp(np.asarray(ro.rollout_logp, np.float64)) * (ro.completion_mask > 0)
+  cut, prompt_cut = (np.asarray(x) for x in advantages_lib.spo_chain_cut_points(
+      probs.reshape(p, group, t), ro.completion_mask.reshape(p, group, t), interval=SPO_CHAIN_INTERVAL,
+      threshold=SPO_CHAIN_THRESHOLD))
+  cut, prompt_cut = cut.reshape(n, t), prompt_cut.reshape(n)
+  values, prompt_values = np.zeros((n, t), np.float32), np.zeros(n, np.float32)
+  row_prompt = np.repeat(prompts, group, axis=0)
+  row_pmask = np.repeat(prompt_mask, group, axis=0)
+  for c in range(-1, t - 1):
+    rows = np.nonzero(prompt_cut if c < 0 else cut[:, c])[0]
+    if rows.size == 0:
+      continue
+    padded = np.concatenate([rows, np.full(n - rows.size, rows[0])])   # one shape per c: compiled once
+    ids = np.concatenate([row_prompt[padded], ro.completion[padded, :c + 1]], 1)
+    msk = np.concatenate([row_pmask[padded], (ro.completion_mask[padded, :c + 1] > 0).astype(row_pmask.dtype)], 1)
+    cont = rollout(params, model_cfg, ids, msk, jax.random.fold_in(key, c + 1), group_size=samples,
+                   max_new_tokens=t - c - 1, temperature=1.0, stop_tokens=(task.vocab.EOS,))
+    for k, row in enumerate(rows):
+      head = ro.completion[row, :c + 1]
+      total = 0.0
+      for s in range(samples):
+        tail = cont.completion[k * samples + s][cont.completion_mask[k * samples + s] > 0]
+        total += task.reward(np.concatenate([head, tail]), answers[row])
+      if c < 0:
+        prompt_values[row] = total / samples
+      else:
+        values[row, c] = total / samples
+  return (jnp.asarray(values.reshape(p, group, t)), jnp.asarray(prompt_values.reshape(p, group)),
+          jnp.asarray(probs.reshape(p, group, t), jnp.float32))
 
 
 def masked_group_stats(rewards: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -133,15 +133,36 @@ def _subgroup_spread(r, paths, d):
   return hi - lo
 
 
+def spo_chain_cut_points(token_probs, mask, *, interval: int = 5, threshold: float = 0.9) -> tuple[Array, Array]:
+  """SPO-chain cut points c = (L − 1)[::interval], L = {t valid : p_t < threshold}; c is the state after token c.
+
+  Returns (cut [P, G, T]: a cut at the state after token t; prompt_cut [P, G]: the cut c = −1, the
+  prompt alone, present when the first token is the first chosen low-probability token). These are
+  the states whose Monte-Carlo values `spo_chain` reads. "Segment Policy Optimization", arXiv 2505.23564.
+  """
+  if interval < 1:
+    raise ValueError(f"interval must be >= 1, got {interval}.")
+  p = jnp.asarray(token_probs, jnp.float32)
+  m = jnp.asarray(mask)
+  low = (p < threshold) & (m > 0)
+  rank = jnp.cumsum(low.astype(jnp.int32), -1) - 1
+  chosen = low & (rank % interval == 0)
+  cut = jnp.concatenate([chosen[..., 1:], jnp.zeros_like(chosen[..., :1])], -1)  # the state before a chosen token
+  return cut, chosen[..., 0]
+
+
 @register
 def spo_chain(token_probs, mask, values, final_scores, *, interval: int = 5, threshold: float = 0.9,
-              prob_mask: bool = True) -> tuple[Array, Array]:
+              prob_mask: bool = True, prompt_values=None) -> tuple[Array, Array]:
   """SPO-chain segment advantages from Monte-Carlo values at low-probability cut points.
 
-  Cut points: every `interval`-th token with p_t < threshold, shifted one back (the state before that
-  token); the value points are the cut points and the last valid token (value = final score). A segment
-  (c_{k−1}, c_k] gets V(c_k) − V(c_{k−1}); the first value point gets 0. With `prob_mask`, tokens with
-  p_t > threshold get 0 and are dropped from the returned loss mask (whitening is left to the caller).
+  Value points: the cut points of `spo_chain_cut_points` and the last valid token (value = final
+  score, which wins on a collision). A segment (c_{k−1}, c_k] gets V(c_k) − V(c_{k−1}); the segment up to
+  the first value point gets 0 unless that point has a predecessor. The prompt state c = −1 is a value
+  point when the first token is a chosen low-probability token and `prompt_values` [P, G] (its MC value)
+  is given; without `prompt_values` it is skipped, so the first segment of such a response gets 0 where
+  the official code would give V(c_1) − V(prompt). With `prob_mask`, tokens with p_t > threshold get 0
+  and are dropped from the returned loss mask (whitening over that mask is left to the caller).
   "Segment Policy Optimization", arXiv 2505.23564 (official code defaults: interval 5, threshold 0.9).
   Args: token_probs [P, G, T] actor probabilities of the taken tokens; values [P, G, T] MC value of the
   state after token t (read at cut points only); final_scores [P, G].
@@ -151,20 +172,25 @@ def spo_chain(token_probs, mask, values, final_scores, *, interval: int = 5, thr
   _, m = check_tokens(jnp.zeros(jnp.shape(mask), jnp.int32), mask, s.shape, method="spo_chain")
   p = jnp.asarray(token_probs, jnp.float32)
   t = p.shape[-1]
-  low = (p < threshold) & (m > 0)
-  rank = jnp.cumsum(low.astype(jnp.int32), -1) - 1
-  chosen = low & (rank % interval == 0)
-  cut = jnp.concatenate([chosen[..., 1:], jnp.zeros_like(chosen[..., :1])], -1)  # state before a chosen token
+  cut, prompt_cut = spo_chain_cut_points(p, m, interval=interval, threshold=threshold)
   last = (jnp.arange(t)[None, None, :] == (jnp.sum(m, -1, keepdims=True) - 1)) & (m > 0)
   vp = (cut | last) & (m > 0)
   val = jnp.where(last, s[..., None], jnp.asarray(values, jnp.float32))
-  idx = jnp.broadcast_to(jnp.arange(t)[None, None, :], vp.shape)
+  # Position 0 of the extended axis is the prompt state, position t + 1 the state after token t.
+  if prompt_values is None:
+    vp0, val0 = jnp.zeros_like(prompt_cut), jnp.zeros_like(s)
+  else:
+    vp0, val0 = prompt_cut & (jnp.sum(m, -1) > 0), jnp.broadcast_to(jnp.asarray(prompt_values, jnp.float32), s.shape)
+  vp = jnp.concatenate([vp0[..., None], vp], -1)
+  val = jnp.concatenate([val0[..., None], val], -1)
+  n = t + 1
+  idx = jnp.broadcast_to(jnp.arange(n)[None, None, :], vp.shape)
   prev_idx = jax.lax.cummax(jnp.where(vp, idx, -1), axis=2)
   prev_idx = jnp.concatenate([jnp.full_like(prev_idx[..., :1], -1), prev_idx[..., :-1]], -1)
   prev_val = jnp.take_along_axis(val, jnp.maximum(prev_idx, 0), -1)
   delta = jnp.where(vp & (prev_idx >= 0), val - prev_val, 0.0)
-  nxt = jax.lax.cummin(jnp.where(vp, idx, t), axis=2, reverse=True)
-  adv = jnp.take_along_axis(delta, jnp.minimum(nxt, t - 1), -1) * (nxt < t) * m
+  nxt = jax.lax.cummin(jnp.where(vp, idx, n), axis=2, reverse=True)
+  adv = (jnp.take_along_axis(delta, jnp.minimum(nxt, n - 1), -1) * (nxt < n))[..., 1:] * m
   loss_mask = m
   if prob_mask:
     high = p > threshold
