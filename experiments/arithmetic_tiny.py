@@ -78,6 +78,13 @@ class Config:
       raise ValueError("prompts_per_step * group_size must be divisible by minibatches.")
 
 
+def needs_groups(objective: str) -> bool:
+  """Whether the objective reads the group layout of a mini-batch (GTPO's `group_size`): then mini-batches
+  hold whole groups in order."""
+  import inspect
+  return "group_size" in inspect.signature(objectives_lib.get(objective)).parameters
+
+
 def objective_kwargs(cfg: Config) -> dict:
   """Hyperparameters the config sets on the chosen objective (β, and what needs the group layout)."""
   import inspect
@@ -131,7 +138,8 @@ def rl_step_once(cfg, task, model_cfg, state, step, rl_step, logprob_fn, adv_fn,
   else:
     (ro, rewards), ds = sample(0), {"gen_batches": 1, "short": 0}
   state, metrics = rl_iteration(state, rl_step, logprob_fn, ro, rewards, adv_fn, epochs=cfg.epochs,
-                                minibatches=cfg.minibatches, ref_params=ref_params if cfg.beta > 0 else None)
+                                minibatches=cfg.minibatches, ref_params=ref_params if cfg.beta > 0 else None,
+                                keep_groups=needs_groups(cfg.objective))
   row = {"reward": float(rewards.mean()), "clip_frac": metrics["clip_frac"], "loss": metrics["loss"],
          "gen_batches": ds["gen_batches"],
          "entropy": metrics["entropy"], "nonzero_adv_frac": metrics["nonzero_adv_frac"],

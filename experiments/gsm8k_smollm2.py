@@ -311,7 +311,8 @@ def main(cfg: Config) -> dict:
       prompt_len = ro.tokens.shape[1] - ro.completion.shape[1]
       rl_step, logprob_fn = fns(prompt_len)
       state, m = rl_iteration(live["state"], rl_step, logprob_fn, ro, rewards, adv_fn, epochs=cfg.epochs,
-                              minibatches=cfg.minibatches, ref_params=ref_params)
+                              minibatches=cfg.minibatches, ref_params=ref_params,
+                              keep_groups="group_size" in inspect.signature(objective).parameters)
       live.update(state=state, position=step + 1)
       first = infos[0]
       row = {"reward": float(rewards.mean()), "train_accuracy": float(np.mean(first["correct"])),

@@ -141,3 +141,22 @@ def test_single_update_skips_the_old_logprob_pass_and_equals_recomputing():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), outs[0][0], outs[1][0])
     assert outs[0][1]["loss"] == pytest.approx(outs[1][1]["loss"], abs=1e-6)
     assert not np.allclose(outs[0][0]["embed"], params["embed"])          # the update did something
+
+
+def test_arithmetic_tiny_keeps_whole_groups_in_mini_batches_for_gtpo(tmp_path, monkeypatch):
+  """GTPO reads the group layout of a mini-batch (group_size), so its mini-batches must hold whole groups."""
+  from experiments import arithmetic_tiny
+  assert arithmetic_tiny.needs_groups("gtpo") and not arithmetic_tiny.needs_groups("grpo")
+  seen = []
+  real = arithmetic_tiny.rl_iteration
+
+  def spy(*args, **kw):
+    seen.append(kw.get("keep_groups", False))
+    return real(*args, **kw)
+
+  monkeypatch.setattr(arithmetic_tiny, "rl_iteration", spy)
+  for objective in ("gtpo", "grpo"):
+    cfg = arithmetic_tiny.Config(run_dir=str(tmp_path / objective), objective=objective,
+                                 **dict(TINY["arithmetic_tiny"], minibatches=2))
+    arithmetic_tiny.main(cfg)
+  assert seen == [True, True, False, False]
