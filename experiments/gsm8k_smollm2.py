@@ -192,6 +192,15 @@ EVAL_FIELDS = ("preset", "model", "seed", "eval_sets", "eval_size", "eval_sample
                "prompt_bucket")
 
 
+def finished_with_same_settings(previous: dict | None, cfg: Config) -> bool:
+  """Whether a run dir's previous config trained and evaluated exactly as `cfg` (then its summary stands)."""
+  if previous is None:
+    return False
+  mine = to_dict(cfg)
+  ignore = {"run_dir", "resume", "progress_bar", "checkpoint_every", "before_from"}
+  return all(previous.get(k) == v for k, v in mine.items() if k not in ignore)
+
+
 def reused_before(cfg: Config) -> dict:
   """The "before" evaluation of the run in `cfg.before_from`, after checking it was made with the same settings."""
   src = pathlib.Path(cfg.before_from)
@@ -212,6 +221,7 @@ def reused_before(cfg: Config) -> dict:
 def main(cfg: Config) -> dict:
   run_dir = pathlib.Path(cfg.run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
+  previous = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
   (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
   print(f"rl_jax {rl_jax.__version__} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
         f"config: {json.dumps(to_dict(cfg))}")
@@ -242,6 +252,10 @@ def main(cfg: Config) -> dict:
     state, start = restored.state(template), restored.position
     ref_params = restored.ref_params(params) if cfg.beta > 0 else None
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if start == cfg.rl_steps and "after" in summary and finished_with_same_settings(previous, cfg):
+      print(f"run already finished ({cfg.rl_steps} RL steps, evaluated): returning its summary")
+      print(_table(summary))
+      return summary
     print(f"resumed from {restored.path} at RL step {start}")
     keep = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= start]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))

@@ -82,6 +82,20 @@ def test_gsm8k_before_from_reuses_an_equal_evaluation_and_refuses_a_different_on
     gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "d"), before_from=str(tmp_path / "nowhere"), **tiny))
 
 
+def test_gsm8k_finished_run_returns_its_summary_and_a_changed_evaluation_reruns(gsm8k, tmp_path, monkeypatch):
+  tiny = dict(GSM8K_TINY, rl_steps=1)
+  done = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **tiny))
+
+  def no_evaluation(*a, **k):
+    raise AssertionError("a finished run was evaluated again")
+
+  monkeypatch.setattr(gsm8k, "evaluate_all", no_evaluation)
+  again = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **dict(tiny, progress_bar=True)))
+  assert again == done
+  with pytest.raises(AssertionError, match="evaluated again"):   # other eval settings: the stored result does not stand
+    gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **dict(tiny, eval_size=2)))
+
+
 def test_gsm8k_config(gsm8k):
   pod = gsm8k.make_config(["--preset=pod", "--lr=2e-6"])
   assert pod.prompts_per_step == 128 and pod.eval_size == 0 and pod.lr == 2e-6 and pod.objective == "dapo"
