@@ -28,19 +28,50 @@ class Samples(NamedTuple):
 
 
 def filter_logits(logits: Array, *, temperature: float, top_k: int, top_p: float) -> Array:
-  """Temperature scaling, then top-k and nucleus (top-p) filtering; removed entries get −inf."""
+  """Temperature scaling, then top-k and nucleus (top-p) filtering; removed entries get −inf.
+
+  Nucleus: in descending order, a token is kept while the probability mass before it is below
+  `top_p` (so the token that crosses `top_p` is kept). Tokens tied with the last kept logit are kept
+  too. See `nucleus_threshold` for how it avoids sorting the vocabulary.
+  """
   logits = logits / temperature
   if top_k and top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if top_p < 1.0:
-    order = jnp.argsort(-logits, axis=-1)
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    drop_sorted = (cum - jax.nn.softmax(sorted_logits, axis=-1)) >= top_p  # keep the token that crosses p
-    drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
-    logits = jnp.where(drop, -jnp.inf, logits)
+    logits = jnp.where(logits < nucleus_threshold(logits, top_p), -jnp.inf, logits)
   return logits
+
+
+NUCLEUS_CANDIDATES = 256
+
+
+def _nucleus_from_sorted(desc: Array, log_z: Array, top_p: float) -> tuple[Array, Array]:
+  """(smallest kept logit [..., 1], number kept [...]) from logits sorted in descending order (all or a prefix)."""
+  p = jnp.exp(desc - log_z)
+  keep = (jnp.cumsum(p, axis=-1) - p) < top_p
+  n = jnp.maximum(jnp.sum(keep, axis=-1), 1)
+  return jnp.take_along_axis(desc, (n - 1)[..., None], axis=-1), n
+
+
+def nucleus_threshold(logits: Array, top_p: float, *, candidates: int = NUCLEUS_CANDIDATES) -> Array:
+  """The smallest logit of the top-p nucleus of each row of `logits` [..., V], as [..., 1] (Holtzman et al.,
+  arXiv 1904.09751).
+
+  A full sort of the vocabulary costs ~0.6 s per decode step for 50 rows × 49k tokens on a 2-core
+  CPU, so the nucleus is first looked for among the `candidates` largest logits (`lax.top_k`, with the
+  exact full-vocabulary normaliser). That answer is exact whenever the nucleus ends inside the
+  candidates; if any row's nucleus is larger, the whole batch falls back to the full sort.
+  """
+  v = logits.shape[-1]
+  log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+  if candidates >= v:
+    return _nucleus_from_sorted(-jnp.sort(-logits, axis=-1), log_z, top_p)[0]
+  top = jax.lax.top_k(logits, candidates)[0]
+  thresh, n = _nucleus_from_sorted(top, log_z, top_p)
+  inside = jnp.all(n < candidates)
+  return jax.lax.cond(inside, lambda: thresh,
+                      lambda: _nucleus_from_sorted(-jnp.sort(-logits, axis=-1), log_z, top_p)[0])
 
 
 STATIC_ARGS = ("cfg", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id")

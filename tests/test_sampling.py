@@ -95,3 +95,44 @@ def test_chunked_logprobs_and_entropy_equal_the_naive_path_with_gradients(jit):
   gb = jax.grad(lambda h, w: jnp.sum(naive(h, w)[0] * jnp.arange(9.0)), argnums=(0, 1))(h, w)
   for a, b in zip(ga, gb):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def _nucleus_reference(logits, top_p):
+  """float64 NumPy: full descending sort; keep while the mass before a token is below top_p; ties kept."""
+  x = np.asarray(logits, np.float64)
+  out = np.full_like(x, -np.inf)
+  for i, row in enumerate(x.reshape(-1, x.shape[-1])):
+    desc = np.sort(row)[::-1]
+    p = np.exp(desc - desc.max())
+    p /= p.sum()
+    before = np.cumsum(p) - p
+    n = max(int(np.sum(before < top_p)), 1)
+    keep = row >= desc[n - 1]
+    out.reshape(-1, x.shape[-1])[i][keep] = row[keep]
+  return out
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("case", ["peaked", "flat", "mixed", "3d"])
+def test_nucleus_filter_matches_a_full_sort_reference(case, jit):
+  """The top-k candidate path (peaked rows) and the full-sort fallback (a flat row anywhere in the batch)."""
+  rng = np.random.default_rng(3)
+  v = 2000
+  scale = {"peaked": 6.0, "flat": 0.05, "mixed": 6.0, "3d": 6.0}[case]
+  logits = rng.normal(size=(5, v)) * scale
+  if case == "mixed":
+    logits[2] *= 0.01                    # one near-uniform row: its nucleus spans far more than 256 tokens
+  if case == "3d":
+    logits = logits.reshape(5, 1, v)
+  logits = logits.astype(np.float32)
+  fn = lambda x: filter_logits(x, temperature=1.0, top_k=0, top_p=0.9)
+  got = np.asarray((jax.jit(fn) if jit else fn)(jnp.asarray(logits)))
+  want = _nucleus_reference(logits, 0.9)
+  kept = np.isfinite(want)
+  np.testing.assert_array_equal(np.isfinite(got), kept)
+  np.testing.assert_allclose(got[kept], want[kept], rtol=1e-6)
+  sizes = kept.reshape(-1, v).sum(-1)
+  if case == "peaked":
+    assert sizes.max() < 256             # decided among the top-k candidates
+  if case in ("flat", "mixed"):
+    assert sizes.max() > 256             # needs the full-sort fallback
