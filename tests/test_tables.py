@@ -105,3 +105,14 @@ def test_parse_args_rejects_positional_and_reads_seeds():
   assert common.parse_args([]).seeds == (0, 1, 2)
   with pytest.raises(SystemExit):
     common.parse_args(["quick"])
+
+
+def test_gsm8k_table_says_where_its_second_objective_came_from(tmp_path):
+  from experiments.tables import common, gsm8k
+  args = common.parse_args([f"--out={tmp_path}"])
+  assert gsm8k.best_objective(args) == "dapo"                            # no table 1 results: the default
+  assert gsm8k.objective_note(args, "dapo") == "Best objective of table 1: dapo."
+  only = common.parse_args([f"--out={tmp_path}", "--objective=grpo"])
+  assert "Only GRPO was run" in gsm8k.objective_note(only, gsm8k.best_objective(only))
+  chosen = common.parse_args([f"--out={tmp_path}", "--objective=dcpo"])
+  assert "command line" in gsm8k.objective_note(chosen, gsm8k.best_objective(chosen))

@@ -42,6 +42,15 @@ def cell_dir(args: common.Args, objective: str, seed: int) -> str:
   return str(args.out / NAME / f"{objective}_seed{seed}")
 
 
+def objective_note(args: common.Args, best: str) -> str:
+  """Where the second objective came from, for the table's notes."""
+  if common.extra_value(args, "objective", ""):
+    if best == "grpo":
+      return "Only GRPO was run (--objective=grpo): no row for the best objective of table 1."
+    return f"Second objective: {best}, chosen on the command line (--objective)."
+  return f"Best objective of table 1: {best}."
+
+
 def run_cell(args: common.Args, objective: str, seed: int, overrides: dict) -> dict:
   # The model before RL is the same for every objective: evaluate it once per seed (in the grpo cell).
   before_from = cell_dir(args, "grpo", seed) if objective != "grpo" else ""
@@ -82,7 +91,7 @@ def main(argv=()) -> dict:
            + (f", {k} samples at temperature 0.6 for pass@{k} / maj@{k}" if k else "") +
            f"; mean ± std over seeds {list(args.seeds)} (the seed changes the data order and the samples).",
            "Run wall times (s): " + "; ".join(f"{o}: {', '.join(f'{w:.0f}' for w in ws)}" for o, ws in wall.items()),
-           f"Best objective of table 1: {best}."]
+           objective_note(args, best)]
   curves = {}
   for obj in objectives:
     ys = [[row["reward"] for row in common_read(args, obj, seed)] for seed in args.seeds]
