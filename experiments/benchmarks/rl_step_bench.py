@@ -279,18 +279,23 @@ def run(models=("tiny", "smollm2"), steps: int = 3, quick: bool = False,
   return format_table(rows), rows
 
 
+def peer_row(model: str, c: Case, ours: dict, theirs: dict, peer: str) -> str:
+  """One markdown row: model, P x G, planned tokens (and each side's count if it differs), s/step, tokens/s, ratio."""
+  planned = c.prompts * c.group * c.new_tokens
+  tokens = f"{planned}"
+  if not (math.isclose(ours["tokens"], planned) and math.isclose(theirs["tokens"], planned)):
+    tokens += f" (rl_jax {ours['tokens']:.0f}, {peer} {theirs['tokens']:.0f})"
+  ours_tps, theirs_tps = ours["tokens"] / ours["seconds"], theirs["tokens"] / theirs["seconds"]
+  return (f"| {model} | {c.prompts} x {c.group} | {tokens} | {ours['seconds']:.4g} | {ours_tps:.1f} | "
+          f"{theirs['seconds']:.4g} | {theirs_tps:.1f} | {ours_tps / theirs_tps:.3g}x |")
+
+
 def format_table(rows) -> str:
   lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
   notes = []
   for r in rows:
-    c, ours, theirs = r["case"], r["rl_jax"], r["trl"]
-    planned = c.prompts * c.group * c.new_tokens
-    tokens = f"{planned}"
-    if not (math.isclose(ours["tokens"], planned) and math.isclose(theirs["tokens"], planned)):
-      tokens += f" (rl_jax {ours['tokens']:.0f}, TRL {theirs['tokens']:.0f})"
-    lines.append(f"| {r['model']} | {c.prompts} x {c.group} | {tokens} | {ours['seconds']:.4g} | "
-                 f"{r['rl_jax_tps']:.1f} | {theirs['seconds']:.4g} | {r['trl_tps']:.1f} | "
-                 f"{r['rl_jax_tps'] / r['trl_tps']:.3g}x |")
+    ours, theirs = r["rl_jax"], r["trl"]
+    lines.append(peer_row(r["model"], r["case"], ours, theirs, "TRL"))
     notes.append(f"{r['model']}: first step (not in the medians) rl_jax {ours['first']:.2f} s incl. jit compile "
                  f"(~{max(ours['first'] - ours['seconds'], 0.0):.2f} s compile), TRL {theirs['first']:.2f} s")
   return "\n".join(lines + [""] + notes + [machine_line()])

@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.benchmarks.rl_step_bench import FULL, LR, QUICK, SEED, Case, bench_rl_jax, char_tokenizer, reward_fn
+from experiments.benchmarks.rl_step_bench import (FULL, LR, QUICK, SEED, Case, bench_rl_jax, char_tokenizer, peer_row,
+                                                  reward_fn)
 from rl_jax.models import forward, init_params, save_hf_folder, tiny_config
 
 LABELS = {"tiny": "tiny random Llama (2L, d{d}, V{v})", "smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1 -> f32)"}
@@ -213,14 +214,8 @@ def format_table(rows) -> str:
   lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
   notes = []
   for r in rows:
-    c, ours, theirs = r["case"], r["rl_jax"], r["tunix"]
-    planned = c.prompts * c.group * c.new_tokens
-    tokens = f"{planned}"
-    if not (ours["tokens"] == planned and theirs["tokens"] == planned):
-      tokens += f" (rl_jax {ours['tokens']:.0f}, tunix {theirs['tokens']:.0f})"
-    lines.append(f"| {r['model']} | {c.prompts} x {c.group} | {tokens} | {ours['seconds']:.4g} | "
-                 f"{r['rl_jax_tps']:.1f} | {theirs['seconds']:.4g} | {r['tunix_tps']:.1f} | "
-                 f"{r['rl_jax_tps'] / r['tunix_tps']:.3g}x |")
+    ours, theirs = r["rl_jax"], r["tunix"]
+    lines.append(peer_row(r["model"], r["case"], ours, theirs, "tunix"))
     notes.append(f"{r['model']}: first step (not in the medians, jit compilation included) rl_jax "
                  f"{ours['first']:.2f} s, tunix {theirs['first']:.2f} s"
                  + (f"; {theirs['rope_note']}" if theirs["rope_note"] else ""))
