@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 import rl_jax
+import parity_helpers
+from parity_helpers import TOL
 
 try:
   from flax import nnx
@@ -23,7 +25,6 @@ except Exception as exc:  # ImportError, or a missing transitive dependency of t
               "pip install google-tunix to run it", allow_module_level=True)
 
 B, T, G = 6, 9, 3
-TOL = 1e-5
 
 
 @pytest.fixture(autouse=True)
@@ -80,22 +81,11 @@ def _tunix(logp, old, ref, mask, adv, *, jit, **kw):
   return float(value), np.asarray(grad)
 
 
-def _ours(name, logp, old, ref, mask, adv, *, jit, **hp):
-  fn = rl_jax.objectives.get(name)
-
-  def loss(lp):
-    return fn(lp, jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask), ref_logp=jnp.asarray(ref), **hp)[0]
-
-  vg = jax.jit(jax.value_and_grad(loss)) if jit else jax.value_and_grad(loss)
-  value, grad = vg(jnp.asarray(logp))
-  return float(value), np.asarray(grad)
+def _ours(name, logp, old, ref, mask, adv, **kw):
+  return parity_helpers.ours(name, logp, old, mask, adv, ref=ref, **kw)
 
 
-def _check(peer, ours):
-  (pv, pg), (ov, og) = peer, ours
-  np.testing.assert_allclose(ov, pv, rtol=TOL, atol=TOL)
-  np.testing.assert_allclose(og, pg, rtol=TOL, atol=TOL)
-  assert np.abs(pg).max() > 0
+_check = parity_helpers.check
 
 
 AGG = {"sequence-mean-token-mean": "seq-mean-token-mean", "token-mean": "token-mean"}

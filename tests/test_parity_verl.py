@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import rl_jax
+import parity_helpers
+from parity_helpers import TOL
 
 torch = pytest.importorskip("torch", reason="verl parity needs torch (CPU is enough)")
 try:
@@ -23,7 +25,6 @@ except Exception as exc:  # ImportError, or a missing transitive dependency of v
               allow_module_level=True)
 
 B, T = 6, 9
-TOL = 1e-5
 
 
 def _inputs(seed, *, spread=0.3):
@@ -53,22 +54,7 @@ def _verl(mode, logp, old, mask, adv, *, agg="token-mean", **kw):
   return float(loss.detach()), lp.grad.numpy()
 
 
-def _ours(name, logp, old, mask, adv, *, jit, **hp):
-  fn = rl_jax.objectives.get(name)
-
-  def loss(lp):
-    return fn(lp, jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask), **hp)[0]
-
-  vg = jax.jit(jax.value_and_grad(loss)) if jit else jax.value_and_grad(loss)
-  value, grad = vg(jnp.asarray(logp))
-  return float(value), np.asarray(grad)
-
-
-def _check(peer, ours):
-  (pv, pg), (ov, og) = peer, ours
-  np.testing.assert_allclose(ov, pv, rtol=TOL, atol=TOL)
-  np.testing.assert_allclose(og, pg, rtol=TOL, atol=TOL)
-  assert np.abs(pg).max() > 0
+_ours, _check = parity_helpers.ours, parity_helpers.check
 
 
 @pytest.mark.parametrize("jit", [False, True])
