@@ -12,7 +12,10 @@ optional format bonus and DAPO's overlong penalty counted in tokens.
   python -m experiments.gsm8k_smollm2 --preset=pod          # the pod-sized run (full test set, pass@8)
   python -m experiments.gsm8k_smollm2 --objective=dapo --dynamic_sampling=true --overlong_buffer=64
 
-Writes results/gsm8k_smollm2/{metrics.jsonl, summary.json, curves.png, samples.jsonl, checkpoints/}.
+Writes results/gsm8k_smollm2/{metrics.jsonl, summary.json, curves.png, samples.jsonl, rewards.jsonl,
+checkpoints/}. rewards.jsonl holds each step's question ids and group rewards; with --advantage=dcpo (DCPO's
+smooth advantage standardisation, which keeps per-question statistics) a resumed run rebuilds those statistics
+from it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import optax
 
 import rl_jax
 from rl_jax import advantages as advantages_lib
+from rl_jax.advantages.stateful import init_reward_stats
 from rl_jax import data as data_lib
 from rl_jax import objectives as objectives_lib
 from rl_jax.chat import MATH_INSTRUCTION, chat_text, decode_completions, encode_prompts
@@ -59,7 +63,7 @@ class Config:
   epochs: int = 1                   # optimizer passes per rollout batch (1 and minibatches 1: on-policy, no π_old pass)
   minibatches: int = 1
   objective: str = "grpo"           # any name in rl_jax.objectives.names()
-  advantage: str = "grpo"           # any sequence-level name in rl_jax.advantages.names()
+  advantage: str = "grpo"           # a group-reward advantage (reward_advantages()), or "dcpo" (stateful SAS)
   beta: float = 0.0                 # KL to the initial model (> 0 runs a reference forward)
   dynamic_sampling: bool = False    # DAPO: drop all-equal groups, refill from fresh questions
   max_gen_batches: int = 4
@@ -83,8 +87,12 @@ class Config:
       raise ValueError(f"preset must be cpu or pod, got {self.preset!r}.")
     if self.objective not in objectives_lib.names():
       raise ValueError(f"Unknown objective {self.objective!r}; choose from {objectives_lib.names()}.")
-    if self.advantage not in advantages_lib.names():
-      raise ValueError(f"Unknown advantage {self.advantage!r}; choose from {advantages_lib.names()}.")
+    if self.advantage not in reward_advantages() + STATEFUL_ADVANTAGES:
+      raise ValueError(f"Advantage {self.advantage!r} cannot run here; choose a group-reward advantage "
+                       f"{reward_advantages()} or one of {STATEFUL_ADVANTAGES}.")
+    if self.advantage in STATEFUL_ADVANTAGES and self.dynamic_sampling:
+      raise ValueError(f"advantage={self.advantage} keeps per-question statistics; it does not run with "
+                       "dynamic_sampling (which drops and refills groups).")
     for name in ("prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches", "eval_batch",
                  "eval_max_new_tokens", "prompt_bucket", "max_prompt_len"):
       if getattr(self, name) <= 0:
@@ -98,6 +106,29 @@ class Config:
     unknown = set(filter(None, self.eval_sets.split(","))) - set(data_lib.names())
     if unknown:
       raise ValueError(f"Unknown eval sets {sorted(unknown)}; choose from {data_lib.names()}.")
+
+
+# DCPO's smooth advantage standardisation (SAS) keeps per-question reward statistics across steps.
+STATEFUL_ADVANTAGES = ["dcpo"]
+
+
+def reward_advantages() -> list:
+  """rl_jax advantages computed from the group rewards [P, G] alone (one required argument, `rewards`)."""
+  out = []
+  for name in advantages_lib.names():
+    params = inspect.signature(advantages_lib.get(name)).parameters.values()
+    if [p.name for p in params if p.default is p.empty and p.kind != p.KEYWORD_ONLY] == ["rewards"]:
+      out.append(name)
+  return out
+
+
+def replay_dcpo_stats(log_rows: list, num_questions: int):
+  """DCPO's SAS statistics after the logged steps: a pure function of the reward history, so a resumed run
+  rebuilds them exactly from rewards.jsonl (rows {"step", "question_ids", "rewards"}) instead of a checkpoint."""
+  stats = init_reward_stats(num_questions)
+  for row in sorted(log_rows, key=lambda r: r["step"]):
+    _, stats = advantages_lib.dcpo(jnp.asarray(row["rewards"], jnp.float32), jnp.asarray(row["question_ids"]), stats)
+  return stats
 
 
 # The pod-sized run: DAPO-style recipe on the whole train set, full test sets, pass@8. Meant for a
@@ -231,7 +262,7 @@ def main(cfg: Config) -> dict:
   order = train_order(cfg, len(train))
   ckpt = Checkpointer(run_dir / "checkpoints", keep=2)
   if not (cfg.resume and ckpt.steps()):
-    for f in ("metrics.jsonl", "samples.jsonl"):
+    for f in ("metrics.jsonl", "samples.jsonl", "rewards.jsonl"):
       (run_dir / f).unlink(missing_ok=True)
   logger = MetricsLogger(run_dir)
 
@@ -257,12 +288,19 @@ def main(cfg: Config) -> dict:
       print(_table(summary))
       return summary
     print(f"resumed from {restored.path} at RL step {start}")
-    keep = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= start]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    for f in ("metrics.jsonl", "rewards.jsonl"):
+      keep = [r for r in read_metrics(run_dir / f) if r["step"] <= start] if (run_dir / f).exists() else []
+      (run_dir / f).write_text("".join(json.dumps(r) + "\n" for r in keep))
   del params
 
   objective = objectives_lib.get(cfg.objective)
   adv_fn = advantages_lib.get(cfg.advantage)
+  if cfg.advantage == "dcpo":
+    log = read_metrics(run_dir / "rewards.jsonl") if (run_dir / "rewards.jsonl").exists() else []
+    if len({r["step"] for r in log}) != start:
+      raise RuntimeError(f"rewards.jsonl holds {len(log)} steps, the checkpoint {start}: cannot rebuild DCPO's "
+                         "statistics; start the run afresh (--resume=false).")
+    dcpo_stats = replay_dcpo_stats(log, len(train))
   rewarder = Rewarder(cfg)
   steps_cache: dict = {}
 
@@ -273,15 +311,15 @@ def main(cfg: Config) -> dict:
                                  make_logprob_fn(mcfg, prompt_len=prompt_len))
     return steps_cache[prompt_len]
 
-  def questions(step, attempt):
+  def question_ids(step, attempt):
     if attempt == 0:
       base = step * cfg.prompts_per_step
     else:  # dynamic-sampling refills read from the far end of the permutation, never another step's questions
       base = len(order) // 2 + (step * cfg.max_gen_batches + attempt) * cfg.prompts_per_step
-    return [train[int(order[(base + i) % len(order)])] for i in range(cfg.prompts_per_step)]
+    return [int(order[(base + i) % len(order)]) for i in range(cfg.prompts_per_step)]
 
   def sample(step, key, attempt, state):
-    recs = questions(step, attempt)
+    recs = [train[i] for i in question_ids(step, attempt)]
     # dynamic sampling concatenates batches, so they all get one width
     bucket = cfg.max_prompt_len if cfg.dynamic_sampling else cfg.prompt_bucket
     ids, mask = encode_prompts(tok, [chat_text(tok, r["problem"]) for r in recs], bucket=bucket,
@@ -324,7 +362,12 @@ def main(cfg: Config) -> dict:
       gen_s = timer.elapsed()
       prompt_len = ro.tokens.shape[1] - ro.completion.shape[1]
       rl_step, logprob_fn = fns(prompt_len)
-      state, m = rl_iteration(live["state"], rl_step, logprob_fn, ro, rewards, adv_fn, epochs=cfg.epochs,
+      ids = question_ids(step, 0)
+      step_adv_fn = adv_fn
+      if cfg.advantage == "dcpo":
+        adv, dcpo_stats = adv_fn(jnp.asarray(rewards, jnp.float32), jnp.asarray(ids), dcpo_stats)
+        step_adv_fn = lambda _, a=adv: a
+      state, m = rl_iteration(live["state"], rl_step, logprob_fn, ro, rewards, step_adv_fn, epochs=cfg.epochs,
                               minibatches=cfg.minibatches, ref_params=ref_params,
                               keep_groups="group_size" in inspect.signature(objective).parameters)
       live.update(state=state, position=step + 1)
@@ -336,6 +379,9 @@ def main(cfg: Config) -> dict:
              "gen_batches": ds["gen_batches"], "gen_seconds": gen_s, "step_seconds": timer.elapsed(),
              "tokens_per_s": float(ro.completion_mask.sum()) / timer.elapsed()}
       logger.log(step + 1, row)
+      if not cfg.dynamic_sampling:   # the question ids of a dynamically sampled batch are not tracked
+        with open(run_dir / "rewards.jsonl", "a") as f:
+          f.write(json.dumps({"step": step + 1, "question_ids": ids, "rewards": np.asarray(rewards).tolist()}) + "\n")
       with open(run_dir / "samples.jsonl", "a") as f:
         f.write(json.dumps({"step": step + 1, "question": first["question"], "completion": first["texts"][0],
                             "correct": float(first["correct"][0])}) + "\n")

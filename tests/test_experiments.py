@@ -174,3 +174,57 @@ def test_arithmetic_tiny_keeps_whole_groups_in_mini_batches_for_gtpo(tmp_path, m
                                  **dict(TINY["arithmetic_tiny"], minibatches=2))
     arithmetic_tiny.main(cfg)
   assert seen == [True, True, False, False]
+
+
+def test_gsm8k_dcpo_advantage_carries_per_question_statistics_and_resumes_exactly(gsm8k, tmp_path, monkeypatch):
+  """--advantage=dcpo: each step's advantages are DCPO's SAS over the question's earlier groups (float64 loop
+  reference), and a resumed run rebuilds the statistics from rewards.jsonl, so it equals the uninterrupted one."""
+  import zlib
+
+  from reference import advantages_np as ref
+
+  def checksum_reward(self, texts, answers, lengths, truncated):   # a random model is never right: vary the rewards
+    r = np.array([zlib.crc32(t.encode()) % 3 / 2 for t in texts], np.float32)
+    return r, r
+
+  monkeypatch.setattr(gsm8k.Rewarder, "__call__", checksum_reward)
+  monkeypatch.setattr(gsm8k, "train_order", lambda cfg, n: np.array([11, 42]))   # the same two questions each step
+  fed = []
+  real = gsm8k.rl_iteration
+
+  def recording(state, rl_step, logprob_fn, ro, rewards, adv_fn, **kw):
+    fed.append(np.asarray(adv_fn(rewards)))
+    return real(state, rl_step, logprob_fn, ro, rewards, adv_fn, **kw)
+
+  monkeypatch.setattr(gsm8k, "rl_iteration", recording)
+  tiny = dict(GSM8K_TINY, rl_steps=3, group_size=4, advantage="dcpo", objective="dcpo", eval_sets="")
+  gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "full"), **tiny))
+  log = read_metrics(tmp_path / "full" / "rewards.jsonl")
+  assert [r["question_ids"] for r in log] == [[11, 42]] * 3
+  state = {}
+  for row, adv in zip(log, fed):
+    expected, state = ref.dcpo(np.array(row["rewards"]), row["question_ids"], state)
+    np.testing.assert_allclose(adv, expected, rtol=1e-5, atol=1e-6)
+  assert any(np.ptp(r["rewards"], axis=1).max() > 0 for r in log[1:])   # the history had something to act on
+  stats = gsm8k.replay_dcpo_stats(log, 50)
+  for q, (n, mu, sd) in state.items():
+    assert (int(stats.count[q]), float(stats.mean[q]), float(stats.std[q])) == pytest.approx((n, mu, sd), abs=1e-6)
+
+  gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "cut"), **dict(tiny, rl_steps=1)))   # "killed" after 1 step
+  gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "cut"), **tiny))
+  drop = ("gen_seconds", "step_seconds", "tokens_per_s", "time")
+  a, b = (
+      [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / d / "metrics.jsonl")]
+      for d in ("full", "cut"))
+  assert a == b
+  assert read_metrics(tmp_path / "cut" / "rewards.jsonl") == log
+  np.testing.assert_allclose(fed[-1], fed[2], rtol=0, atol=0)   # the resumed third step fed the same advantages
+
+
+def test_gsm8k_advantage_choices(gsm8k):
+  assert {"grpo", "dr_grpo", "rloo", "ngrpo"} <= set(gsm8k.reward_advantages())
+  assert "tempo" not in gsm8k.reward_advantages()                  # needs the tokens, not only the rewards
+  with pytest.raises(ValueError, match="cannot run here"):
+    gsm8k.Config(advantage="tempo")
+  with pytest.raises(ValueError, match="dynamic_sampling"):
+    gsm8k.Config(advantage="dcpo", dynamic_sampling=True)

@@ -116,3 +116,11 @@ def test_gsm8k_table_says_where_its_second_objective_came_from(tmp_path):
   assert "Only GRPO was run" in gsm8k.objective_note(only, gsm8k.best_objective(only))
   chosen = common.parse_args([f"--out={tmp_path}", "--objective=dcpo"])
   assert "command line" in gsm8k.objective_note(chosen, gsm8k.best_objective(chosen))
+
+
+def test_gsm8k_table_trains_each_objective_with_its_table_1_advantage():
+  from experiments.tables import gsm8k
+  assert gsm8k.paired_advantage("grpo") == "grpo"
+  assert gsm8k.paired_advantage("dcpo") == "dcpo"          # DCPO's stateful SAS, as in table 1
+  assert gsm8k.paired_advantage("gtpo") == "dr_grpo"
+  assert gsm8k.paired_advantage("not_in_table_1") == "grpo"

@@ -5,7 +5,8 @@ Each cell is one `experiments.gsm8k_smollm2` run (same data order, budget and ev
 objective and the seed change), in its own folder under `<out>/gsm8k/`. Greedy accuracy and, with
 samples, pass@k and maj@k (temperature 0.6; unbiased pass@k estimator) on the first `eval_size` GSM8K
 test problems. The "best objective" is the highest mean final accuracy in `<out>/objective_zoo.json`
-(run table 1 first), or `--objective=NAME`.
+(run table 1 first), or `--objective=NAME`; it trains with the advantage estimator table 1 pairs it with
+(DCPO: its stateful SAS), GRPO with the GRPO advantage.
 
 Run:  python -m experiments.tables.gsm8k [--quick] [--seeds=0,1,2] [--objective=NAME] [--rl_steps=8]
       [--eval_size=100] [--eval_samples=8]
@@ -19,7 +20,7 @@ import sys
 import numpy as np
 
 from experiments import gsm8k_smollm2
-from experiments.tables import common
+from experiments.tables import common, objective_zoo
 
 NAME = "gsm8k"
 QUICK = dict(model="tiny-random", rl_steps=1, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_size=2,
@@ -51,11 +52,20 @@ def objective_note(args: common.Args, best: str) -> str:
   return f"Best objective of table 1: {best}."
 
 
+def paired_advantage(objective: str) -> str:
+  """The advantage estimator table 1 trains `objective` with (grpo for objectives not in table 1)."""
+  for r in objective_zoo.RECIPES:
+    if r.name == objective:
+      return r.advantage
+  return "grpo"
+
+
 def run_cell(args: common.Args, objective: str, seed: int, overrides: dict) -> dict:
   # The model before RL is the same for every objective: evaluate it once per seed (in the grpo cell).
   before_from = cell_dir(args, "grpo", seed) if objective != "grpo" else ""
-  cfg = gsm8k_smollm2.Config(objective=objective, seed=seed, run_dir=cell_dir(args, objective, seed), resume=True,
-                             before_from=before_from, **dict(overrides, progress_bar=False))
+  cfg = gsm8k_smollm2.Config(objective=objective, advantage=paired_advantage(objective), seed=seed,
+                             run_dir=cell_dir(args, objective, seed), resume=True, before_from=before_from,
+                             **dict(overrides, progress_bar=False))
   return gsm8k_smollm2.main(cfg)
 
 
@@ -91,7 +101,8 @@ def main(argv=()) -> dict:
            + (f", {k} samples at temperature 0.6 for pass@{k} / maj@{k}" if k else "") +
            f"; mean ± std over seeds {list(args.seeds)} (the seed changes the data order and the samples).",
            "Run wall times (s): " + "; ".join(f"{o}: {', '.join(f'{w:.0f}' for w in ws)}" for o, ws in wall.items()),
-           objective_note(args, best)]
+           objective_note(args, best),
+           "Objective / advantage: " + "; ".join(f"{o} / {paired_advantage(o)}" for o in objectives) + "."]
   curves = {}
   for obj in objectives:
     ys = [[row["reward"] for row in common_read(args, obj, seed)] for seed in args.seeds]
