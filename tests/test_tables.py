@@ -124,3 +124,25 @@ def test_gsm8k_table_trains_each_objective_with_its_table_1_advantage():
   assert gsm8k.paired_advantage("dcpo") == "dcpo"          # DCPO's stateful SAS, as in table 1
   assert gsm8k.paired_advantage("gtpo") == "dr_grpo"
   assert gsm8k.paired_advantage("not_in_table_1") == "grpo"
+
+
+@pytest.mark.parametrize("name", ["objective_zoo", "credit_assignment", "forking_tokens"])
+def test_replot_redraws_the_figure_from_the_stored_curves(name, tmp_path):
+  import importlib
+  from experiments.tables import common
+  evals = {"a": [[[0, 0.2], [5, 0.4]], [[0, 0.4], [5, 0.8]]], "b": [[[0, 0.1], [5, 0.3]], [[0, 0.1], [5, 0.5]]]}
+  (tmp_path / f"{name}.json").write_text(json.dumps({"evals": evals}))
+  importlib.import_module(f"experiments.tables.{name}").main(["--replot", f"--out={tmp_path}"])
+  assert (tmp_path / f"{name}.png").stat().st_size > 0
+  x, mean, std = common.curves_from_evals(evals)["a"]
+  assert x == [0, 5]
+  np.testing.assert_allclose(mean, [0.3, 0.6])
+  np.testing.assert_allclose(std, [np.sqrt(0.02), np.sqrt(0.08)])    # over seeds, ddof = 1
+  with pytest.raises(FileNotFoundError, match="run `python -m"):
+    common.replot_grid(name, "t", ["--replot", f"--out={tmp_path / 'nowhere'}"])
+
+
+def test_thirteen_curves_have_thirteen_distinct_styles():
+  from experiments.tables import common
+  styles = {(common.curve_style(i)["color"], common.curve_style(i)["linestyle"]) for i in range(13)}
+  assert len(styles) == 13

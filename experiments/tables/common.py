@@ -135,16 +135,25 @@ def _jsonable(x):
   return str(x)
 
 
+def curve_style(i: int) -> dict:
+  """Colour and line style of the i-th curve: ten colours, then the same colours dashed, dotted, dash-dotted,
+  so no two of up to forty curves look alike."""
+  import matplotlib.pyplot as plt
+  colors = plt.get_cmap("tab10").colors
+  return {"color": colors[i % 10], "linestyle": ("-", "--", ":", "-.")[(i // 10) % 4]}
+
+
 def plot_curves(path: pathlib.Path, curves: dict, *, xlabel: str, ylabel: str, title: str):
   """curves: label -> (x, y mean, y std or None). One line per label with a ±std band."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(8, 4.5))
-  for label, (x, y, s) in curves.items():
-    ax.plot(x, y, label=label, lw=1.5)
+  for i, (label, (x, y, s)) in enumerate(curves.items()):
+    style = curve_style(i)
+    ax.plot(x, y, label=label, lw=1.5, **style)
     if s is not None:
-      ax.fill_between(x, np.asarray(y) - s, np.asarray(y) + s, alpha=0.12)
+      ax.fill_between(x, np.asarray(y) - s, np.asarray(y) + s, alpha=0.12, color=style["color"])
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title)
@@ -550,10 +559,27 @@ def write_grid_report(report: Report, title: str, plot_title: str, header, rows,
 
 def accuracy_curves(grid: dict) -> dict:
   """label -> (eval steps, mean accuracy over seeds, std over seeds) for plot_curves."""
+  return curves_from_evals({name: [r["evals"] for r in cell["runs"]] for name, cell in grid.items()})
+
+
+def curves_from_evals(evals: dict) -> dict:
+  """evals: label -> per seed [(step, accuracy), ...] (as stored in a grid table's json) -> plot_curves input."""
   curves = {}
-  for name, cell in grid.items():
-    runs = cell["runs"]
-    x = [s for s, _ in runs[0]["evals"]]
-    ys = np.array([[a for _, a in r["evals"]] for r in runs])
+  for name, runs in evals.items():
+    x = [s for s, _ in runs[0]]
+    ys = np.array([[a for _, a in r] for r in runs])
     curves[name] = (x, ys.mean(0), ys.std(0, ddof=1) if len(runs) > 1 else None)
   return curves
+
+
+def replot_grid(name: str, plot_title: str, argv: Sequence[str] = ()) -> dict:
+  """`--replot`: redraws `<out>/<name>.png` from the per-seed curves in `<out>/<name>.json` (no training)."""
+  args = parse_args([a for a in argv if a != "--replot"])
+  path = args.out / f"{name}.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: run `python -m experiments.tables.{name}` first.")
+  evals = json.loads(path.read_text())["evals"]
+  png = path.with_suffix(".png")
+  plot_curves(png, curves_from_evals(evals), xlabel="RL step", ylabel="greedy accuracy", title=plot_title)
+  print(f"wrote {png} from {path}")
+  return {}

@@ -20,6 +20,7 @@ the tree terms here reward right prefixes rather than choose between solutions.
 SPO-chain's value rollouts are extra sampling the other rows do not pay for; the table reports it.
 
 Run:  python -m experiments.tables.credit_assignment [--quick] [--seeds=0,1,2] [--out=results/tables]
+      python -m experiments.tables.credit_assignment --replot   # redraw the PNG from the stored json
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ RECIPES = (
 QUICK = ("grpo", "tempo", "treepo", "spo_tree", "spo_chain")
 
 
+PLOT_TITLE = "Credit assignment, 1-digit addition (mean ± std over seeds)"
+
+
 def main(argv=()) -> dict:
+  if "--replot" in argv:   # redraw the figure from the stored json, no training
+    return common.replot_grid(NAME, PLOT_TITLE, argv)
   args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK)
   header = ["method", "rollouts", "advantage", "final accuracy", f"steps to {budget.target_accuracy:.2f}",
             "tokens with a tree term", "non-zero-adv tokens", "entropy (end)", "wall s / run"]
@@ -66,7 +72,7 @@ def main(argv=()) -> dict:
            f"(the prompt state included), {common.SPO_CHAIN_SAMPLES} Monte-Carlo continuations per cut from the "
            "current policy; tokens with p > 0.9 are out of the loss. Its tree-term column is the share of tokens "
            "with a non-zero segment advantage; its wall time includes the value rollouts (the last column: seconds of RL training per run)."]
-  return common.write_grid_report(report, "Table 2 — credit assignment", "Credit assignment, 1-digit addition (mean ± std over seeds)", header, rows, notes, grid,
+  return common.write_grid_report(report, "Table 2 — credit assignment", PLOT_TITLE, header, rows, notes, grid,
                                   budget)
 
 

@@ -7,6 +7,7 @@ is DAPO's (the paper's base), with `rl_jax.advantages.forking_tokens` as token w
 denominator over all valid tokens (the paper's form). Same warm-up, prompts and budget for every row.
 
 Run:  python -m experiments.tables.forking_tokens [--quick] [--seeds=0,1,2] [--out=results/tables]
+      python -m experiments.tables.forking_tokens --replot   # redraw the PNG from the stored json
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ RECIPES = (
 )
 
 
+PLOT_TITLE = "80/20 forking tokens, 1-digit addition (mean ± std over seeds)"
+
+
 def main(argv=()) -> dict:
+  if "--replot" in argv:   # redraw the figure from the stored json, no training
+    return common.replot_grid(NAME, PLOT_TITLE, argv)
   args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES)
   header = ["tokens trained", "final accuracy", "best accuracy", f"steps to {budget.target_accuracy:.2f}",
             "entropy (end)", "clipped tokens"]
@@ -56,7 +62,7 @@ def main(argv=()) -> dict:
            f"ρ = {RHO} per mini-batch; mean ± std over seeds {list(args.seeds)}.",
            f"Claim 'top 20% ≥ all tokens > bottom 80%': measured final accuracy {top:.3f} / {all_:.3f} / {bottom:.3f} — "
            + ("agrees." if top >= all_ - 1e-9 and all_ > bottom else "does NOT hold here.")]
-  return common.write_grid_report(report, "Table 4 — 80/20 forking tokens", "80/20 forking tokens, 1-digit addition (mean ± std over seeds)", header, rows, notes, grid,
+  return common.write_grid_report(report, "Table 4 — 80/20 forking tokens", PLOT_TITLE, header, rows, notes, grid,
                                   budget)
 
 

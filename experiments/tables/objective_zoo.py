@@ -13,6 +13,7 @@ Claims checked (printed under the table with the measured numbers):
   update stable where token-level GRPO's ratio spread is larger (arXiv 2507.18071, 2511.20347).
 
 Run:  python -m experiments.tables.objective_zoo [--quick] [--seeds=0,1,2] [--out=results/tables]
+      python -m experiments.tables.objective_zoo --replot   # redraw the PNG from the stored json
 """
 
 from __future__ import annotations
@@ -89,7 +90,12 @@ def claims(s: dict) -> list[str]:
   return out
 
 
+PLOT_TITLE = "Objective zoo, 1-digit addition (mean ± std over seeds)"
+
+
 def main(argv=()) -> dict:
+  if "--replot" in argv:   # redraw the figure from the stored json, no training
+    return common.replot_grid(NAME, PLOT_TITLE, argv)
   args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK)
   header = ["objective", "objective / advantage", "final accuracy", f"steps to {budget.target_accuracy:.2f}",
             "clipped tokens", "non-zero-adv tokens", "flat groups with signal", "token ratio std", "entropy (end)"]
@@ -112,7 +118,7 @@ def main(argv=()) -> dict:
            "gets the same rollouts; SSPO treats each response as one segment (no sentence delimiters).",
            "steps-to-target is n/a when a run never reached it (n = runs that did)."]
   notes += claims(s)
-  return common.write_grid_report(report, "Table 1 — objective zoo", "Objective zoo, 1-digit addition (mean ± std over seeds)", header, rows, notes, grid,
+  return common.write_grid_report(report, "Table 1 — objective zoo", PLOT_TITLE, header, rows, notes, grid,
                                   budget)
 
 
