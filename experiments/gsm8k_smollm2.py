@@ -24,6 +24,7 @@ import dataclasses
 import inspect
 import json
 import pathlib
+import shutil
 import sys
 import time
 
@@ -207,9 +208,15 @@ def evaluate_all(cfg: Config, params, mcfg, tok, tag: str) -> dict:
   for name in filter(None, cfg.eval_sets.split(",")):
     recs = data_lib.load(name, "test", limit=cfg.eval_size or None)
     t0 = time.perf_counter()
+    # finished sampling batches land in the run dir, so an interrupted evaluation resumes where it stopped
+    cache = pathlib.Path(cfg.run_dir) / "eval_cache" / f"{tag}_{name}"
     res = evaluate_math(params, mcfg, tok, recs, jax.random.PRNGKey(cfg.seed + 1), samples=cfg.eval_samples,
                         ks=(1, cfg.eval_samples) if cfg.eval_samples else (1,), max_new_tokens=cfg.eval_max_new_tokens,
-                        batch_size=cfg.eval_batch, bucket=cfg.prompt_bucket, progress_bar=cfg.progress_bar)
+                        batch_size=cfg.eval_batch, bucket=cfg.prompt_bucket, progress_bar=cfg.progress_bar,
+                        cache_dir=cache)
+    shutil.rmtree(cache, ignore_errors=True)
+    if cache.parent.exists() and not any(cache.parent.iterdir()):
+      cache.parent.rmdir()
     res["seconds"] = time.perf_counter() - t0
     metrics = {k: v for k, v in res.items() if k != "greedy_texts"}
     print(f"[{tag}] {name} (n={res['n']}): " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "n"))

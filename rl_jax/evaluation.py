@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pathlib
 from collections import Counter
 from math import comb
 from typing import Callable, Optional, Sequence
@@ -35,14 +38,49 @@ def maj_at_k(answers: Sequence[str], is_correct: Callable[[str], bool], k: int) 
   return float(is_correct(winner))
 
 
+def params_fingerprint(params) -> str:
+  """A short digest of a parameter tree (shapes and float64 sums of |x| and x per leaf): equal trees agree."""
+  import jax
+  import numpy as np
+  parts = [f"{np.shape(x)}:{float(np.abs(np.asarray(x, np.float64)).sum()):.10e}:{float(np.asarray(x, np.float64).sum()):.10e}"
+           for x in jax.tree_util.tree_leaves(params)]
+  return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _read_batches(path: pathlib.Path, header: dict) -> dict:
+  """Finished batches {index: texts} of a sampling cache written with the same `header`; {} otherwise."""
+  if not path.exists():
+    return {}
+  lines = path.read_text().splitlines()
+  try:
+    if not lines or json.loads(lines[0]) != header:
+      return {}
+  except json.JSONDecodeError:
+    return {}
+  done = {}
+  for line in lines[1:]:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:   # a line cut short by a crash: that batch is sampled again
+      break
+    done[row["batch"]] = row["texts"]
+  return done
+
+
 def sample_texts(params, cfg, tokenizer, prompts: Sequence[str], rng, *, samples: int = 1, temperature: float = 0.0,
                  max_new_tokens: int = 256, batch_size: int = 32, bucket: int = 64, stop_tokens: Sequence[int] = (),
-                 top_p: float = 1.0, progress_bar: bool = False, desc: str = "sampling") -> list[list[str]]:
+                 top_p: float = 1.0, progress_bar: bool = False, desc: str = "sampling",
+                 cache: Optional[str | pathlib.Path] = None) -> list[list[str]]:
   """`samples` completions (text) for each chat-templated prompt string, batched with fixed shapes.
 
   Prompts are sorted by length and cut into batches of `batch_size` rows (each prompt repeated
   `samples` times); the last batch is padded with copies, so every batch has the same shape and
-  jitted sampling compiles once per length bucket.
+  jitted sampling compiles once per length bucket. Batch b samples with `fold_in(rng, b)`.
+
+  `cache`: a JSONL file that receives each finished batch's texts. A call that finds the file written
+  with the same prompts, settings, key and parameters (its first line) samples only the missing
+  batches, so an interrupted evaluation resumes where it stopped with the same result; a file
+  written otherwise is started afresh.
   """
   import jax
   import jax.numpy as jnp
@@ -59,8 +97,24 @@ def sample_texts(params, cfg, tokenizer, prompts: Sequence[str], rng, *, samples
   out: list[list[str]] = [[] for _ in prompts]
   stops = tuple(stop_tokens) or (tokenizer.eos_token_id,)
   batches = range(0, len(rows), batch_size)
+  done, cache_file = {}, None
+  if cache is not None:
+    cache = pathlib.Path(cache)
+    header = {"prompts": hashlib.sha256("\x00".join(prompts).encode()).hexdigest(), "samples": samples,
+              "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+              "bucket": bucket, "stops": [int(t) for t in stops],
+              "rng": np.asarray(jax.random.key_data(rng)).ravel().tolist(), "params": params_fingerprint(params)}
+    done = _read_batches(cache, header)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(header) + "\n" + "".join(json.dumps({"batch": b, "texts": t}) + "\n"
+                                                        for b, t in sorted(done.items())))
+    cache_file = open(cache, "a")
   for b, start in enumerate(progress(batches, desc=desc, enabled=progress_bar)):
     chunk = rows[start:start + batch_size]
+    if b in done:
+      for (i, _), text in zip(chunk, done[b]):
+        out[i].append(text)
+      continue
     chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
     ids, mask = encode_prompts(tokenizer, [prompts[i] for i, _ in chunk], bucket=bucket)
     if ids.shape[1] + max_new_tokens > cfg.max_seq_len:
@@ -68,20 +122,28 @@ def sample_texts(params, cfg, tokenizer, prompts: Sequence[str], rng, *, samples
     res = generate(params, cfg, jnp.asarray(ids), jnp.asarray(mask), jax.random.fold_in(rng, b),
                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop_tokens=stops)
     texts = decode_completions(tokenizer, np.asarray(res.tokens), np.asarray(res.mask))
-    for (i, _), text in zip(chunk[:len(rows[start:start + batch_size])], texts):
+    real = texts[:len(rows[start:start + batch_size])]
+    for (i, _), text in zip(chunk, real):
       out[i].append(text)
+    if cache_file is not None:
+      cache_file.write(json.dumps({"batch": b, "texts": list(real)}) + "\n")
+      cache_file.flush()
+  if cache_file is not None:
+    cache_file.close()
   return out
 
 
 def evaluate_math(params, cfg, tokenizer, records: Sequence[dict], rng, *, samples: int = 0,
                   ks: Sequence[int] = (1, 8), temperature: float = 0.6, top_p: float = 0.95,
                   max_new_tokens: int = 256, batch_size: int = 32, bucket: int = 64, instruction=None,
-                  reward_fn: Optional[Callable[[str, str], float]] = None, progress_bar: bool = False) -> dict:
+                  reward_fn: Optional[Callable[[str, str], float]] = None, progress_bar: bool = False,
+                  cache_dir: Optional[str | pathlib.Path] = None) -> dict:
   """Greedy accuracy, and with `samples` > 0 also pass@k, maj@k and avg@k, on math records.
 
   Records are {problem, answer} dicts (rl_jax.data). A completion is correct when
   `reward_fn(text, answer)` (default `rl_jax.rewards.math_reward`) is 1; maj@k votes over the
   normalised extracted answers. Returns {"n", "greedy", "pass@k", "maj@k", "avg@k", "greedy_texts"}.
+  `cache_dir`: greedy.jsonl and sampled.jsonl there let an interrupted evaluation resume (`sample_texts`).
   """
   import jax
 
@@ -97,13 +159,15 @@ def evaluate_math(params, cfg, tokenizer, records: Sequence[dict], rng, *, sampl
   instruction = MATH_INSTRUCTION if instruction is None else instruction
   prompts = [chat_text(tokenizer, r["problem"], instruction=instruction) for r in records]
   common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, bucket=bucket, progress_bar=progress_bar)
+  cached = lambda f: None if cache_dir is None else pathlib.Path(cache_dir) / f
   greedy = sample_texts(params, cfg, tokenizer, prompts, jax.random.fold_in(rng, 0), temperature=0.0,
-                        desc="eval greedy", **common)
+                        desc="eval greedy", cache=cached("greedy.jsonl"), **common)
   result = {"n": len(records), "greedy_texts": [g[0] for g in greedy]}
   result["greedy"] = sum(reward_fn(g[0], r["answer"]) for g, r in zip(greedy, records)) / len(records)
   if samples:
     sampled = sample_texts(params, cfg, tokenizer, prompts, jax.random.fold_in(rng, 1), samples=samples,
-                           temperature=temperature, top_p=top_p, desc=f"eval x{samples}", **common)
+                           temperature=temperature, top_p=top_p, desc=f"eval x{samples}", cache=cached("sampled.jsonl"),
+                           **common)
     for k in ks:
       if k > samples:
         continue

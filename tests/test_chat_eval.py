@@ -85,3 +85,40 @@ def test_evaluate_math_aggregates_per_sample_correctness(tok, model):
   assert res["maj@4"] == pytest.approx(np.mean(maj))
   with pytest.raises(ValueError, match="at least one"):
     evaluate_math(params, cfg, tok, [], jax.random.PRNGKey(0))
+
+
+def test_an_interrupted_sampling_resumes_from_its_cache_with_the_same_texts(tok, model, tmp_path, monkeypatch):
+  import rl_jax.sampling
+  params, cfg = model
+  prompts = [chat_text(tok, q) for q in ("one", "a longer two", "three three three", "4", "five")]
+  kw = dict(samples=2, temperature=1.0, max_new_tokens=5, batch_size=3)   # 10 rows: batches of 3, 3, 3, 1
+  rng = jax.random.PRNGKey(7)
+  plain = sample_texts(params, cfg, tok, prompts, rng, **kw)
+  real, calls = rl_jax.sampling.generate, []
+
+  def crashing(*a, **k):
+    calls.append(1)
+    if len(calls) == 3:
+      raise RuntimeError("killed")
+    return real(*a, **k)
+
+  monkeypatch.setattr(rl_jax.sampling, "generate", crashing)
+  cache = tmp_path / "sampled.jsonl"
+  with pytest.raises(RuntimeError, match="killed"):
+    sample_texts(params, cfg, tok, prompts, rng, cache=cache, **kw)
+  with open(cache, "a") as f:
+    f.write('{"batch": 2, "tex')                                       # a line cut short by the crash
+  calls.clear()
+  monkeypatch.setattr(rl_jax.sampling, "generate", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+  assert sample_texts(params, cfg, tok, prompts, rng, cache=cache, **kw) == plain
+  assert len(calls) == 2                                                # only batches 2 and 3 were sampled again
+  calls.clear()
+  assert sample_texts(params, cfg, tok, prompts, rng, cache=cache, **kw) == plain and not calls   # all cached
+  # other parameters, key or settings: the cache does not apply
+  for changed in (dict(params=jax.tree_util.tree_map(lambda x: x * 1.01, params)), dict(rng=jax.random.PRNGKey(8)),
+                  dict(temperature=0.7)):
+    calls.clear()
+    args = dict(params=params, rng=rng, **kw)
+    args.update(changed)
+    sample_texts(args.pop("params"), cfg, tok, prompts, args.pop("rng"), cache=cache, **args)
+    assert len(calls) == 4

@@ -68,6 +68,7 @@ def test_gsm8k_resume_equals_uninterrupted(gsm8k, tmp_path):
          [{k: v for k, v in r.items() if k not in drop} for r in b]
   assert full["after"]["gsm8k"]["greedy"] == resumed["after"]["gsm8k"]["greedy"]
   assert json.loads((tmp_path / "cut" / "summary.json").read_text())["before"]["gsm8k"]["n"] == 3
+  assert not (tmp_path / "full" / "eval_cache").exists()   # a finished evaluation removes its resume cache
 
 
 def test_gsm8k_before_from_reuses_an_equal_evaluation_and_refuses_a_different_one(gsm8k, tmp_path):
