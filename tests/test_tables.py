@@ -164,3 +164,12 @@ def test_gsm8k_table_from_finished_cells_only(tmp_path):
   assert dcpo_row.count("n/a") == 3                                 # greedy, pass@2, maj@2: no finished seed
   grpo_row = next(line for line in md.splitlines() if "grpo steps" in line)
   assert grpo_row.count("(n=1)") == 3
+
+
+def test_gsm8k_table_passes_the_update_schedule_to_every_cell():
+  from experiments.tables import common, gsm8k
+  args = common.parse_args(["--epochs=2", "--minibatches=4", "--eval_samples=4"])
+  cfg = gsm8k.cell_config(args, "dcpo", 1, gsm8k.cell_overrides(args))
+  assert (cfg.epochs, cfg.minibatches, cfg.eval_samples, cfg.advantage, cfg.seed) == (2, 4, 4, "dcpo", 1)
+  default = gsm8k.cell_overrides(common.parse_args([]))
+  assert (default["epochs"], default["minibatches"], default["eval_samples"]) == (1, 1, 8)

@@ -9,7 +9,7 @@ test problems. The "best objective" is the highest mean final accuracy in `<out>
 (DCPO: its stateful SAS), GRPO with the GRPO advantage.
 
 Run:  python -m experiments.tables.gsm8k [--quick] [--seeds=0,1,2] [--objective=NAME] [--rl_steps=8]
-      [--eval_size=100] [--eval_samples=8] [--finished_only=true]
+      [--eval_size=100] [--eval_samples=8] [--epochs=1] [--minibatches=1] [--finished_only=true]
 --finished_only=true runs nothing: it tables the cells that finished with these settings and lists the
 missing ones, for a grid filled over several sessions (each cell resumes from its checkpoints).
 """
@@ -86,15 +86,20 @@ def finished_cell(args: common.Args, objective: str, seed: int, overrides: dict)
   return summary if "after" in summary and gsm8k_smollm2.finished_with_same_settings(previous, cfg) else None
 
 
+def cell_overrides(args: common.Args) -> dict:
+  """gsm8k_smollm2 settings shared by every cell. --epochs / --minibatches > 1 make the updates off-policy,
+  the only regime where the objectives' clipping differs (with 1 / 1 the ratio is 1 at every update)."""
+  if args.quick:
+    return dict(QUICK)
+  return dict(rl_steps=common.extra_value(args, "rl_steps", 8), eval_size=common.extra_value(args, "eval_size", 100),
+              eval_samples=common.extra_value(args, "eval_samples", 8), epochs=common.extra_value(args, "epochs", 1),
+              minibatches=common.extra_value(args, "minibatches", 1))
+
+
 def main(argv=()) -> dict:
   args = common.parse_args(argv)
   report = common.Report(NAME, args, argv)
-  if args.quick:
-    overrides = dict(QUICK)
-  else:
-    overrides = dict(rl_steps=common.extra_value(args, "rl_steps", 8),
-                     eval_size=common.extra_value(args, "eval_size", 100),
-                     eval_samples=common.extra_value(args, "eval_samples", 8))
+  overrides = cell_overrides(args)
   k = overrides["eval_samples"]
   best = best_objective(args)
   objectives = ["grpo"] + ([best] if best != "grpo" else [])
@@ -122,7 +127,8 @@ def main(argv=()) -> dict:
   wall = {obj: [r["wall_seconds"] for r in rs if r] for obj, rs in runs.items()}
   cfg = gsm8k_smollm2.Config(**overrides)
   notes = [f"Each run: {cfg.rl_steps} RL steps × {cfg.prompts_per_step} GSM8K train questions × {cfg.group_size} "
-           f"samples (≤ {cfg.max_new_tokens} new tokens, temperature {cfg.temperature}), Adam lr {cfg.lr}; evaluation on "
+           f"samples (≤ {cfg.max_new_tokens} new tokens, temperature {cfg.temperature}), {cfg.epochs} epoch(s) × "
+           f"{cfg.minibatches} mini-batch(es) per batch, Adam lr {cfg.lr}; evaluation on "
            f"the first {cfg.eval_size} test problems, ≤ {cfg.eval_max_new_tokens} new tokens"
            + (f", {k} samples at temperature 0.6 for pass@{k} / maj@{k}" if k else "") +
            f"; mean ± std over seeds {list(args.seeds)} (the seed changes the data order and the samples).",
