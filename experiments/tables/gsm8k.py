@@ -143,7 +143,8 @@ def main(argv=()) -> dict:
     m = min((len(y) for y in ys), default=0)
     if m:
       arr = np.array([y[:m] for y in ys])
-      curves[obj] = (list(range(1, m + 1)), arr.mean(0), arr.std(0, ddof=1) if len(ys) > 1 else None)
+      curves[f"{obj} ({len(ys)} seed{'s' if len(ys) > 1 else ''})"] = (list(range(1, m + 1)), arr.mean(0),
+                                                                     arr.std(0, ddof=1) if len(ys) > 1 else None)
   common.plot_curves(report.path.with_suffix(".png"), curves, xlabel="RL step", ylabel="mean rollout reward",
                      title="GSM8K training reward (mean ± std over seeds)")
   report.write("Table 5 — SmolLM2-135M-Instruct on GSM8K", common.markdown_table(header, rows), notes,
