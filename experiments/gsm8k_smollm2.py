@@ -296,14 +296,14 @@ def main(cfg: Config) -> dict:
       return summary
     print(f"resumed from {restored.path} at RL step {start}")
     for f in ("metrics.jsonl", "rewards.jsonl"):
-      keep = [r for r in read_metrics(run_dir / f) if r["step"] <= start] if (run_dir / f).exists() else []
+      keep = [r for r in read_metrics(run_dir / f) if r["step"] <= start]   # [] for a missing file
       (run_dir / f).write_text("".join(json.dumps(r) + "\n" for r in keep))
   del params
 
   objective = objectives_lib.get(cfg.objective)
   adv_fn = advantages_lib.get(cfg.advantage)
   if cfg.advantage == "dcpo":
-    log = read_metrics(run_dir / "rewards.jsonl") if (run_dir / "rewards.jsonl").exists() else []
+    log = read_metrics(run_dir / "rewards.jsonl")   # [] for a missing file
     if len({r["step"] for r in log}) != start:
       raise RuntimeError(f"rewards.jsonl holds {len(log)} steps, the checkpoint {start}: cannot rebuild DCPO's "
                          "statistics; start the run afresh (--resume=false).")
