@@ -164,6 +164,45 @@ def test_gsm8k_table_from_finished_cells_only(tmp_path):
   assert dcpo_row.count("n/a") == 3                                 # greedy, pass@2, maj@2: no finished seed
   grpo_row = next(line for line in md.splitlines() if "grpo steps" in line)
   assert grpo_row.count("(n=1)") == 3
+  steps = gsm8k.steps_with_gradient(gsm8k.common_read(common.parse_args([f"--out={tmp_path}"]), "grpo", 0))
+  assert f"grpo: seed 0: {steps}/1" in md                              # quick mode: one RL step
+
+
+def _step(reward, adv, grad_norm, loss=0.0, entropy=2.0):
+  return {"step": 1, "phase": "rl", "reward": reward, "nonzero_adv_frac": adv, "loss": loss,
+          "grad_norm": grad_norm, "entropy": entropy}
+
+
+def test_gsm8k_table_counts_steps_with_a_gradient_and_spots_repeated_runs(tmp_path):
+  from experiments.tables import gsm8k
+  run = [_step(0.03125, 0.125, 0.3232509), _step(0.0, 0.0, 0.0), _step(0.0625, 0.25, 0.3686680, loss=5.6e-9)]
+  assert gsm8k.steps_with_gradient(run) == 2
+  assert gsm8k.steps_with_gradient([_step(0.0, 0.0, 0.0)] * 8) == 0
+  # float32 rounding (the grad norms of two equal objectives computed in a different order) is the same run
+  rounded = [dict(r, grad_norm=r["grad_norm"] * (1 + 2e-6), loss=0.0) for r in run]
+  assert gsm8k.same_trajectory(rounded, run)
+  assert not gsm8k.same_trajectory([dict(run[0], grad_norm=0.33)] + run[1:], run)     # a 2% change
+  assert not gsm8k.same_trajectory(run[:1] + [dict(run[1], reward=0.03125)] + run[2:], run)   # another reward
+  assert not gsm8k.same_trajectory(run[:2], run) and not gsm8k.same_trajectory([], [])
+  before = {"n": 50, "greedy": 0.04, "pass@4": 0.06, "avg@4": 0.02, "maj@4": 0.04, "seconds": 900.0, "example": "a"}
+  assert gsm8k.same_evaluation(dict(before, seconds=1.0, example="b"), before)        # time and text do not count
+  assert not gsm8k.same_evaluation(dict(before, **{"pass@4": 0.08}), before)
+  assert not gsm8k.same_evaluation({"n": 50}, before)                                  # no score: not "the same"
+  # seed 0: dcpo repeats grpo; seed 1: it differs in one step's gradient norm
+  args = common.parse_args(["--seeds=0,1", f"--out={tmp_path}"])
+  for obj, seed, rows in [("grpo", 0, run), ("dcpo", 0, rounded), ("grpo", 1, run),
+                          ("dcpo", 1, [run[0], run[1], dict(run[2], grad_norm=0.5)])]:
+    d = tmp_path / "gsm8k" / f"{obj}_seed{seed}"
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  cell = {"after": {"gsm8k": before}}
+  notes = gsm8k.trajectory_notes(args, ["grpo", "dcpo"], {"grpo": [cell, cell], "dcpo": [cell, cell]})
+  assert notes[0] == ("RL steps with a gradient (some non-zero advantage), per seed: grpo: seed 0: 2/3, seed 1: 2/3; "
+                      "dcpo: seed 0: 2/3, seed 1: 2/3.")
+  assert len(notes) == 2 and "dcpo repeated grpo's run for seed(s) [0]:" in notes[1]
+  other = {"after": {"gsm8k": dict(before, greedy=0.06)}}                             # same steps, other scores
+  notes = gsm8k.trajectory_notes(args, ["grpo", "dcpo"], {"grpo": [cell, cell], "dcpo": [other, cell]})
+  assert len(notes) == 1
 
 
 def test_gsm8k_table_passes_the_update_schedule_to_every_cell():
