@@ -109,27 +109,29 @@ def sample_texts(params, cfg, tokenizer, prompts: Sequence[str], rng, *, samples
     cache.write_text(json.dumps(header) + "\n" + "".join(json.dumps({"batch": b, "texts": t}) + "\n"
                                                         for b, t in sorted(done.items())))
     cache_file = open(cache, "a")
-  for b, start in enumerate(progress(batches, desc=desc, enabled=progress_bar)):
-    chunk = rows[start:start + batch_size]
-    if b in done:
-      for (i, _), text in zip(chunk, done[b]):
+  try:
+    for b, start in enumerate(progress(batches, desc=desc, enabled=progress_bar)):
+      chunk = rows[start:start + batch_size]
+      if b in done:
+        for (i, _), text in zip(chunk, done[b]):
+          out[i].append(text)
+        continue
+      chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
+      ids, mask = encode_prompts(tokenizer, [prompts[i] for i, _ in chunk], bucket=bucket)
+      if ids.shape[1] + max_new_tokens > cfg.max_seq_len:
+        raise ValueError(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) > max_seq_len {cfg.max_seq_len}.")
+      res = generate(params, cfg, jnp.asarray(ids), jnp.asarray(mask), jax.random.fold_in(rng, b),
+                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop_tokens=stops)
+      texts = decode_completions(tokenizer, np.asarray(res.tokens), np.asarray(res.mask))
+      real = texts[:len(rows[start:start + batch_size])]
+      for (i, _), text in zip(chunk, real):
         out[i].append(text)
-      continue
-    chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
-    ids, mask = encode_prompts(tokenizer, [prompts[i] for i, _ in chunk], bucket=bucket)
-    if ids.shape[1] + max_new_tokens > cfg.max_seq_len:
-      raise ValueError(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) > max_seq_len {cfg.max_seq_len}.")
-    res = generate(params, cfg, jnp.asarray(ids), jnp.asarray(mask), jax.random.fold_in(rng, b),
-                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop_tokens=stops)
-    texts = decode_completions(tokenizer, np.asarray(res.tokens), np.asarray(res.mask))
-    real = texts[:len(rows[start:start + batch_size])]
-    for (i, _), text in zip(chunk, real):
-      out[i].append(text)
+      if cache_file is not None:
+        cache_file.write(json.dumps({"batch": b, "texts": list(real)}) + "\n")
+        cache_file.flush()
+  finally:
     if cache_file is not None:
-      cache_file.write(json.dumps({"batch": b, "texts": list(real)}) + "\n")
-      cache_file.flush()
-  if cache_file is not None:
-    cache_file.close()
+      cache_file.close()
   return out
 
 

@@ -103,9 +103,15 @@ def test_an_interrupted_sampling_resumes_from_its_cache_with_the_same_texts(tok,
     return real(*a, **k)
 
   monkeypatch.setattr(rl_jax.sampling, "generate", crashing)
+  import rl_jax.evaluation
+  opened = []
+  monkeypatch.setattr(rl_jax.evaluation, "open", lambda *a, **k: opened.append(open(*a, **k)) or opened[-1],
+                      raising=False)
   cache = tmp_path / "sampled.jsonl"
   with pytest.raises(RuntimeError, match="killed"):
     sample_texts(params, cfg, tok, prompts, rng, cache=cache, **kw)
+  assert len(opened) == 1 and opened[0].closed                          # the crash closed the cache file
+  monkeypatch.delattr(rl_jax.evaluation, "open")
   with open(cache, "a") as f:
     f.write('{"batch": 2, "tex')                                       # a line cut short by the crash
   calls.clear()
