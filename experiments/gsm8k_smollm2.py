@@ -239,6 +239,25 @@ def finished_with_same_settings(previous: dict | None, cfg: Config) -> bool:
   return all(previous.get(k) == v for k, v in mine.items() if k not in ignore)
 
 
+# Settings a resumed run may change: the evaluation (it is made again, "before" included), the run's
+# length, and bookkeeping. Any other change would continue a checkpoint trained with other settings.
+RESUMABLE = {"rl_steps", "run_dir", "resume", "progress_bar", "checkpoint_every", "before_from", "eval_sets",
+             "eval_size", "eval_samples", "eval_max_new_tokens", "eval_batch"}
+
+
+def training_changes(previous: dict | None, cfg: Config) -> dict:
+  """{setting: (previous, now)} for the settings that decide training and differ from the run in the run dir."""
+  if previous is None:
+    return {}
+  mine = to_dict(cfg)
+  return {k: (previous.get(k), v) for k, v in mine.items() if k not in RESUMABLE and previous.get(k) != v}
+
+
+def same_evaluation_settings(previous: dict | None, cfg: Config) -> bool:
+  mine = to_dict(cfg)
+  return previous is not None and all(previous.get(k) == mine[k] for k in EVAL_FIELDS)
+
+
 def reused_before(cfg: Config) -> dict:
   """The "before" evaluation of the run in `cfg.before_from`, after checking it was made with the same settings."""
   src = pathlib.Path(cfg.before_from)
@@ -260,6 +279,14 @@ def main(cfg: Config) -> dict:
   run_dir = pathlib.Path(cfg.run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
   previous = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
+  ckpt = Checkpointer(run_dir / "checkpoints", keep=2)
+  resuming = cfg.resume and bool(ckpt.steps())
+  if resuming:
+    if training_changes(previous, cfg):
+      raise ValueError(f"{run_dir} holds a run trained with other settings (theirs, ours): "
+                       f"{training_changes(previous, cfg)}. Use another run_dir, or --resume=false to start afresh.")
+    if ckpt.steps()[-1] > cfg.rl_steps:
+      raise ValueError(f"{run_dir} has a checkpoint at RL step {ckpt.steps()[-1]}, past rl_steps={cfg.rl_steps}.")
   (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
   print(f"rl_jax {rl_jax.__version__} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
         f"config: {json.dumps(to_dict(cfg))}")
@@ -267,8 +294,7 @@ def main(cfg: Config) -> dict:
   params, mcfg, tok = load_model(cfg)
   train = data_lib.load("gsm8k", "train")
   order = train_order(cfg, len(train))
-  ckpt = Checkpointer(run_dir / "checkpoints", keep=2)
-  if not (cfg.resume and ckpt.steps()):
+  if not resuming:
     for f in ("metrics.jsonl", "samples.jsonl", "rewards.jsonl"):
       (run_dir / f).unlink(missing_ok=True)
   logger = MetricsLogger(run_dir)
@@ -295,9 +321,18 @@ def main(cfg: Config) -> dict:
       print(_table(summary))
       return summary
     print(f"resumed from {restored.path} at RL step {start}")
+    # other evaluation settings than the stored "before": evaluate the initial model again with these
+    redo_before = "before" not in summary or not same_evaluation_settings(previous, cfg)
     for f in ("metrics.jsonl", "rewards.jsonl"):
-      keep = [r for r in read_metrics(run_dir / f) if r["step"] <= start]   # [] for a missing file
+      # the "after" evaluation is always made again; "before" when it is redone
+      keep = [r for r in read_metrics(run_dir / f) if r["step"] <= start   # [] for a missing file
+              and not (r.get("phase") == "eval" and (r["step"] > 0 or redo_before))]
       (run_dir / f).write_text("".join(json.dumps(r) + "\n" for r in keep))
+    if redo_before:
+      summary = {"before": reused_before(cfg) if cfg.before_from else evaluate_all(cfg, params, mcfg, tok, "before")}
+      summary_path.write_text(json.dumps(summary, indent=2))
+      for name, m in summary["before"].items():
+        logger.log(0, {f"{name}_greedy": m["greedy"]}, phase="eval")
   del params
 
   objective = objectives_lib.get(cfg.objective)

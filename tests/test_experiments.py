@@ -97,6 +97,36 @@ def test_gsm8k_finished_run_returns_its_summary_and_a_changed_evaluation_reruns(
     gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **dict(tiny, eval_size=2)))
 
 
+def test_gsm8k_resume_with_other_evaluation_settings_evaluates_both_ends_again_without_training(gsm8k, tmp_path,
+                                                                                                monkeypatch):
+  tiny = dict(GSM8K_TINY, rl_steps=1)
+  gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **tiny))
+  rl_rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["phase"] == "rl"]
+  fresh = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "fresh"), **dict(tiny, eval_size=2)))
+  monkeypatch.setattr(gsm8k, "rl_iteration", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+  again = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **dict(tiny, eval_size=2)))
+  assert again["before"]["gsm8k"]["n"] == again["after"]["gsm8k"]["n"] == 2      # both ends with the new settings
+  assert again["before"]["gsm8k"]["greedy"] == fresh["before"]["gsm8k"]["greedy"]
+  assert again["after"]["gsm8k"]["greedy"] == fresh["after"]["gsm8k"]["greedy"]  # the step-1 checkpoint, not retrained
+  rows = read_metrics(tmp_path / "metrics.jsonl")
+  assert [r for r in rows if r["phase"] == "rl"] == rl_rows
+  assert sorted(r["step"] for r in rows if r["phase"] == "eval") == [0, 1]        # one row per evaluation, no stale one
+
+
+def test_gsm8k_resume_refuses_a_run_trained_with_other_settings(gsm8k, tmp_path):
+  tiny = dict(GSM8K_TINY, rl_steps=1)
+  gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **tiny))
+  stored = (tmp_path / "config.json").read_text()
+  for change, match in ((dict(lr=1e-3), "lr"), (dict(objective="dapo"), "objective"), (dict(seed=1), "seed")):
+    with pytest.raises(ValueError, match=f"other settings.*'{match}'"):
+      gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **dict(tiny, **change)))
+    assert (tmp_path / "config.json").read_text() == stored          # the refused run left the record alone
+  with pytest.raises(ValueError, match="past rl_steps=0"):
+    gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **dict(tiny, rl_steps=0)))
+  restarted = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **dict(tiny, lr=1e-3, resume=False)))
+  assert restarted["after"]["gsm8k"]["n"] == 3
+
+
 def test_gsm8k_config(gsm8k):
   pod = gsm8k.make_config(["--preset=pod", "--lr=2e-6"])
   assert pod.prompts_per_step == 128 and pod.eval_size == 0 and pod.lr == 2e-6 and pod.objective == "dapo"
