@@ -41,7 +41,7 @@ from rl_jax import objectives as objectives_lib
 from rl_jax.chat import MATH_INSTRUCTION, chat_text, decode_completions, encode_prompts
 from rl_jax.checkpoint import Checkpointer, SaveOnSigterm
 from rl_jax.config import apply_overrides, to_dict
-from rl_jax.evaluation import evaluate_math
+from rl_jax.evaluation import evaluate_math, params_digest
 from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
 from rl_jax.models import init_params, load_gguf, load_hf_folder, load_tokenizer, smollm2_gguf_path, tiny_config
 from rl_jax.progress import progress
@@ -323,6 +323,12 @@ def main(cfg: Config) -> dict:
     print(f"resumed from {restored.path} at RL step {start}")
     # other evaluation settings than the stored "before": evaluate the initial model again with these
     redo_before = "before" not in summary or not same_evaluation_settings(previous, cfg)
+    # config.json already holds the new settings: drop what the summary holds under the old ones now,
+    # so a run killed during the evaluations below cannot later pass the old scores off as new ones
+    summary.pop("after", None)
+    if redo_before:
+      summary.pop("before", None)
+    summary_path.write_text(json.dumps(summary, indent=2))
     for f in ("metrics.jsonl", "rewards.jsonl"):
       # the "after" evaluation is always made again; "before" when it is redone
       keep = [r for r in read_metrics(run_dir / f) if r["step"] <= start   # [] for a missing file
@@ -333,6 +339,7 @@ def main(cfg: Config) -> dict:
       summary_path.write_text(json.dumps(summary, indent=2))
       for name, m in summary["before"].items():
         logger.log(0, {f"{name}_greedy": m["greedy"]}, phase="eval")
+  initial = params_digest(params)
   del params
 
   objective = objectives_lib.get(cfg.objective)
@@ -434,7 +441,15 @@ def main(cfg: Config) -> dict:
       if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl_steps):
         ckpt.save(step + 1, state, ref_params)
   state = live["state"]
-  after = evaluate_all(cfg, state.params, mcfg, tok, "after")
+  if params_digest(state.params) == initial and summary.get("before"):
+    # no step moved a weight (e.g. every group all-wrong: zero advantages, zero gradient, zero Adam update);
+    # the evaluation is a function of the weights, the eval settings and the seed's key, all equal to "before"'s
+    print("[after] parameters bit-identical to the initial model: the 'before' evaluation stands for 'after'")
+    after = json.loads(json.dumps(summary["before"]))
+    summary["after_is_before"] = True
+  else:
+    after = evaluate_all(cfg, state.params, mcfg, tok, "after")
+    summary.pop("after_is_before", None)
   for name, m in after.items():
     logger.log(cfg.rl_steps, {f"{name}_greedy": m["greedy"]}, phase="eval")
   logger.close()

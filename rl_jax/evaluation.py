@@ -47,6 +47,18 @@ def params_fingerprint(params) -> str:
   return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def params_digest(params) -> str:
+  """sha256 over each leaf's dtype, shape and bytes: equal digests mean bit-identical parameter trees."""
+  import jax
+  import numpy as np
+  h = hashlib.sha256()
+  for x in jax.tree_util.tree_leaves(params):
+    x = np.ascontiguousarray(np.asarray(x))
+    h.update(f"{x.dtype}{x.shape}".encode())
+    h.update(x.tobytes())
+  return h.hexdigest()
+
+
 def _read_batches(path: pathlib.Path, header: dict) -> dict:
   """Finished batches {index: texts} of a sampling cache written with the same `header`; {} otherwise."""
   if not path.exists():

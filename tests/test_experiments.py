@@ -113,6 +113,63 @@ def test_gsm8k_resume_with_other_evaluation_settings_evaluates_both_ends_again_w
   assert sorted(r["step"] for r in rows if r["phase"] == "eval") == [0, 1]        # one row per evaluation, no stale one
 
 
+def test_gsm8k_run_killed_while_evaluating_with_new_settings_cannot_return_the_old_scores(gsm8k, tmp_path,
+                                                                                          monkeypatch):
+  tiny = dict(GSM8K_TINY, rl_steps=1)
+  gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **tiny))
+  real = gsm8k.evaluate_all
+
+  def killed(*a, **k):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(gsm8k, "evaluate_all", killed)
+  with pytest.raises(KeyboardInterrupt):
+    gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **dict(tiny, eval_size=2)))
+  stale = json.loads((tmp_path / "summary.json").read_text())
+  assert "before" not in stale and "after" not in stale     # the n=3 scores are gone with their settings
+  monkeypatch.setattr(gsm8k, "evaluate_all", real)
+  again = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **dict(tiny, eval_size=2)))
+  assert again["before"]["gsm8k"]["n"] == again["after"]["gsm8k"]["n"] == 2
+
+
+def _varied_rewards(gsm8k, monkeypatch):
+  import zlib
+
+  def checksum_reward(self, texts, answers, lengths, truncated):   # a random model is never right: vary the rewards
+    r = np.array([zlib.crc32(t.encode()) % 3 / 2 for t in texts], np.float32)
+    return r, r
+
+  monkeypatch.setattr(gsm8k.Rewarder, "__call__", checksum_reward)
+
+
+def test_gsm8k_after_reuses_before_only_when_no_weight_moved(gsm8k, tmp_path, monkeypatch):
+  """All-wrong groups give zero advantages, a zero gradient and a zero Adam update: the weights after RL are the
+  initial ones bit for bit, and so is the evaluation (same weights, settings and key). A run that moved a weight
+  is evaluated again."""
+  from rl_jax.evaluation import params_digest
+
+  real, calls = gsm8k.evaluate_all, []
+
+  def counting(cfg, params, mcfg, tok, tag):
+    calls.append((tag, params_digest(params)))
+    return real(cfg, params, mcfg, tok, tag)
+
+  monkeypatch.setattr(gsm8k, "evaluate_all", counting)
+  tiny = dict(GSM8K_TINY, rl_steps=2)
+  still = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "still"), **tiny))    # the tiny model is never right
+  rows = [r for r in read_metrics(tmp_path / "still" / "metrics.jsonl") if r["phase"] == "rl"]
+  assert all(r["grad_norm"] == 0 for r in rows)
+  assert [t for t, _ in calls] == ["before"] and still["after"] == still["before"] and still["after_is_before"]
+
+  calls.clear()
+  _varied_rewards(gsm8k, monkeypatch)
+  moved = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "moved"), **dict(tiny, lr=1e-2)))
+  rows = [r for r in read_metrics(tmp_path / "moved" / "metrics.jsonl") if r["phase"] == "rl"]
+  assert any(r["grad_norm"] > 0 for r in rows)
+  assert [t for t, _ in calls] == ["before", "after"] and calls[0][1] != calls[1][1]
+  assert "after_is_before" not in moved
+
+
 def test_gsm8k_resume_refuses_a_run_trained_with_other_settings(gsm8k, tmp_path):
   tiny = dict(GSM8K_TINY, rl_steps=1)
   gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **tiny))
@@ -210,15 +267,9 @@ def test_arithmetic_tiny_keeps_whole_groups_in_mini_batches_for_gtpo(tmp_path, m
 def test_gsm8k_dcpo_advantage_carries_per_question_statistics_and_resumes_exactly(gsm8k, tmp_path, monkeypatch):
   """--advantage=dcpo: each step's advantages are DCPO's SAS over the question's earlier groups (float64 loop
   reference), and a resumed run rebuilds the statistics from rewards.jsonl, so it equals the uninterrupted one."""
-  import zlib
-
   from reference import advantages_np as ref
 
-  def checksum_reward(self, texts, answers, lengths, truncated):   # a random model is never right: vary the rewards
-    r = np.array([zlib.crc32(t.encode()) % 3 / 2 for t in texts], np.float32)
-    return r, r
-
-  monkeypatch.setattr(gsm8k.Rewarder, "__call__", checksum_reward)
+  _varied_rewards(gsm8k, monkeypatch)
   monkeypatch.setattr(gsm8k, "train_order", lambda cfg, n: np.array([11, 42]))   # the same two questions each step
   fed = []
   real = gsm8k.rl_iteration
