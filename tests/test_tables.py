@@ -203,6 +203,9 @@ def test_gsm8k_table_counts_steps_with_a_gradient_and_spots_repeated_runs(tmp_pa
   other = {"after": {"gsm8k": dict(before, greedy=0.06)}}                             # same steps, other scores
   notes = gsm8k.trajectory_notes(args, ["grpo", "dcpo"], {"grpo": [cell, cell], "dcpo": [other, cell]})
   assert len(notes) == 1
+  still = dict(cell, after_is_before=True)                                            # RL moved no weight
+  notes = gsm8k.trajectory_notes(args, ["grpo", "dcpo"], {"grpo": [cell, still], "dcpo": [other, still]})
+  assert notes[-1].startswith("Weights bit-identical") and notes[-1].endswith(": grpo seed 1, dcpo seed 1.")
 
 
 def test_gsm8k_table_passes_the_update_schedule_to_every_cell():

@@ -182,7 +182,8 @@ def same_evaluation(a: dict, b: dict) -> bool:
 
 
 def trajectory_notes(args: common.Args, objectives: list, runs: dict) -> list:
-  """Per-seed count of steps with a gradient, and which cells repeat the grpo cell of their seed."""
+  """Per-seed count of steps with a gradient, which cells repeat the grpo cell of their seed, and which cells
+  RL left unchanged (their "after" is their "before")."""
   out = ["RL steps with a gradient (some non-zero advantage), per seed: " + "; ".join(
       f"{o}: " + ", ".join(f"seed {s}: {steps_with_gradient(common_read(args, o, s))}/{len(common_read(args, o, s))}"
                            for s, r in zip(args.seeds, runs[o]) if r) for o in objectives) + "."]
@@ -194,6 +195,10 @@ def trajectory_notes(args: common.Args, objectives: list, runs: dict) -> list:
       out.append(f"{o} repeated grpo's run for seed(s) {same}: the same reward, share of non-zero advantages, "
                  f"loss, gradient norm and entropy at every step (to float32 rounding, rtol 1e-4) and the same "
                  f"after-RL scores.")
+  still = [f"{o} seed {s}" for o in objectives for s, r in zip(args.seeds, runs[o]) if r and r.get("after_is_before")]
+  if still:
+    out.append("Weights bit-identical to the initial model after RL (no step had a gradient), so the after-RL "
+               "scores are the before-RL evaluation, not made again: " + ", ".join(still) + ".")
   return out
 
 
