@@ -23,7 +23,7 @@ import optax
 import rl_jax
 from rl_jax import advantages as advantages_lib
 from rl_jax import objectives as objectives_lib
-from rl_jax.checkpoint import Checkpointer, SaveOnSigterm
+from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
 from rl_jax.config import apply_overrides, to_dict
 from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
 from rl_jax.models import init_params, tiny_config
@@ -178,6 +178,11 @@ def warm_up(cfg: Config, task: ArithmeticTask, model_cfg):
 def main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
   """Runs the experiment. `objective_fn` replaces the named objective with your own function (same
   signature as rl_jax.objectives.*; `objective_kw` are its keyword arguments)."""
+  with RunLock(cfg.run_dir, process=jax.process_index()):
+    return _main(cfg, objective_fn, objective_kw)
+
+
+def _main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
   task, model_cfg = build(cfg)
   run_dir = pathlib.Path(cfg.run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from rl_jax.advantages.stateful import init_reward_stats
 from rl_jax import data as data_lib
 from rl_jax import objectives as objectives_lib
 from rl_jax.chat import MATH_INSTRUCTION, chat_text, decode_completions, encode_prompts
-from rl_jax.checkpoint import Checkpointer, SaveOnSigterm
+from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
 from rl_jax.config import apply_overrides, to_dict
 from rl_jax.evaluation import evaluate_math, params_digest
 from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
@@ -276,6 +276,12 @@ def reused_before(cfg: Config) -> dict:
 
 
 def main(cfg: Config) -> dict:
+  """Runs the experiment in `cfg.run_dir`, which no other live process may use meanwhile (RunLock)."""
+  with RunLock(cfg.run_dir, process=jax.process_index()):
+    return _main(cfg)
+
+
+def _main(cfg: Config) -> dict:
   run_dir = pathlib.Path(cfg.run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
   previous = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None

@@ -116,3 +116,86 @@ class SaveOnSigterm:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
     return False
+
+
+class RunDirBusy(RuntimeError):
+  """Another live process holds the run directory."""
+
+
+class RunLock:
+  """Context manager: exclusive use of a run directory by one process.
+
+  Two processes resuming the same run dir would interleave checkpoints, metrics and summaries. The lock
+  is `<run_dir>/run.lock` (`run.<i>.lock` for process i > 0 of a multi-host job, whose workers may share a
+  file system), created atomically (O_EXCL) with the owner's host and pid, and removed on exit
+  (exceptions and SIGTERM's SystemExit included). A lock left by a process that no longer runs on this host
+  (killed with SIGKILL, OOM) is taken over; one from another host cannot be checked and raises, naming the
+  file to delete if that run is known to be dead.
+  """
+
+  def __init__(self, run_dir, process: int = 0):
+    self.path = pathlib.Path(run_dir) / ("run.lock" if process == 0 else f"run.{process}.lock")
+    self._mine = False
+
+  def _owner(self) -> tuple[str, int] | None:
+    try:
+      host, pid = self.path.read_text().split()
+      return host, int(pid)
+    except (FileNotFoundError, ValueError):
+      return None
+
+  def __enter__(self):
+    import os
+    import socket
+    import time
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    for _ in range(50):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      except FileExistsError:
+        owner = self._owner()
+        if owner is None:   # just created and not written yet, or left empty by a crash: wait, then take it
+          if time.time() - self._mtime() > 5.0:
+            self.path.unlink(missing_ok=True)
+          time.sleep(0.1)
+          continue
+        if owner[0] != host:
+          raise RunDirBusy(f"{self.path.parent} is in use by pid {owner[1]} on host {owner[0]} (delete "
+                           f"{self.path} if that run is dead).")
+        if _alive(owner[1]):
+          raise RunDirBusy(f"{self.path.parent} is in use by pid {owner[1]} on this host; wait for it, or use "
+                           "another run_dir.")
+        warnings.warn(f"taking over {self.path}: its owner (pid {owner[1]}) is no longer running")
+        self.path.unlink(missing_ok=True)
+        continue
+      with os.fdopen(fd, "w") as f:
+        f.write(f"{host} {os.getpid()}")
+      self._mine = True
+      return self
+    raise RunDirBusy(f"could not take {self.path}")
+
+  def _mtime(self) -> float:
+    try:
+      return self.path.stat().st_mtime
+    except FileNotFoundError:
+      return float("inf")
+
+  def __exit__(self, *exc):
+    import os
+    import socket
+    if self._mine and self._owner() == (socket.gethostname(), os.getpid()):
+      self.path.unlink(missing_ok=True)
+    self._mine = False
+    return False
+
+
+def _alive(pid: int) -> bool:
+  import os
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:         # exists, owned by someone else
+    return True
+  return True

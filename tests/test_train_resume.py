@@ -151,3 +151,44 @@ def test_experiment_with_dynamic_sampling(tmp_path):
   out = exp.main(tiny(tmp_path, objective="dapo", dynamic_sampling=True, rl_steps=2, checkpoint_every=0,
                       sft_steps=20))
   assert all(r["gen_batches"] >= 1 for r in out["history"])
+
+
+def test_run_lock_keeps_a_second_process_out_and_takes_over_a_dead_owners_lock(tmp_path):
+  import socket
+
+  from rl_jax.checkpoint import RunDirBusy, RunLock
+  host = socket.gethostname()
+  lock = tmp_path / "run.lock"
+  with RunLock(tmp_path):
+    assert lock.read_text() == f"{host} {os.getpid()}"
+    with pytest.raises(RunDirBusy, match="in use"):   # the holder is alive (this process)
+      RunLock(tmp_path).__enter__()
+    with RunLock(tmp_path, process=1):                 # another worker of a multi-host job: its own file
+      assert (tmp_path / "run.1.lock").exists()
+    assert not (tmp_path / "run.1.lock").exists()
+  assert not lock.exists()
+  with pytest.raises(KeyError):                        # released when the run raises, too
+    with RunLock(tmp_path):
+      raise KeyError("crash")
+  assert not lock.exists()
+
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  lock.write_text(f"{host} {dead.pid}")                # left by a process killed with SIGKILL
+  with pytest.warns(UserWarning, match="no longer running"):
+    with RunLock(tmp_path):
+      assert lock.read_text() == f"{host} {os.getpid()}"
+  lock.write_text(f"some-other-host-{host} 1")         # cannot be checked from here
+  with pytest.raises(RunDirBusy, match="delete"):
+    RunLock(tmp_path).__enter__()
+  assert lock.read_text() == f"some-other-host-{host} 1"
+
+
+def test_experiment_refuses_a_run_dir_another_live_process_uses(tmp_path):
+  import socket
+
+  from rl_jax.checkpoint import RunDirBusy
+  (tmp_path / "run.lock").write_text(f"{socket.gethostname()} {os.getppid()}")   # the parent process: alive
+  with pytest.raises(RunDirBusy, match=f"pid {os.getppid()}"):
+    exp.main(tiny(tmp_path))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]             # nothing written
