@@ -24,7 +24,7 @@ import rl_jax
 from rl_jax import advantages as advantages_lib
 from rl_jax import objectives as objectives_lib
 from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
-from rl_jax.config import apply_overrides, to_dict
+from rl_jax.config import from_command_line, to_dict
 from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
 from rl_jax.models import init_params, tiny_config
 from rl_jax.progress import progress
@@ -252,4 +252,4 @@ def _main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
 
 
 if __name__ == "__main__":
-  main(apply_overrides(Config(), sys.argv[1:]))
+  main(from_command_line(Config(), sys.argv[1:], __doc__))

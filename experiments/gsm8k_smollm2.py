@@ -40,7 +40,7 @@ from rl_jax import data as data_lib
 from rl_jax import objectives as objectives_lib
 from rl_jax.chat import MATH_INSTRUCTION, chat_text, decode_completions, encode_prompts
 from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
-from rl_jax.config import apply_overrides, to_dict
+from rl_jax.config import from_command_line, to_dict
 from rl_jax.evaluation import evaluate_math, params_digest
 from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
 from rl_jax.models import init_params, load_gguf, load_hf_folder, load_tokenizer, smollm2_gguf_path, tiny_config
@@ -144,7 +144,7 @@ def make_config(argv) -> Config:
   """Config from command-line overrides; --preset=pod starts from POD instead of the CPU defaults."""
   preset = next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")), "cpu")
   base = Config(preset=preset, **(POD if preset == "pod" else {}))
-  return apply_overrides(base, [a for a in argv if not a.startswith("--preset=")])
+  return from_command_line(base, [a for a in argv if not a.startswith("--preset=")], __doc__)
 
 
 def load_model(cfg: Config):

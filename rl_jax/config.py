@@ -8,6 +8,9 @@ own `__post_init__` are errors raised before any compute.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
+import sys
 import typing
 from typing import Any, Sequence
 
@@ -50,6 +53,35 @@ def apply_overrides(config, argv: Sequence[str]):
       raise ValueError(f"Unknown config key {key!r}; valid keys: {sorted(fields)}.")
     changes[key] = _parse(hints[key], text, key)
   return dataclasses.replace(config, **changes)
+
+
+def usage(config, doc: str = "") -> str:
+  """`doc`, then one line per field of `config`: `--name=value` (its current value) and the comment that
+  follows the field in the class source, if any."""
+  comments = {}
+  try:
+    for line in inspect.getsource(type(config)).splitlines():
+      m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)", line)
+      if m:
+        comments[m.group(1)] = m.group(2).strip()
+  except (OSError, TypeError):   # no source (e.g. a class built at run time): names and values only
+    pass
+  lines = [doc.strip(), "", "Options (--key=value; the value shown is the default):"] if doc.strip() else [
+      "Options (--key=value; the value shown is the default):"]
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    lines.append(f"  --{f.name}={text}" + (f"    {comments[f.name]}" if f.name in comments else ""))
+  return "\n".join(lines)
+
+
+def from_command_line(config, argv: Sequence[str], doc: str = ""):
+  """`apply_overrides(config, argv)`; with --help or -h in argv, prints `usage(config, doc)` and exits
+  (status 0) before anything runs."""
+  if "--help" in argv or "-h" in argv:
+    print(usage(config, doc))
+    sys.exit(0)
+  return apply_overrides(config, argv)
 
 
 def to_dict(config) -> dict:

@@ -107,6 +107,35 @@ def test_parse_args_rejects_positional_and_reads_seeds():
     common.parse_args(["quick"])
 
 
+def test_option_values_parse_strictly():
+  keys = ("finished_only", "rl_steps")
+  assert common.extra_value(common.parse_args(["--finished_only"], keys), "finished_only", False) is True
+  assert common.extra_value(common.parse_args(["--finished_only=false"], keys), "finished_only", False) is False
+  assert common.extra_value(common.parse_args(["--rl_steps=3"], keys), "rl_steps", 8) == 3
+  with pytest.raises(SystemExit, match="--rl_steps needs a value"):
+    common.extra_value(common.parse_args(["--rl_steps"], keys), "rl_steps", 8)
+  with pytest.raises(SystemExit, match="expected a int"):
+    common.extra_value(common.parse_args(["--rl_steps=many"], keys), "rl_steps", 8)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_unknown_option_stops_a_table_before_it_runs(name, tmp_path):
+  mod = importlib.import_module(f"experiments.tables.{name}")
+  with pytest.raises(SystemExit, match="Unknown option '--rl_step=4'"):    # a typo of gsm8k's --rl_steps
+    mod.main(["--quick", "--rl_step=4", f"--out={tmp_path}"])
+  assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_help_prints_the_module_usage_and_runs_nothing(name, tmp_path, capsys):
+  mod = importlib.import_module(f"experiments.tables.{name}")
+  with pytest.raises(SystemExit) as e:
+    mod.main(["--help", f"--out={tmp_path}"])
+  assert e.value.code == 0
+  assert capsys.readouterr().out.strip() == mod.__doc__.strip()
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_gsm8k_table_says_where_its_second_objective_came_from(tmp_path):
   from experiments.tables import common, gsm8k
   args = common.parse_args([f"--out={tmp_path}"])

@@ -120,6 +120,20 @@ def test_config_overrides_are_strict():
     apply_overrides(exp.Config(), ["objective=dapo"])
 
 
+def test_help_lists_every_option_with_default_and_comment_and_runs_nothing(capsys):
+  from rl_jax.config import from_command_line, usage
+  cfg = exp.Config()
+  text = usage(cfg, "Doc line.")
+  assert text.startswith("Doc line.")
+  option_lines = [line for line in text.splitlines() if line.startswith("  --")]
+  assert len(option_lines) == len(dataclasses.fields(cfg))
+  assert f"  --lr={cfg.lr}" in text and f"  --objective={cfg.objective}" in text
+  with pytest.raises(SystemExit) as e:
+    from_command_line(cfg, ["--lr=1e-3", "--help"], "Doc line.")
+  assert e.value.code == 0 and capsys.readouterr().out.strip() == text.strip()
+  assert from_command_line(cfg, ["--lr=1e-3"]) == apply_overrides(cfg, ["--lr=1e-3"])
+
+
 @pytest.mark.parametrize("objective", ["dapo", "hapo", "gtpo", "clip_cov"])
 def test_experiment_runs_two_steps_with_any_objective(objective, tmp_path):
   out = exp.main(tiny(tmp_path, objective=objective, rl_steps=2, checkpoint_every=0, sft_steps=1))

@@ -43,8 +43,16 @@ class Args:
   extra: tuple = ()          # unparsed --key=value pairs, for the module
 
 
-def parse_args(argv: Sequence[str]) -> Args:
-  """--quick, --seeds=0,1,2, --out=DIR; anything else is passed on in `extra`."""
+def parse_args(argv: Sequence[str], keys: Union[Sequence[str], None] = None, doc: str = "") -> Args:
+  """--quick, --seeds=0,1,2, --out=DIR; --key=value pairs go to `extra`.
+
+  `keys`: the --key names the caller reads (with `extra_value`); any other --key stops the run before it
+  starts, naming the accepted ones (None: no check, for callers that only read `extra`). --help / -h
+  prints `doc` (the module's usage) and exits without running anything.
+  """
+  if "--help" in argv or "-h" in argv:
+    print((doc or "").strip() or "Options: --quick, --seeds=0,1,2, --out=DIR, --key=value.")
+    raise SystemExit(0)
   quick, seeds, out, extra = False, None, RESULTS, []
   for a in argv:
     if a == "--quick":
@@ -54,6 +62,10 @@ def parse_args(argv: Sequence[str]) -> Args:
     elif a.startswith("--out="):
       out = pathlib.Path(a.split("=", 1)[1])
     elif a.startswith("--"):
+      key = a[2:].partition("=")[0]
+      if keys is not None and key not in keys:
+        accepted = ", ".join(["--quick", "--seeds", "--out"] + [f"--{k}" for k in keys])
+        raise SystemExit(f"Unknown option {a!r}; this table accepts {accepted} (--help for more).")
       extra.append(a)
     else:
       raise SystemExit(f"Unexpected argument {a!r}; use --quick, --seeds=0,1,2, --out=DIR or --key=value.")
@@ -65,11 +77,20 @@ def parse_args(argv: Sequence[str]) -> Args:
 
 
 def extra_value(args: Args, key: str, default):
-  """Value of --key=value in args.extra, converted to the type of `default`."""
+  """Value of --key=value in args.extra, converted to the type of `default`; a bare --key is True for a
+  boolean option and an error for any other."""
   for a in args.extra:
-    k, _, v = a[2:].partition("=")
-    if k == key:
-      return type(default)(v) if not isinstance(default, bool) else v.lower() in ("1", "true", "yes")
+    k, eq, v = a[2:].partition("=")
+    if k != key:
+      continue
+    if isinstance(default, bool):
+      return (not eq) or v.lower() in ("1", "true", "yes")
+    if not eq:
+      raise SystemExit(f"--{key} needs a value: --{key}=VALUE.")
+    try:
+      return type(default)(v)
+    except ValueError:
+      raise SystemExit(f"--{key}={v}: expected a {type(default).__name__}.") from None
   return default
 
 
@@ -533,11 +554,11 @@ def run_grid(recipes: Sequence[Recipe], seeds: Sequence[int], budget: Budget, *,
   return out
 
 
-def run_table(name: str, argv, recipes: Sequence[Recipe], quick: Sequence[str] = ()):
+def run_table(name: str, argv, recipes: Sequence[Recipe], quick: Sequence[str] = (), doc: str = ""):
   """The shared start of tables 1, 2 and 4: arguments, report, budget, the recipes to run (`quick` names
   the subset for --quick; empty = all) and their grid over the seeds. Returns (args, report, budget,
   recipes, grid, summaries name -> per-seed)."""
-  args = parse_args(argv)
+  args = parse_args(argv, keys=(), doc=doc)
   report = Report(name, args, argv)
   budget = QUICK_BUDGET if args.quick else Budget()
   recipes = [r for r in recipes if not (args.quick and quick) or r.name in quick]
@@ -574,7 +595,7 @@ def curves_from_evals(evals: dict) -> dict:
 
 def replot_grid(name: str, plot_title: str, argv: Sequence[str] = ()) -> dict:
   """`--replot`: redraws `<out>/<name>.png` from the per-seed curves in `<out>/<name>.json` (no training)."""
-  args = parse_args([a for a in argv if a != "--replot"])
+  args = parse_args([a for a in argv if a != "--replot"], keys=())
   path = args.out / f"{name}.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: run `python -m experiments.tables.{name}` first.")

@@ -96,8 +96,11 @@ def cell_overrides(args: common.Args) -> dict:
               minibatches=common.extra_value(args, "minibatches", 1))
 
 
+KEYS = ("objective", "rl_steps", "eval_size", "eval_samples", "epochs", "minibatches", "finished_only")
+
+
 def main(argv=()) -> dict:
-  args = common.parse_args(argv)
+  args = common.parse_args(argv, keys=KEYS, doc=__doc__)
   report = common.Report(NAME, args, argv)
   overrides = cell_overrides(args)
   k = overrides["eval_samples"]

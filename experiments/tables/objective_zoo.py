@@ -96,7 +96,7 @@ PLOT_TITLE = "Objective zoo, 1-digit addition (mean ± std over seeds)"
 def main(argv=()) -> dict:
   if "--replot" in argv:   # redraw the figure from the stored json, no training
     return common.replot_grid(NAME, PLOT_TITLE, argv)
-  args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK)
+  args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK, doc=__doc__)
   header = ["objective", "objective / advantage", "final accuracy", f"steps to {budget.target_accuracy:.2f}",
             "clipped tokens", "non-zero-adv tokens", "flat groups with signal", "token ratio std", "entropy (end)"]
   rows = []
