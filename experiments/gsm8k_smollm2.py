@@ -225,6 +225,14 @@ def evaluate_all(cfg: Config, params, mcfg, tok, tag: str) -> dict:
   return out
 
 
+def train_seconds(rows: list[dict]) -> float:
+  """Sum of `step_seconds` over the RL-step rows of metrics.jsonl (generation, updates, first-step compiles).
+
+  A resumed run keeps the rows up to its checkpoint and logs the rest again, so each step is counted once;
+  model loading, evaluations and the checkpoints' writes are not in it."""
+  return float(sum(r["step_seconds"] for r in rows if r.get("phase") == "rl" and "step_seconds" in r))
+
+
 # Fields that decide the "before" evaluation: two runs that agree on them have the same one.
 EVAL_FIELDS = ("preset", "model", "seed", "eval_sets", "eval_size", "eval_samples", "eval_max_new_tokens", "eval_batch",
                "prompt_bucket")
@@ -312,7 +320,7 @@ def _main(cfg: Config) -> dict:
   summary_path = run_dir / "summary.json"
   if restored is None:
     before = reused_before(cfg) if cfg.before_from else evaluate_all(cfg, params, mcfg, tok, "before")
-    summary = {"before": before}
+    summary = {"before": before, **({"before_from": cfg.before_from} if cfg.before_from else {})}
     summary_path.write_text(json.dumps(summary, indent=2))
     for name, m in before.items():
       logger.log(0, {f"{name}_greedy": m["greedy"]}, phase="eval")
@@ -341,7 +349,8 @@ def _main(cfg: Config) -> dict:
               and not (r.get("phase") == "eval" and (r["step"] > 0 or redo_before))]
       (run_dir / f).write_text("".join(json.dumps(r) + "\n" for r in keep))
     if redo_before:
-      summary = {"before": reused_before(cfg) if cfg.before_from else evaluate_all(cfg, params, mcfg, tok, "before")}
+      summary = {"before": reused_before(cfg) if cfg.before_from else evaluate_all(cfg, params, mcfg, tok, "before"),
+                 **({"before_from": cfg.before_from} if cfg.before_from else {})}
       summary_path.write_text(json.dumps(summary, indent=2))
       for name, m in summary["before"].items():
         logger.log(0, {f"{name}_greedy": m["greedy"]}, phase="eval")
@@ -459,7 +468,11 @@ def _main(cfg: Config) -> dict:
   for name, m in after.items():
     logger.log(cfg.rl_steps, {f"{name}_greedy": m["greedy"]}, phase="eval")
   logger.close()
-  summary.update(after=after, rl_steps=cfg.rl_steps, wall_seconds=wall.elapsed(), machine=_machine())
+  # wall_seconds: this invocation only (a resumed run's earlier ones are not in it); train_seconds: every RL
+  # step of the run once, whichever invocation made it (the steps a crash cut short and a resume redid are not
+  # counted twice); evaluation times are in before/after[set]["seconds"]
+  summary.update(after=after, rl_steps=cfg.rl_steps, wall_seconds=wall.elapsed(),
+                 train_seconds=train_seconds(read_metrics(run_dir / "metrics.jsonl")), machine=_machine())
   summary_path.write_text(json.dumps(summary, indent=2))
   rows = read_metrics(run_dir / "metrics.jsonl")
   plot = plot_curves(rows, run_dir / "curves.png", keys=("reward", "train_accuracy", "response_len"),

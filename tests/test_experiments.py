@@ -59,10 +59,16 @@ def gsm8k():
 
 def test_gsm8k_resume_equals_uninterrupted(gsm8k, tmp_path):
   full = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "full"), **GSM8K_TINY))
-  gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "cut"), **dict(GSM8K_TINY, rl_steps=1)))   # "killed" after 1 step
+  cut = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "cut"), **dict(GSM8K_TINY, rl_steps=1)))   # "killed" after 1 step
+  first_rows = [r for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r["phase"] == "rl"]
   resumed = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "cut"), **GSM8K_TINY))
   a = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if r["phase"] == "rl"]
   b = [r for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r["phase"] == "rl"]
+  # train_seconds counts every RL step once, across invocations: step 1 timed by the first, step 2 by the second
+  assert cut["train_seconds"] == first_rows[0]["step_seconds"] > 0
+  assert b[0] == first_rows[0]
+  assert resumed["train_seconds"] == pytest.approx(b[0]["step_seconds"] + b[1]["step_seconds"], rel=1e-12)
+  assert full["train_seconds"] == pytest.approx(a[0]["step_seconds"] + a[1]["step_seconds"], rel=1e-12)
   drop = ("gen_seconds", "step_seconds", "tokens_per_s", "time")
   assert [{k: v for k, v in r.items() if k not in drop} for r in a] == \
          [{k: v for k, v in r.items() if k not in drop} for r in b]
@@ -77,6 +83,7 @@ def test_gsm8k_before_from_reuses_an_equal_evaluation_and_refuses_a_different_on
   reused = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "b"), before_from=str(tmp_path / "a"),
                                    **dict(tiny, objective="dapo")))   # objective does not enter the "before" evaluation
   assert reused["before"] == first["before"]
+  assert reused["before_from"] == str(tmp_path / "a") and "before_from" not in first   # named, for the time notes
   with pytest.raises(ValueError, match="eval_size"):
     gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "c"), before_from=str(tmp_path / "a"), **dict(tiny, eval_size=2)))
   with pytest.raises(FileNotFoundError, match="summary.json"):

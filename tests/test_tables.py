@@ -147,6 +147,15 @@ def test_gsm8k_table_says_where_its_second_objective_came_from(tmp_path):
   assert "command line" in gsm8k.objective_note(chosen, gsm8k.best_objective(chosen))
 
 
+def test_gsm8k_table_times_each_run_by_its_steps_and_evaluations():
+  from experiments.tables import gsm8k
+  ev = lambda s: {"gsm8k": {"greedy": 0.1, "seconds": s}}
+  assert gsm8k.run_times({"train_seconds": 100.4, "before": ev(20.0), "after": ev(30.6)}) == "train 100 + eval 20 / 31"
+  reused = {"train_seconds": 5.0, "before": ev(20.0), "before_from": "x", "after": ev(20.0), "after_is_before": True}
+  assert gsm8k.run_times(reused) == "train 5 + eval reused / reused"
+  assert gsm8k.run_times({"wall_seconds": 7.2}) == "7 (wall time of the last invocation)"   # an older summary
+
+
 def test_gsm8k_table_trains_each_objective_with_its_table_1_advantage():
   from experiments.tables import gsm8k
   assert gsm8k.paired_advantage("grpo") == "grpo"

@@ -99,6 +99,19 @@ def cell_overrides(args: common.Args) -> dict:
 KEYS = ("objective", "rl_steps", "eval_size", "eval_samples", "epochs", "minibatches", "finished_only")
 
 
+def run_times(summary: dict) -> str:
+  """A run's time for the table notes: the RL steps' total and each evaluation's ("train T + eval B / A", where
+  "reused" marks an evaluation copied from another run or from "before"), or, for a summary written before
+  train_seconds existed, the wall time of its last invocation."""
+  if "train_seconds" not in summary:
+    return f"{summary['wall_seconds']:.0f} (wall time of the last invocation)"
+  def eval_seconds(tag):
+    return f"{sum(m.get('seconds', 0.0) for m in summary.get(tag, {}).values()):.0f}"
+  before = "reused" if summary.get("before_from") else eval_seconds("before")
+  after = "reused" if summary.get("after_is_before") else eval_seconds("after")
+  return f"train {summary['train_seconds']:.0f} + eval {before} / {after}"
+
+
 def main(argv=()) -> dict:
   args = common.parse_args(argv, keys=KEYS, doc=__doc__)
   report = common.Report(NAME, args, argv)
@@ -127,7 +140,7 @@ def main(argv=()) -> dict:
     after = [r["after"]["gsm8k"] if r else None for r in runs[obj]]
     label = f"after {overrides['rl_steps']} {obj} steps" + (" (best of table 1)" if obj == best and obj != "grpo" else "")
     rows.append(["", label] + [common.mean_std([a.get(m, float("nan")) if a else None for a in after]) for m in metrics])
-  wall = {obj: [r["wall_seconds"] for r in rs if r] for obj, rs in runs.items()}
+  times = {obj: [run_times(r) for r in rs if r] for obj, rs in runs.items()}
   cfg = gsm8k_smollm2.Config(**overrides)
   notes = [f"Each run: {cfg.rl_steps} RL steps × {cfg.prompts_per_step} GSM8K train questions × {cfg.group_size} "
            f"samples (≤ {cfg.max_new_tokens} new tokens, temperature {cfg.temperature}), {cfg.epochs} epoch(s) × "
@@ -135,7 +148,7 @@ def main(argv=()) -> dict:
            f"the first {cfg.eval_size} test problems, ≤ {cfg.eval_max_new_tokens} new tokens"
            + (f", {k} samples at temperature 0.6 for pass@{k} / maj@{k}" if k else "") +
            f"; mean ± std over seeds {list(args.seeds)} (the seed changes the data order and the samples).",
-           "Run wall times (s): " + "; ".join(f"{o}: {', '.join(f'{w:.0f}' for w in ws)}" for o, ws in wall.items()),
+           "Time per run, per seed (s): " + "; ".join(f"{o}: {', '.join(ts)}" for o, ts in times.items()),
            objective_note(args, best),
            "Objective / advantage: " + "; ".join(f"{o} / {paired_advantage(o)}" for o in objectives) + "."]
   notes += trajectory_notes(args, objectives, runs)
