@@ -40,6 +40,7 @@ from rl_jax import data as data_lib
 from rl_jax import objectives as objectives_lib
 from rl_jax.chat import MATH_INSTRUCTION, chat_text, decode_completions, encode_prompts
 from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
+from rl_jax import machine as machine_lib
 from rl_jax.config import from_command_line, to_dict
 from rl_jax.evaluation import evaluate_math, params_digest
 from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
@@ -483,10 +484,7 @@ def _main(cfg: Config) -> dict:
 
 
 def _machine() -> str:
-  import os
-  import platform
-  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} " \
-         f"({jax.devices()[0].platform})"
+  return machine_lib.describe()
 
 
 def _table(summary: dict) -> str:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rl_jax
+from rl_jax.machine import cpu_model
 
 # (label, rl_jax objective + keywords, TRL loss_type + level, verl mode + aggregation + config)
 CASES = [
@@ -135,7 +136,7 @@ def timed(make, repeats):
 
 def machine():
   import torch
-  return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible, Python "
+  return (f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} CPU cores visible, Python "
           f"{platform.python_version()}, jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}"
           f" (threads {torch.get_num_threads()})")
 

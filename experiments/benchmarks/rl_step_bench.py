@@ -46,6 +46,7 @@ from rl_jax import advantages as advantages_lib
 from rl_jax import objectives as objectives_lib
 from rl_jax.chat import decode_completions, encode_prompts
 from rl_jax.train import init_state, make_logprob_fn, make_rl_step, rl_iteration, rollout
+from rl_jax.machine import cpu_model
 
 LR = 1e-5
 SEED = 0
@@ -240,7 +241,7 @@ def machine_line() -> str:
   import torch
   import trl
 
-  return (f"machine: {platform.machine()}, {os.cpu_count()} CPUs (torch threads {torch.get_num_threads()}), "
+  return (f"machine: {cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs (torch threads {torch.get_num_threads()}), "
           f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, trl {trl.__version__}")
 
 

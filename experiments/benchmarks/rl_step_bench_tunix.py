@@ -44,6 +44,7 @@ import optax
 from experiments.benchmarks.rl_step_bench import (FULL, LR, QUICK, SEED, Case, bench_rl_jax, char_tokenizer, peer_row,
                                                   reward_fn)
 from rl_jax.models import forward, init_params, save_hf_folder, tiny_config
+from rl_jax.machine import cpu_model
 
 LABELS = {"tiny": "tiny random Llama (2L, d{d}, V{v})", "smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1 -> f32)"}
 HEADER = ["model", "P x G", "new tokens", "rl_jax s/step", "rl_jax tokens/s", "tunix s/step", "tunix tokens/s",
@@ -181,7 +182,7 @@ def machine_line() -> str:
   if version is None:
     from importlib.metadata import version as dist_version
     version = dist_version("google-tunix")
-  return (f"machine: {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+  return (f"machine: {cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs, jax {jax.__version__} "
           f"({jax.devices()[0].platform}), google-tunix {version}")
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from experiments.benchmarks.timing import median_time
 from rl_jax.sampling import nucleus_threshold
+from rl_jax.machine import cpu_model
 
 TOP_P = 0.95
 
@@ -44,7 +45,7 @@ def run(quick: bool = False, repeats: int = 5) -> str:
     lines.append(f"| {b} | {v} | {kind} | {size} | {t_fast * 1e3:.2f} | {t_full * 1e3:.2f} | "
                  f"{t_full / t_fast:.1f}x |")
   lines.append("")
-  lines.append(f"top_p = {TOP_P}; machine: {platform.machine()}, jax {jax.__version__} "
+  lines.append(f"top_p = {TOP_P}; machine: {cpu_model()} ({platform.machine()}), jax {jax.__version__} "
                f"({jax.devices()[0].platform}); both paths give the same threshold on every row.")
   return "\n".join(lines)
 

@@ -12,9 +12,7 @@ import datetime
 import functools
 import inspect
 import json
-import os
 import pathlib
-import platform
 import sys
 import time
 from typing import Callable, Sequence, Union
@@ -24,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rl_jax
+import rl_jax.machine
 from rl_jax import advantages as advantages_lib
 from rl_jax import objectives as objectives_lib
 from rl_jax.advantages.stateful import init_reward_stats
@@ -97,10 +96,8 @@ def extra_value(args: Args, key: str, default):
 # ------------------------------------------------------------------------------------------ reporting
 
 def machine() -> str:
-  """One line: CPU count, platform, jax backend and version."""
-  dev = jax.devices()[0]
-  return (f"{os.cpu_count()} CPU cores, {platform.machine()}, jax {jax.__version__} on {dev.platform} "
-          f"({len(jax.devices())} device{'s' if len(jax.devices()) > 1 else ''}), rl_jax {rl_jax.__version__}")
+  """One line: CPU model and count, jax version and backend, rl_jax version."""
+  return f"{rl_jax.machine.describe()}, rl_jax {rl_jax.__version__}"
 
 
 def mean_std(values: Sequence[float], fmt: str = "{:.3f}") -> str:
