@@ -136,6 +136,48 @@ def test_help_prints_the_module_usage_and_runs_nothing(name, tmp_path, capsys):
   assert list(tmp_path.iterdir()) == []
 
 
+def test_paired_difference_subtracts_the_baseline_seed_by_seed():
+  per_seed = {"base": [{"accuracy": 0.5}, {"accuracy": 0.7}, {"accuracy": 0.3}],
+              "m": [{"accuracy": 0.6}, {"accuracy": 0.9}, {"accuracy": 0.3}]}
+  d = np.array([0.1, 0.2, 0.0])
+  assert common.paired_difference(per_seed, "m", "base") == f"{d.mean():+.3f} ± {d.std(ddof=1):.3f}"
+  assert common.paired_difference(per_seed, "base", "base") == "baseline"
+  one = {"base": [{"accuracy": 0.5}], "m": [{"accuracy": 0.25}]}
+  assert common.paired_difference(one, "m", "base") == "-0.250"
+
+
+def test_warmup_note_counts_seeds_already_at_the_target():
+  b = common.Budget(target_accuracy=0.6)
+  assert common.warmup_note([0.4, 0.6, 0.7], b).startswith("2 of 3 seeds reach 0.60 already")
+  assert common.warmup_note([0.4, 0.5], b) == "No seed reaches 0.60 after the warm-up."
+
+
+def test_retable_renders_the_stored_run_again_without_training(tmp_path, monkeypatch):
+  from experiments.tables import forking_tokens
+  forking_tokens.main(["--quick", f"--out={tmp_path}"])
+  first = (tmp_path / "forking_tokens.md").read_text().splitlines()
+
+  def no_training(*a, **k):
+    raise AssertionError("--retable trained")
+
+  monkeypatch.setattr(common, "run_grid", no_training)
+  forking_tokens.main(["--quick", "--retable", f"--out={tmp_path}"])
+  again = (tmp_path / "forking_tokens.md").read_text().splitlines()
+  assert again[4:] == first[4:]                                     # the same table and notes
+  assert again[2].startswith(f"numbers from `python -m experiments.tables.forking_tokens --quick --out={tmp_path}`")
+  assert "re-rendered by" in again[2]
+  raw = json.loads((tmp_path / "forking_tokens.json").read_text())
+  assert raw["source"]["command"].endswith(f"--quick --out={tmp_path}") and raw["seeds"] == [0]
+  forking_tokens.main(["--quick", "--retable", f"--out={tmp_path}"])   # a re-rendered json keeps naming the run
+  assert json.loads((tmp_path / "forking_tokens.json").read_text())["source"] == raw["source"]
+  with pytest.raises(SystemExit, match="holds seeds"):
+    forking_tokens.main(["--quick", "--retable", "--seeds=0,1", f"--out={tmp_path}"])
+  with pytest.raises(SystemExit, match="another budget"):
+    forking_tokens.main(["--retable", "--seeds=0", f"--out={tmp_path}"])     # full budget vs the stored quick one
+  with pytest.raises(SystemExit, match="not found"):
+    forking_tokens.main(["--quick", "--retable", f"--out={tmp_path / 'empty'}"])
+
+
 def test_gsm8k_table_says_where_its_second_objective_came_from(tmp_path):
   from experiments.tables import common, gsm8k
   args = common.parse_args([f"--out={tmp_path}"])

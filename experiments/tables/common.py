@@ -111,6 +111,26 @@ def mean_std(values: Sequence[float], fmt: str = "{:.3f}") -> str:
   return s if v.size == len(values) else s + f" (n={v.size})"
 
 
+def paired_difference(per_seed: dict, name: str, baseline: str, key: str = "accuracy", fmt: str = "{:+.3f}") -> str:
+  """Mean ± std over seeds of `key`(name) − `key`(baseline), seed by seed. Every row of a seed starts from
+  that seed's warm-up and sees its prompts, so the paired difference leaves out the spread between
+  warm-ups that the per-row mean ± std carries. The baseline's own row reads 'baseline'."""
+  if name == baseline:
+    return "baseline"
+  d = [a[key] - b[key] for a, b in zip(per_seed[name], per_seed[baseline])]
+  v = np.asarray([x for x in d if np.isfinite(x)], np.float64)
+  if v.size < 2:
+    return "n/a" if v.size == 0 else fmt.format(v[0])
+  return fmt.format(v.mean()) + " ± " + fmt.format(v.std(ddof=1)).lstrip("+")
+
+
+def warmup_note(acc0: Sequence[float], budget) -> str:
+  """How many seeds' warm-up already reaches the steps-to-target accuracy (their steps-to-target is 0)."""
+  k = sum(a >= budget.target_accuracy for a in acc0)
+  return (f"{k} of {len(acc0)} seeds reach {budget.target_accuracy:.2f} already after the warm-up; their "
+          "steps-to-target is 0." if k else f"No seed reaches {budget.target_accuracy:.2f} after the warm-up.")
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -131,15 +151,24 @@ class Report:
   def path(self) -> pathlib.Path:
     return self.args.out / self.name
 
+  source = None   # set by --retable: the run whose stored numbers this report re-renders
+
   def write(self, title: str, table: str, notes: Sequence[str], raw: dict) -> str:
     wall = time.perf_counter() - self.start
-    text = "\n".join([f"### {title}", "", f"`{self.command}` — {machine()}; {self.date}; wall time {wall:.0f} s"
+    if self.source:
+      src = self.source
+      measured = (f"numbers from `{src['command']}` — {src['machine']}; {src['date']}; wall time "
+                  f"{src['wall_s']:.0f} s (re-rendered by `{self.command}` on {self.date})")
+    else:
+      measured = f"`{self.command}` — {machine()}; {self.date}; wall time {wall:.0f} s"
+    text = "\n".join([f"### {title}", "", measured
                       + (" (--quick: smoke-test sizes, not a result)" if self.args.quick else ""), "",
                       table, ""] + [f"- {n}" for n in notes]) + "\n"
     self.path.with_suffix(".md").write_text(text)
-    self.path.with_suffix(".json").write_text(json.dumps(dict(raw, command=self.command, machine=machine(),
-                                                              date=self.date, wall_s=wall), indent=1,
-                                                         default=_jsonable))
+    meta = dict(command=self.command, machine=machine(), date=self.date, wall_s=wall, seeds=list(self.args.seeds))
+    if self.source:
+      meta["source"] = self.source
+    self.path.with_suffix(".json").write_text(json.dumps(dict(raw, **meta), indent=1, default=_jsonable))
     print(text)
     print(f"wrote {self.path.with_suffix('.md')}, .json and .png")
     return text
@@ -554,13 +583,45 @@ def run_grid(recipes: Sequence[Recipe], seeds: Sequence[int], budget: Budget, *,
 def run_table(name: str, argv, recipes: Sequence[Recipe], quick: Sequence[str] = (), doc: str = ""):
   """The shared start of tables 1, 2 and 4: arguments, report, budget, the recipes to run (`quick` names
   the subset for --quick; empty = all) and their grid over the seeds. Returns (args, report, budget,
-  recipes, grid, summaries name -> per-seed)."""
-  args = parse_args(argv, keys=(), doc=doc)
-  report = Report(name, args, argv)
+  recipes, grid, summaries name -> per-seed).
+
+  --retable: the grid is read back from `<out>/<name>.json` (the per-seed numbers and curves of an earlier
+  run with the same budget, seeds and rows) instead of trained, so a new table layout or note applies to a
+  finished run; the report names the run the numbers come from."""
+  retable = "--retable" in argv
+  args = parse_args([a for a in argv if a != "--retable"], keys=(), doc=doc)
   budget = QUICK_BUDGET if args.quick else Budget()
   recipes = [r for r in recipes if not (args.quick and quick) or r.name in quick]
-  grid = run_grid(recipes, args.seeds, budget)
+  source = load_grid(args.out / f"{name}.json", recipes, args.seeds, budget) if retable else None
+  report = Report(name, args, argv)
+  if source is not None:
+    grid, report.source = source
+  else:
+    grid = run_grid(recipes, args.seeds, budget)
   return args, report, budget, recipes, grid, {n: cell["summary"] for n, cell in grid.items()}
+
+
+def load_grid(path: pathlib.Path, recipes: Sequence[Recipe], seeds: Sequence[int], budget: Budget):
+  """(grid, source) from a grid table's json: the same budget, the same seeds and every recipe's row are
+  required; source = the command, machine, date and wall time of the run that measured them."""
+  if not path.exists():
+    raise SystemExit(f"--retable: {path} not found; run the table without --retable first.")
+  raw = json.loads(path.read_text())
+  if raw.get("budget") != dataclasses.asdict(budget):
+    raise SystemExit(f"--retable: {path} was run with another budget: {raw.get('budget')}.")
+  stored_seeds = raw.get("seeds")
+  missing = [r.name for r in recipes if r.name not in raw["summary"]]
+  if missing:
+    raise SystemExit(f"--retable: {path} has no rows for {missing}.")
+  for r in recipes:
+    n = len(raw["summary"][r.name])
+    if (stored_seeds is not None and list(stored_seeds) != list(seeds)) or n != len(seeds):
+      raise SystemExit(f"--retable: {path} holds seeds {stored_seeds or f'({n} of them)'}, not {list(seeds)}; "
+                       "pass its --seeds.")
+  grid = {r.name: {"summary": raw["summary"][r.name], "runs": [{"evals": e} for e in raw["evals"][r.name]]}
+          for r in recipes}
+  source = raw.get("source") or {k: raw.get(k) for k in ("command", "machine", "date", "wall_s")}
+  return grid, source
 
 
 def write_grid_report(report: Report, title: str, plot_title: str, header, rows, notes, grid: dict,

@@ -21,6 +21,7 @@ SPO-chain's value rollouts are extra sampling the other rows do not pay for; the
 
 Run:  python -m experiments.tables.credit_assignment [--quick] [--seeds=0,1,2] [--out=results/tables]
       python -m experiments.tables.credit_assignment --replot   # redraw the PNG from the stored json
+      python -m experiments.tables.credit_assignment --retable [--seeds=...]   # table + PNG from the stored json
 """
 
 from __future__ import annotations
@@ -50,14 +51,16 @@ def main(argv=()) -> dict:
   if "--replot" in argv:   # redraw the figure from the stored json, no training
     return common.replot_grid(NAME, PLOT_TITLE, argv)
   args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK, doc=__doc__)
-  header = ["method", "rollouts", "advantage", "final accuracy", f"steps to {budget.target_accuracy:.2f}",
+  header = ["method", "rollouts", "advantage", "final accuracy", "Δ vs grpo (paired)",
+            f"steps to {budget.target_accuracy:.2f}",
             "tokens with a tree term", "non-zero-adv tokens", "entropy (end)", "wall s / run"]
   rows = []
   for r in recipes:
     v = s[r.name]
     col = lambda k, f="{:.3f}": common.mean_std([x[k] for x in v], f)
     tree = col("tree_term_frac") if r.advantage != "grpo" else "0 (none)"
-    rows.append([r.name, r.rollout, r.advantage, col("accuracy"), col("steps_to_target", "{:.0f}"), tree,
+    rows.append([r.name, r.rollout, r.advantage, col("accuracy"), common.paired_difference(s, r.name, "grpo"),
+                 col("steps_to_target", "{:.0f}"), tree,
                  col("nonzero_adv_frac"), col("entropy_end"), col("wall_s", "{:.0f}")])
   acc0 = [common.warm_start(seed, budget)[1] for seed in args.seeds]
   notes = [f"Task: 1-digit addition, 2-layer d=64 transformer, {budget.sft_steps} supervised warm-up steps "
@@ -66,6 +69,8 @@ def main(argv=()) -> dict:
            f"{common._first_width(budget.group, 3)}, fork factor 2, forking at the highest-entropy open nodes), "
            f"GRPO loss, {budget.epochs} epochs × {budget.minibatches} mini-batches; mean ± std over seeds "
            f"{list(args.seeds)}.",
+           "Δ vs grpo (paired): final accuracy minus GRPO's (group rollouts) on the same seed, mean ± std over "
+           "seeds. " + common.warmup_note(acc0, budget),
            "On tree rollouts a prompt whose branches all end early has fewer than G leaves; the empty rows are "
            "left out of the loss and of every group statistic.",
            f"spo_chain: cut points every {common.SPO_CHAIN_INTERVAL}th token with p < {common.SPO_CHAIN_THRESHOLD} "

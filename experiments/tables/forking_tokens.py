@@ -8,6 +8,7 @@ denominator over all valid tokens (the paper's form). Same warm-up, prompts and 
 
 Run:  python -m experiments.tables.forking_tokens [--quick] [--seeds=0,1,2] [--out=results/tables]
       python -m experiments.tables.forking_tokens --replot   # redraw the PNG from the stored json
+      python -m experiments.tables.forking_tokens --retable [--seeds=...]   # table + PNG from the stored json
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ def main(argv=()) -> dict:
   if "--replot" in argv:   # redraw the figure from the stored json, no training
     return common.replot_grid(NAME, PLOT_TITLE, argv)
   args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, doc=__doc__)
-  header = ["tokens trained", "final accuracy", "best accuracy", f"steps to {budget.target_accuracy:.2f}",
+  header = ["tokens trained", "final accuracy", "Δ vs all tokens (paired)", "best accuracy",
+            f"steps to {budget.target_accuracy:.2f}",
             "entropy (end)", "clipped tokens"]
   rows = []
   for r in recipes:
     v = s[r.name]
     col = lambda k, f="{:.3f}": common.mean_std([x[k] for x in v], f)
-    rows.append([r.name, col("accuracy"), col("best_accuracy"), col("steps_to_target", "{:.0f}"), col("entropy_end"),
+    rows.append([r.name, col("accuracy"), common.paired_difference(s, r.name, "all tokens"), col("best_accuracy"),
+                 col("steps_to_target", "{:.0f}"), col("entropy_end"),
                  col("clip_frac", "{:.4f}")])
   mean = lambda n: sum(x["accuracy"] for x in s[n]) / len(s[n])
   top, all_, bottom = (mean(r.name) for r in recipes)
@@ -60,6 +63,8 @@ def main(argv=()) -> dict:
            f"answer digit), {budget.sft_steps} warm-up steps (accuracy {common.mean_std(acc0)}), "
            f"{budget.rl_steps} RL steps × {budget.prompts} prompts × {budget.group} samples, DAPO loss, "
            f"ρ = {RHO} per mini-batch; mean ± std over seeds {list(args.seeds)}.",
+           "Δ vs all tokens (paired): final accuracy minus the all-tokens row's on the same seed, mean ± std over "
+           "seeds. " + common.warmup_note(acc0, budget),
            f"Claim 'top 20% ≥ all tokens > bottom 80%': measured final accuracy {top:.3f} / {all_:.3f} / {bottom:.3f} — "
            + ("agrees." if top >= all_ - 1e-9 and all_ > bottom else "does NOT hold here.")]
   return common.write_grid_report(report, "Table 4 — 80/20 forking tokens", PLOT_TITLE, header, rows, notes, grid,

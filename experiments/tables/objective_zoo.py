@@ -14,6 +14,7 @@ Claims checked (printed under the table with the measured numbers):
 
 Run:  python -m experiments.tables.objective_zoo [--quick] [--seeds=0,1,2] [--out=results/tables]
       python -m experiments.tables.objective_zoo --replot   # redraw the PNG from the stored json
+      python -m experiments.tables.objective_zoo --retable [--seeds=...]   # table + PNG from the stored json
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from experiments.tables import common
 from rl_jax import objectives
 
 NAME = "objective_zoo"
+BASELINE = "grpo"   # the row the paired column subtracts
 
 
 def sspo_one_segment(logp, old_logp, advantages, mask, *, entropy, ref_logp=None):
@@ -97,13 +99,15 @@ def main(argv=()) -> dict:
   if "--replot" in argv:   # redraw the figure from the stored json, no training
     return common.replot_grid(NAME, PLOT_TITLE, argv)
   args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK, doc=__doc__)
-  header = ["objective", "objective / advantage", "final accuracy", f"steps to {budget.target_accuracy:.2f}",
+  header = ["objective", "objective / advantage", "final accuracy", "Δ vs grpo (paired)",
+            f"steps to {budget.target_accuracy:.2f}",
             "clipped tokens", "non-zero-adv tokens", "flat groups with signal", "token ratio std", "entropy (end)"]
   rows = []
   for r in recipes:
     v = s[r.name]
     col = lambda k, f="{:.3f}": common.mean_std([x[k] for x in v], f)
-    rows.append([r.name, describe(r), col("accuracy"), col("steps_to_target", "{:.0f}"), col("clip_frac", "{:.4f}"),
+    rows.append([r.name, describe(r), col("accuracy"), common.paired_difference(s, r.name, BASELINE),
+                 col("steps_to_target", "{:.0f}"), col("clip_frac", "{:.4f}"),
                  col("nonzero_adv_frac"), col("flat_group_signal"), col("token_ratio_std", "{:.4f}"),
                  col("entropy_end")])
   acc0 = [common.warm_start(seed, budget)[1] for seed in args.seeds]
@@ -116,7 +120,9 @@ def main(argv=()) -> dict:
            "(column 2). "
            "DAPO here is its loss (clip-higher, token-mean) without dynamic sampling, so that every method "
            "gets the same rollouts; SSPO treats each response as one segment (no sentence delimiters).",
-           "steps-to-target is n/a when a run never reached it (n = runs that did)."]
+           "steps-to-target is n/a when a run never reached it (n = runs that did). " + common.warmup_note(acc0, budget),
+           "Δ vs grpo (paired): final accuracy minus GRPO's on the same seed (same warm-up, same prompts), mean ± "
+           "std over seeds; it leaves out the spread between warm-ups that the final-accuracy column carries."]
   notes += claims(s)
   return common.write_grid_report(report, "Table 1 — objective zoo", PLOT_TITLE, header, rows, notes, grid,
                                   budget)
