@@ -144,6 +144,9 @@ def test_paired_difference_subtracts_the_baseline_seed_by_seed():
   assert common.paired_difference(per_seed, "base", "base") == "baseline"
   one = {"base": [{"accuracy": 0.5}], "m": [{"accuracy": 0.25}]}
   assert common.paired_difference(one, "m", "base") == "-0.250"
+  gap = {"base": [{"steps": 10.0}, {"steps": 20.0}, {"steps": 30.0}],
+         "m": [{"steps": 15.0}, {"steps": float("nan")}, {"steps": 40.0}]}         # seed 1 never reached it
+  assert common.paired_difference(gap, "m", "base", "steps", "{:+.0f}") == f"+8 ± {np.std([5, 10], ddof=1):.0f} (n=2)"
 
 
 def test_warmup_note_counts_seeds_already_at_the_target():

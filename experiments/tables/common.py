@@ -119,9 +119,10 @@ def paired_difference(per_seed: dict, name: str, baseline: str, key: str = "accu
     return "baseline"
   d = [a[key] - b[key] for a, b in zip(per_seed[name], per_seed[baseline])]
   v = np.asarray([x for x in d if np.isfinite(x)], np.float64)
+  n = "" if v.size == len(d) else f" (n={v.size})"   # seeds where either run has no value are left out
   if v.size < 2:
-    return "n/a" if v.size == 0 else fmt.format(v[0])
-  return fmt.format(v.mean()) + " ± " + fmt.format(v.std(ddof=1)).lstrip("+")
+    return "n/a" if v.size == 0 else fmt.format(v[0]) + n
+  return fmt.format(v.mean()) + " ± " + fmt.format(v.std(ddof=1)).lstrip("+") + n
 
 
 def warmup_note(acc0: Sequence[float], budget) -> str:
@@ -145,13 +146,12 @@ class Report:
     self.command = "python -m experiments.tables." + name + ("" if not argv else " " + " ".join(argv))
     self.start = time.perf_counter()
     self.date = datetime.date.today().isoformat()
+    self.source = None   # set by --retable: the run whose stored numbers this report re-renders
     args.out.mkdir(parents=True, exist_ok=True)
 
   @property
   def path(self) -> pathlib.Path:
     return self.args.out / self.name
-
-  source = None   # set by --retable: the run whose stored numbers this report re-renders
 
   def write(self, title: str, table: str, notes: Sequence[str], raw: dict) -> str:
     wall = time.perf_counter() - self.start
