@@ -284,6 +284,13 @@ def reused_before(cfg: Config) -> dict:
   return before
 
 
+def before_summary(cfg: Config, params, mcfg, tok) -> dict:
+  """A new summary.json holding the "before" evaluation: made now, or reused from `cfg.before_from` (named)."""
+  if cfg.before_from:
+    return {"before": reused_before(cfg), "before_from": cfg.before_from}
+  return {"before": evaluate_all(cfg, params, mcfg, tok, "before")}
+
+
 def main(cfg: Config) -> dict:
   """Runs the experiment in `cfg.run_dir`, which no other live process may use meanwhile (RunLock)."""
   with RunLock(cfg.run_dir, process=jax.process_index()):
@@ -320,10 +327,9 @@ def _main(cfg: Config) -> dict:
   restored = ckpt.restore_latest(template) if cfg.resume else None
   summary_path = run_dir / "summary.json"
   if restored is None:
-    before = reused_before(cfg) if cfg.before_from else evaluate_all(cfg, params, mcfg, tok, "before")
-    summary = {"before": before, **({"before_from": cfg.before_from} if cfg.before_from else {})}
+    summary = before_summary(cfg, params, mcfg, tok)
     summary_path.write_text(json.dumps(summary, indent=2))
-    for name, m in before.items():
+    for name, m in summary["before"].items():
       logger.log(0, {f"{name}_greedy": m["greedy"]}, phase="eval")
     state, start = template, 0
     ref_params = params if cfg.beta > 0 else None
@@ -350,8 +356,7 @@ def _main(cfg: Config) -> dict:
               and not (r.get("phase") == "eval" and (r["step"] > 0 or redo_before))]
       (run_dir / f).write_text("".join(json.dumps(r) + "\n" for r in keep))
     if redo_before:
-      summary = {"before": reused_before(cfg) if cfg.before_from else evaluate_all(cfg, params, mcfg, tok, "before"),
-                 **({"before_from": cfg.before_from} if cfg.before_from else {})}
+      summary = before_summary(cfg, params, mcfg, tok)
       summary_path.write_text(json.dumps(summary, indent=2))
       for name, m in summary["before"].items():
         logger.log(0, {f"{name}_greedy": m["greedy"]}, phase="eval")
@@ -472,19 +477,15 @@ def _main(cfg: Config) -> dict:
   # wall_seconds: this invocation only (a resumed run's earlier ones are not in it); train_seconds: every RL
   # step of the run once, whichever invocation made it (the steps a crash cut short and a resume redid are not
   # counted twice); evaluation times are in before/after[set]["seconds"]
-  summary.update(after=after, rl_steps=cfg.rl_steps, wall_seconds=wall.elapsed(),
-                 train_seconds=train_seconds(read_metrics(run_dir / "metrics.jsonl")), machine=_machine())
-  summary_path.write_text(json.dumps(summary, indent=2))
   rows = read_metrics(run_dir / "metrics.jsonl")
+  summary.update(after=after, rl_steps=cfg.rl_steps, wall_seconds=wall.elapsed(), train_seconds=train_seconds(rows),
+                 machine=machine_lib.describe())
+  summary_path.write_text(json.dumps(summary, indent=2))
   plot = plot_curves(rows, run_dir / "curves.png", keys=("reward", "train_accuracy", "response_len"),
                      title=f"gsm8k_smollm2: {cfg.objective} / {cfg.advantage}")
   print(_table(summary))
   print(f"wall time {wall.elapsed():.0f}s | plot: {plot}")
   return summary
-
-
-def _machine() -> str:
-  return machine_lib.describe()
 
 
 def _table(summary: dict) -> str:
