@@ -456,6 +456,12 @@ def write_grid_report(report: Report, title: str, plot_title: str, header, rows,
   return s
 
 
+def warmup_accuracies(grid: dict) -> list:
+  """Per seed, the greedy accuracy after the warm-up: the step-0 evaluation every run of a seed starts
+  from (read from the grid, so a --retable or a 10-seed table does not train the warm-ups again)."""
+  return [run["evals"][0][1] for run in next(iter(grid.values()))["runs"]]
+
+
 def accuracy_curves(grid: dict) -> dict:
   """label -> (eval steps, mean accuracy over seeds, std over seeds) for plot_curves."""
   return curves_from_evals({name: [r["evals"] for r in cell["runs"]] for name, cell in grid.items()})

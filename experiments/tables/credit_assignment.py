@@ -62,7 +62,7 @@ def main(argv=()) -> dict:
     rows.append([r.name, r.rollout, r.advantage, col("accuracy"), common.paired_difference(s, r.name, "grpo"),
                  col("steps_to_target", "{:.0f}"), tree,
                  col("nonzero_adv_frac"), col("entropy_end"), col("wall_s", "{:.0f}")])
-  acc0 = [common.warm_start(seed, budget)[1] for seed in args.seeds]
+  acc0 = common.warmup_accuracies(grid)
   notes = [f"Task: 1-digit addition, 2-layer d=64 transformer, {budget.sft_steps} supervised warm-up steps "
            f"(greedy accuracy after warm-up {common.mean_std(acc0)}), then {budget.rl_steps} RL steps × "
            f"{budget.prompts} prompts × {budget.group} samples (tree rollouts: one-token segments, first width "

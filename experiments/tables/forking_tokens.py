@@ -58,7 +58,7 @@ def main(argv=()) -> dict:
                  col("clip_frac", "{:.4f}")])
   mean = lambda n: sum(x["accuracy"] for x in s[n]) / len(s[n])
   top, all_, bottom = (mean(r.name) for r in recipes)
-  acc0 = [common.warm_start(seed, budget)[1] for seed in args.seeds]
+  acc0 = common.warmup_accuracies(grid)
   notes = [f"Task: 1-digit addition (answers of 2-3 tokens, so 20% of a mini-batch's tokens is mostly the first "
            f"answer digit), {budget.sft_steps} warm-up steps (accuracy {common.mean_std(acc0)}), "
            f"{budget.rl_steps} RL steps × {budget.prompts} prompts × {budget.group} samples, DAPO loss, "

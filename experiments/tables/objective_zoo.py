@@ -110,7 +110,7 @@ def main(argv=()) -> dict:
                  col("steps_to_target", "{:.0f}"), col("clip_frac", "{:.4f}"),
                  col("nonzero_adv_frac"), col("flat_group_signal"), col("token_ratio_std", "{:.4f}"),
                  col("entropy_end")])
-  acc0 = [common.warm_start(seed, budget)[1] for seed in args.seeds]
+  acc0 = common.warmup_accuracies(grid)
   notes = [f"Task: 1-digit addition, 2-layer d=64 transformer, {budget.sft_steps} supervised warm-up steps "
            f"(greedy accuracy after warm-up {common.mean_std(acc0)}), then {budget.rl_steps} RL steps × "
            f"{budget.prompts} prompts × {budget.group} samples, {budget.epochs} epochs × {budget.minibatches} "

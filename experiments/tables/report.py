@@ -107,11 +107,7 @@ def paired_difference(per_seed: dict, name: str, baseline: str, key: str = "accu
   if name == baseline:
     return "baseline"
   d = [a[key] - b[key] for a, b in zip(per_seed[name], per_seed[baseline])]
-  v = np.asarray([x for x in d if np.isfinite(x)], np.float64)
-  n = "" if v.size == len(d) else f" (n={v.size})"   # seeds where either run has no value are left out
-  if v.size < 2:
-    return "n/a" if v.size == 0 else fmt.format(v[0]) + n
-  return fmt.format(v.mean()) + " ± " + fmt.format(v.std(ddof=1)).lstrip("+") + n
+  return mean_std(d, fmt).replace("± +", "± ")   # a sign on the mean, not on the std
 
 
 def warmup_note(acc0: Sequence[float], budget) -> str:
