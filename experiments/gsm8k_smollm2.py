@@ -402,7 +402,7 @@ def _main(cfg: Config) -> dict:
     answers = [r["answer"] for r in recs for _ in range(cfg.group_size)]
     reward, correct = rewarder(texts, answers, lengths, truncated)
     info = {"texts": texts, "correct": correct, "lengths": lengths, "truncated": truncated, "prompt_len": ids.shape[1],
-            "question": recs[0]["problem"]}
+            "question": recs[0]["problem"], "reward_failures": rewarder.correct.last_failures}
     return ro, reward.reshape(cfg.prompts_per_step, cfg.group_size), info
 
   live = {"state": state, "position": start}
@@ -446,7 +446,8 @@ def _main(cfg: Config) -> dict:
              "clip_frac": m["clip_frac"], "loss": m["loss"], "entropy": m["entropy"],
              "nonzero_adv_frac": m["nonzero_adv_frac"], "grad_norm": m["grad_norm"],
              "response_len": float(np.mean(first["lengths"])), "truncated_frac": float(np.mean(first["truncated"])),
-             "gen_batches": ds["gen_batches"], "gen_seconds": gen_s, "step_seconds": timer.elapsed(),
+             "gen_batches": ds["gen_batches"], "reward_failures": sum(i["reward_failures"] for i in infos),
+             "gen_seconds": gen_s, "step_seconds": timer.elapsed(),
              "tokens_per_s": float(ro.completion_mask.sum()) / timer.elapsed()}
       logger.log(step + 1, row)
       if not cfg.dynamic_sampling:   # the question ids of a dynamically sampled batch are not tracked

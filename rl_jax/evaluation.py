@@ -151,25 +151,28 @@ def evaluate_math(params, cfg, tokenizer, records: Sequence[dict], rng, *, sampl
                   ks: Sequence[int] = (1, 8), temperature: float = 0.6, top_p: float = 0.95,
                   max_new_tokens: int = 256, batch_size: int = 32, bucket: int = 64, instruction=None,
                   reward_fn: Optional[Callable[[str, str], float]] = None, progress_bar: bool = False,
-                  cache_dir: Optional[str | pathlib.Path] = None) -> dict:
+                  cache_dir: Optional[str | pathlib.Path] = None, grade_timeout: float = 5.0) -> dict:
   """Greedy accuracy, and with `samples` > 0 also pass@k, maj@k and avg@k, on math records.
 
   Records are {problem, answer} dicts (rl_jax.data). A completion is correct when
   `reward_fn(text, answer)` (default `rl_jax.rewards.math_reward`) is 1; maj@k votes over the
   normalised extracted answers. Returns {"n", "greedy", "pass@k", "maj@k", "avg@k", "greedy_texts"}.
   `cache_dir`: greedy.jsonl and sampled.jsonl there let an interrupted evaluation resume (`sample_texts`).
+  Every grading call runs under `RewardRunner` (`grade_timeout` seconds, a failure scores 0);
+  "grading_failures" counts them.
   """
   import jax
 
   from rl_jax.chat import MATH_INSTRUCTION, chat_text
-  from rl_jax.rewards.math import answers_equivalent, final_answer, math_reward, normalize_answer
+  from rl_jax.rewards.math import answers_equivalent, final_answer, is_plain_number, math_reward, normalize_answer
 
   def _normalised(a):
     return None if a is None else normalize_answer(a)
 
   if not records:
     raise ValueError("evaluate_math needs at least one record.")
-  reward_fn = reward_fn or math_reward
+  from rl_jax.rewards.runner import RewardRunner
+  grade = RewardRunner(reward_fn or math_reward, timeout=grade_timeout)
   instruction = MATH_INSTRUCTION if instruction is None else instruction
   prompts = [chat_text(tokenizer, r["problem"], instruction=instruction) for r in records]
   common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, bucket=bucket, progress_bar=progress_bar)
@@ -177,18 +180,20 @@ def evaluate_math(params, cfg, tokenizer, records: Sequence[dict], rng, *, sampl
   greedy = sample_texts(params, cfg, tokenizer, prompts, jax.random.fold_in(rng, 0), temperature=0.0,
                         desc="eval greedy", cache=cached("greedy.jsonl"), **common)
   result = {"n": len(records), "greedy_texts": [g[0] for g in greedy]}
-  result["greedy"] = sum(reward_fn(g[0], r["answer"]) for g, r in zip(greedy, records)) / len(records)
+  result["greedy"] = sum(grade([g[0] for g in greedy], [r["answer"] for r in records])) / len(records)
   if samples:
     sampled = sample_texts(params, cfg, tokenizer, prompts, jax.random.fold_in(rng, 1), samples=samples,
                            temperature=temperature, top_p=top_p, desc=f"eval x{samples}", cache=cached("sampled.jsonl"),
                            **common)
+    correct = [[c > 0 for c in grade(texts, [r["answer"]] * len(texts))] for texts, r in zip(sampled, records)]
     for k in ks:
       if k > samples:
         continue
-      correct = [[reward_fn(t, r["answer"]) > 0 for t in texts] for texts, r in zip(sampled, records)]
       result[f"pass@{k}"] = sum(pass_at_k(samples, sum(c), k) for c in correct) / len(records)
       result[f"avg@{k}"] = sum(avg_at_k(c, k) for c in correct) / len(records)
       result[f"maj@{k}"] = sum(
-          maj_at_k([_normalised(final_answer(t)) for t in texts], lambda a, r=r: answers_equivalent(a, r["answer"]), k)
+          maj_at_k([_normalised(final_answer(t, last_number=is_plain_number(r["answer"]))) for t in texts],
+                   lambda a, r=r: answers_equivalent(a, r["answer"]), k)
           for texts, r in zip(sampled, records)) / len(records)
+  result["grading_failures"] = len(grade.failures)
   return result

@@ -1,7 +1,6 @@
 """Reward functions: math answer verification, format and length shaping, and a safe runner."""
 
-from rl_jax.rewards.math import (answers_equivalent, extract_boxed, extract_gsm8k_answer, final_answer, format_reward,
-                                 math_reward,
-                                 normalize_answer)
+from rl_jax.rewards.math import (answers_equivalent, as_fraction, extract_boxed, extract_gsm8k_answer, final_answer,
+                                 format_reward, is_plain_number, math_reward, normalize_answer, parse_answer)
 from rl_jax.rewards.runner import RewardRunner
 from rl_jax.rewards.shaping import dapo_overlong_penalty, length_penalty
