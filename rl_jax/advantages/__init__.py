@@ -6,7 +6,7 @@ token-level estimators take `tokens` int32 [P, G, T] and `mask` [P, G, T] and re
 """
 
 from rl_jax.advantages.core import get, names, register
-from rl_jax.advantages.group import dr_grpo, grpo, ngrpo, rloo
+from rl_jax.advantages.group import asymre, dr_grpo, grpo, ngrpo, opmd, rloo
 from rl_jax.advantages.process import (d3s, d3s_schedule, gtpo_conflict, pure, spo_tree, thr, tree_node_values, treerl,
                                       xrpo_sharpen)
 from rl_jax.advantages.selection import dars, forking_tokens, hicra, lp_reg, seed_grpo

@@ -78,3 +78,41 @@ def ngrpo(rewards, *, max_reward: float = 1.0, add_max_reward_num: int = 1, eps:
   aug = jnp.concatenate([r, virtual], axis=1)
   mu = aug.mean(axis=1, keepdims=True)
   return jax.lax.stop_gradient((r - mu) / (_group_std(aug, 1) + eps))
+
+
+@register
+def opmd(rewards, *, baseline: str = "mean", tau: float = 1.0) -> Array:
+  """OPMD advantage: Â_i = R_i − b, b = mean_G R ("mean") or τ·log mean_G exp(R/τ) ("logavgexp").
+
+  Online policy mirror descent as read by "Group-Relative REINFORCE Is Secretly an Off-Policy Algorithm",
+  arXiv 2509.24203 (the mirror-descent form is Kimi k1.5's, arXiv 2501.12599). Defaults from the official
+  Trinity-RFT code: baseline "mean", τ = 1. A one-sample group has b = 0 (Trinity), so Â = R. Pair with
+  the `opmd` objective. Example: R = [1, 0], "logavgexp", τ = 1 → b = log((e + 1)/2) = 0.6201.
+  """
+  r = check_rewards(rewards, method="opmd")
+  if baseline not in ("mean", "logavgexp"):
+    raise ValueError(f"Unknown opmd baseline {baseline!r}; expected 'mean' or 'logavgexp'.")
+  if not tau > 0:
+    raise ValueError(f"opmd needs tau > 0, got {tau}.")
+  if r.shape[1] == 1:
+    return jax.lax.stop_gradient(r)
+  if baseline == "mean":
+    b = r.mean(axis=1, keepdims=True)
+  else:
+    b = tau * (jax.nn.logsumexp(r / tau, axis=1, keepdims=True) - jnp.log(r.shape[1]))
+  return jax.lax.stop_gradient(r - b)
+
+
+@register
+def asymre(rewards, *, baseline_shift: float = -0.1) -> Array:
+  """AsymRE advantage: Â_i = R_i − (mean_G R + δ_V), a baseline shifted by δ_V (δ_V < 0 favours positives).
+
+  "Asymmetric REINFORCE for off-Policy RL: Balancing positive and negative rewards", arXiv 2506.20520, as
+  implemented in Trinity-RFT (arXiv 2509.24203's code): δ_V = −0.1, a one-sample group has baseline 0.
+  Pair with the `opmd` objective (Trinity's AsymRE uses the same REINFORCE loss).
+  Example: R = [1, 0, 0, 0] → [0.85, −0.15, −0.15, −0.15].
+  """
+  r = check_rewards(rewards, method="asymre")
+  if r.shape[1] == 1:
+    return jax.lax.stop_gradient(r)
+  return jax.lax.stop_gradient(r - (r.mean(axis=1, keepdims=True) + baseline_shift))

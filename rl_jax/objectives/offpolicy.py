@@ -1,4 +1,4 @@
-"""Off-policy REINFORCE variants without a clipped surrogate: TOPR and MiniRL."""
+"""Off-policy REINFORCE variants without a clipped surrogate: TOPR, MiniRL and OPMD / AsymRE."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from rl_jax.objectives import ratios
 from rl_jax.objectives.core import optional_token_array, policy_loss, register, start
+from rl_jax.objectives.inputs import check_hparam
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
@@ -61,3 +62,27 @@ def minirl(logp, old_logp, advantages, mask, *, rollout_logp=None, ref_logp=None
   per_token = jnp.where(dropped, 0.0, -mismatch * ratio * inp.adv)
   return policy_loss(per_token, inp, ratio=ratio, clipped=dropped.astype(jnp.float32), agg=agg, max_len=max_len,
                      beta=beta, kl_estimator=kl_estimator, token_weights=token_weights)
+
+
+@register
+def opmd(logp, old_logp, advantages, mask, *, ref_logp=None, tau=1.0, beta=0.0, kl_estimator="k3", agg="token-mean",
+         max_len=None, token_weights=None):
+  """OPMD / AsymRE policy loss: REINFORCE on log π_θ, scaled by 1/(1 + τ), without any importance ratio.
+
+    loss = agg(−Â_{i,t} log π_θ(y_t)) / (1 + τ).
+
+  "Group-Relative REINFORCE Is Secretly an Off-Policy Algorithm", arXiv 2509.24203, which reads online
+  policy mirror descent (Kimi k1.5, arXiv 2501.12599) and AsymRE (arXiv 2506.20520) as regularised
+  REINFORCE. Defaults from the official Trinity-RFT code: τ = 1, token-mean, no KL; π_old is not used
+  (the regularisation lives in the 1/(1+τ) step and in the advantage's baseline). Advantages:
+  `rl_jax.advantages.opmd` (OPMD) or `rl_jax.advantages.asymre` (AsymRE). The loss VALUE depends on
+  log π itself (REINFORCE form); only its gradient is meaningful.
+  Example: Â = 1 on one token, τ = 1 → gradient −0.5 w.r.t. log π.
+  """
+  check_hparam("tau", tau)
+  inp = start(logp, old_logp, advantages, mask, ref_logp, beta=beta, kl_estimator=kl_estimator, agg=agg,
+              max_len=max_len)
+  per_token = -inp.adv * inp.logp / (1.0 + tau)
+  ratio = jnp.exp(ratios.token_log_ratio(inp.logp, inp.old_logp))
+  return policy_loss(per_token, inp, ratio=ratio, clipped=jnp.zeros_like(ratio), agg=agg, max_len=max_len, beta=beta,
+                     kl_estimator=kl_estimator, token_weights=token_weights)

@@ -1,0 +1,68 @@
+"""PPO-clip objectives with per-token stop-gradient weights computed from the batch: STEER."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rl_jax.objectives.core import check_dual_clip, optional_token_array, policy_loss, register, start
+from rl_jax.objectives.inputs import check_hparam
+from rl_jax.objectives.ppo import token_clip_terms
+
+Array = jax.Array
+sg = jax.lax.stop_gradient
+
+
+def steer_weights(logp: Array, old_logp: Array, adv: Array, entropy: Array, mask: Array, *, w_min: float,
+                  w_max: float, linear: bool = True) -> Array:
+  """STEER token weights [B, T] from the first-order entropy change Ω of each token (stop-gradient).
+
+    p = clip(π_θ(y_t), 1e-8, 1 − 1e-8),  Ω = |Â / π_old(y_t) · p(1 − p)(log p + H_t)|,
+    linear: w = clip(w_max − (Ω − Ω_min)(w_max − w_min)/(Ω_max − Ω_min), w_min, w_max)   ((w_min + w_max)/2 if Ω is flat),
+    exponential: w = clip(exp(−k Ω), w_min, 1),  k = −log(w_min) / max(Ω_max, 0.02).
+
+  Min and max run over the valid tokens of the batch; masked tokens get 0.
+  """
+  valid = mask > 0
+  p = jnp.clip(jnp.exp(logp), 1e-8, 1.0 - 1e-8)
+  change = p * (1.0 - p) * (jnp.log(p) + entropy)
+  omega = jnp.abs(adv / jnp.clip(jnp.exp(old_logp), 1e-8, 1.0) * change)
+  omega = jnp.where(valid & jnp.isfinite(omega), omega, 0.0)
+  lo = jnp.min(jnp.where(valid, omega, jnp.inf))
+  hi = jnp.max(jnp.where(valid, omega, -jnp.inf))
+  if linear:
+    spread = jnp.where(hi > lo, hi - lo, 1.0)
+    w = jnp.where(hi > lo, jnp.clip(w_max - (omega - lo) * (w_max - w_min) / spread, w_min, w_max),
+                  0.5 * (w_min + w_max))
+  else:
+    k = -jnp.log(w_min) / jnp.maximum(jnp.where(jnp.isfinite(hi), hi, 0.0), 0.02)
+    w = jnp.clip(jnp.exp(-k * omega), w_min, 1.0)
+  return sg(jnp.where(valid, w, 0.0))
+
+
+@register
+def steer(logp, old_logp, advantages, mask, *, entropy, ref_logp=None, w_min=0.8, w_max=1.2, linear=True,
+          eps_low=0.2, eps_high=0.28, dual_clip_c=10.0, beta=0.0, kl_estimator="k3", agg="token-mean", max_len=None,
+          token_weights=None):
+  """STEER: dual-clip PPO whose per-token losses are reweighted to keep each step's entropy change moderate.
+
+    ℓ_t = w_t · ℓ^{PPO-dual-clip}_t,  w_t = steer_weights(Ω_t) ∈ [w_min, w_max] (large |Ω| → small w).
+
+  "Rethinking Entropy Interventions in RLVR: An Entropy Change Perspective", arXiv 2510.10150. Defaults
+  from the official code and its run_linear.sh: w ∈ [0.8, 1.2], linear mapping (`linear=False`: the
+  exponential mapping), ε = 0.2 / 0.28, dual clip c = 10, token-mean, no KL. `entropy` [B, T] is the
+  current policy's token entropy; p in Ω is the current π_θ(y_t) (no gradient through the weights).
+  """
+  check_hparam("w_min", w_min, strict=True)
+  if not (isinstance(w_min, (int, float)) and isinstance(w_max, (int, float)) and w_min <= w_max):
+    raise ValueError(f"steer needs 0 < w_min <= w_max, got w_min={w_min}, w_max={w_max}.")
+  check_dual_clip(dual_clip_c)
+  inp = start(logp, old_logp, advantages, mask, ref_logp, beta=beta, kl_estimator=kl_estimator, agg=agg,
+              max_len=max_len, eps=(("eps_low", eps_low), ("eps_high", eps_high)))
+  h = optional_token_array("entropy", entropy, inp, required=True, method="steer")
+  per_token, clipped, ratio = token_clip_terms(inp, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c)
+  w = steer_weights(sg(inp.logp), inp.old_logp, inp.adv, h, inp.mask, w_min=w_min, w_max=w_max, linear=linear)
+  n = jnp.maximum(jnp.sum(inp.mask), 1.0)
+  return policy_loss(w * per_token, inp, ratio=ratio, clipped=clipped, agg=agg, max_len=max_len, beta=beta,
+                     kl_estimator=kl_estimator, token_weights=token_weights,
+                     extra_metrics={"steer_weight_mean": jnp.sum(w) / n})

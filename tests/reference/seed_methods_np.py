@@ -1,0 +1,135 @@
+"""Float64 loop references for OPMD / AsymRE, DisCO and STEER, written from the formulas of the papers and
+their official code (Trinity-RFT, DisCO, STEER), not from rl_jax.
+
+Losses return a float. Stop-gradient quantities are computed from `frozen` (a copy of logp), so a central
+finite difference of the loss w.r.t. logp with `frozen` held fixed is the gradient the objective must have.
+"""
+
+import math
+
+import numpy as np
+
+
+def rows(mask):
+  return [[t for t in range(mask.shape[1]) if mask[i, t] > 0] for i in range(mask.shape[0])]
+
+
+def token_mean(values, mask):
+  n = sum(len(r) for r in rows(mask))
+  return sum(values[i][t] for i, r in enumerate(rows(mask)) for t in r) / max(n, 1)
+
+
+# ----------------------------------------------------------------------------- advantages
+
+def opmd_advantages(rewards, baseline="mean", tau=1.0):
+  out = np.zeros_like(rewards, dtype=np.float64)
+  for p, group in enumerate(np.asarray(rewards, np.float64)):
+    g = len(group)
+    if g == 1:
+      b = 0.0
+    elif baseline == "mean":
+      b = sum(group) / g
+    else:
+      b = tau * math.log(sum(math.exp(x / tau) for x in group) / g)
+    out[p] = [x - b for x in group]
+  return out
+
+
+def asymre_advantages(rewards, baseline_shift=-0.1):
+  out = np.zeros_like(rewards, dtype=np.float64)
+  for p, group in enumerate(np.asarray(rewards, np.float64)):
+    b = 0.0 if len(group) == 1 else sum(group) / len(group) + baseline_shift
+    out[p] = [x - b for x in group]
+  return out
+
+
+# ----------------------------------------------------------------------------- objectives
+
+def opmd(logp, adv, mask, *, tau=1.0):
+  """token-mean of −A·log π / (1 + τ)."""
+  vals = [[-adv[i] * logp[i, t] / (1.0 + tau) for t in range(logp.shape[1])] for i in range(logp.shape[0])]
+  return token_mean(vals, mask)
+
+
+def disco(logp, old, adv, mask, *, group_size, frozen, score="logL", tau=10.0, delta=1e-4, penalty=1e3,
+          kl_type="k1"):
+  """−(1/N_q) Σ_q [mean_pos s − τ log mean_neg exp(s/τ)] + max(β(KL − δ), 0)|_frozen · KL."""
+  R = rows(mask)
+
+  def seq_score(i):
+    if not R[i]:
+      return 0.0
+    if score == "logL":
+      return sum(logp[i, t] for t in R[i]) / len(R[i])
+    return sum(math.exp(logp[i, t] - old[i, t]) for t in R[i]) / len(R[i])
+
+  def kl(lp):
+    def one(i, t):
+      d = lp[i, t] - old[i, t]
+      return -d if kl_type == "k1" else math.exp(d) - 1.0 - d
+    vals = [[one(i, t) if mask[i, t] > 0 else 0.0 for t in range(lp.shape[1])] for i in range(lp.shape[0])]
+    return token_mean(vals, mask)
+
+  total, n_groups = 0.0, 0
+  for start in range(0, logp.shape[0], group_size):
+    members = range(start, start + group_size)
+    if any(R[i] for i in members):
+      n_groups += 1
+    pos = [seq_score(i) for i in members if R[i] and adv[i] > 0]
+    neg = [seq_score(i) for i in members if R[i] and adv[i] < 0]
+    if not pos or not neg:
+      continue
+    if tau is None:
+      neg_term = sum(neg) / len(neg)
+    else:
+      neg_term = tau * math.log(sum(math.exp(s / tau) for s in neg) / len(neg))
+    total += sum(pos) / len(pos) - neg_term
+  coef = max(penalty * (kl(frozen) - delta), 0.0)
+  return -total / max(n_groups, 1) + coef * kl(logp)
+
+
+def _ppo_dual_clip(r, a, eps_low, eps_high, c):
+  loss = max(-a * r, -a * min(max(r, 1.0 - eps_low), 1.0 + eps_high))
+  return min(loss, -a * c) if a < 0 else loss
+
+
+def steer_weights(frozen, old, adv, entropy, mask, *, w_min=0.8, w_max=1.2, linear=True):
+  omega = {}
+  for i, r in enumerate(rows(mask)):
+    for t in r:
+      p = min(max(math.exp(frozen[i, t]), 1e-8), 1.0 - 1e-8)
+      q = min(max(math.exp(old[i, t]), 1e-8), 1.0)
+      omega[i, t] = abs(adv[i] / q * p * (1.0 - p) * (math.log(p) + entropy[i, t]))
+  w = np.zeros(mask.shape)
+  if not omega:
+    return w
+  lo, hi = min(omega.values()), max(omega.values())
+  for key, o in omega.items():
+    if linear:
+      w[key] = (w_min + w_max) / 2 if hi == lo else min(max(w_max - (o - lo) * (w_max - w_min) / (hi - lo), w_min), w_max)
+    else:
+      k = -math.log(w_min) / max(hi, 0.02)
+      w[key] = min(max(math.exp(-k * o), w_min), 1.0)
+  return w
+
+
+def steer(logp, old, adv, mask, *, entropy, frozen, w_min=0.8, w_max=1.2, linear=True, eps_low=0.2, eps_high=0.28,
+          dual_clip_c=10.0):
+  """token-mean of w_t · dual-clip PPO loss, w from the frozen policy."""
+  w = steer_weights(frozen, old, adv, entropy, mask, w_min=w_min, w_max=w_max, linear=linear)
+  vals = [[w[i, t] * _ppo_dual_clip(math.exp(logp[i, t] - old[i, t]), adv[i], eps_low, eps_high, dual_clip_c)
+           if mask[i, t] > 0 else 0.0 for t in range(logp.shape[1])] for i in range(logp.shape[0])]
+  return token_mean(vals, mask)
+
+
+def finite_difference(loss_of_logp, logp, mask, h=1e-6):
+  """Central differences of a float64 loss w.r.t. every valid logp entry (0 elsewhere)."""
+  grad = np.zeros_like(logp, dtype=np.float64)
+  for i in range(logp.shape[0]):
+    for t in range(logp.shape[1]):
+      if mask[i, t] > 0:
+        up, down = logp.copy(), logp.copy()
+        up[i, t] += h
+        down[i, t] -= h
+        grad[i, t] = (loss_of_logp(up) - loss_of_logp(down)) / (2 * h)
+  return grad

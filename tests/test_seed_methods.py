@@ -1,0 +1,136 @@
+"""Methods from the seed papers that fit the objective / advantage API: each against an independent float64
+reference (tests/reference/seed_methods_np.py; gradients by central differences with stop-gradient terms
+frozen), with and without jit, plus hand-computed examples of the core formulas."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_jax import advantages, objectives
+from objective_cases import make_batch
+from reference import seed_methods_np as ref
+
+f32 = lambda x: jnp.asarray(x, jnp.float32)
+JIT = [False, True]
+
+
+def value_and_grad(name, logp, old, adv, mask, jit, **kw):
+  fn = objectives.get(name)
+  vg = jax.value_and_grad(lambda lp: fn(lp, f32(old), f32(adv), f32(mask), **kw)[0])
+  loss, grad = (jax.jit(vg) if jit else vg)(f32(logp))
+  return float(loss), np.asarray(grad, np.float64)
+
+
+def check(name, ref_loss, logp, old, adv, mask, jit, rtol=2e-4, atol=2e-5, **kw):
+  got, got_grad = value_and_grad(name, logp, old, adv, mask, jit, **kw)
+  want = ref_loss(logp)
+  want_grad = ref.finite_difference(ref_loss, logp, mask)
+  np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+  np.testing.assert_allclose(got_grad, want_grad, rtol=2e-3, atol=atol)
+
+
+# ----------------------------------------------------------------------------- OPMD / AsymRE
+
+@pytest.mark.parametrize("jit", JIT)
+def test_opmd_asymre_advantages_against_reference(jit):
+  rewards = np.random.default_rng(0).integers(0, 2, (5, 4)).astype(np.float64)
+  rewards[0, 0] = 0.3
+  for kw in ({}, {"baseline": "logavgexp", "tau": 0.5}, {"baseline": "logavgexp", "tau": 2.0}):
+    fn = (jax.jit(lambda r, kw=kw: advantages.opmd(r, **kw)) if jit else lambda r, kw=kw: advantages.opmd(r, **kw))
+    np.testing.assert_allclose(np.asarray(fn(f32(rewards))), ref.opmd_advantages(rewards, **kw), atol=1e-6)
+  for shift in (-0.1, 0.2):
+    fn = (jax.jit(lambda r, s=shift: advantages.asymre(r, baseline_shift=s)) if jit
+          else lambda r, s=shift: advantages.asymre(r, baseline_shift=s))
+    np.testing.assert_allclose(np.asarray(fn(f32(rewards))), ref.asymre_advantages(rewards, shift), atol=1e-6)
+  one = f32([[0.7], [1.0]])
+  np.testing.assert_allclose(np.asarray(advantages.asymre(one)), [[0.7], [1.0]])   # one-sample group: baseline 0
+
+
+def test_opmd_asymre_hand_examples():
+  np.testing.assert_allclose(np.asarray(advantages.opmd(f32([[1.0, 0.0]]), baseline="logavgexp")),
+                             [[1 - math.log((math.e + 1) / 2), -math.log((math.e + 1) / 2)]], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(advantages.asymre(f32([[1.0, 0.0, 0.0, 0.0]]))), [[0.85, -0.15, -0.15, -0.15]],
+                             atol=1e-6)
+  # One token, A = 1, tau = 1: gradient -A/(1+tau) = -0.5 whatever the ratio to pi_old.
+  _, g = value_and_grad("opmd", np.log([[0.3]]), np.log([[0.9]]), np.array([1.0]), np.ones((1, 1)), False)
+  np.testing.assert_allclose(g, [[-0.5]], atol=1e-7)
+  with pytest.raises(ValueError, match="baseline"):
+    advantages.opmd(f32([[1.0, 0.0]]), baseline="median")
+
+
+@pytest.mark.parametrize("jit", JIT)
+@pytest.mark.parametrize("tau", [1.0, 0.0, 3.0])
+def test_opmd_objective_against_reference(jit, tau):
+  logp, old, _, adv, mask, _ = make_batch(seed=11)
+  check("opmd", lambda lp: ref.opmd(lp, adv, mask, tau=tau), logp, old, adv, mask, jit, tau=tau)
+
+
+# ----------------------------------------------------------------------------- DisCO
+
+DISCO_CASES = [dict(), dict(score="Lratio"), dict(tau=None), dict(tau=0.5, kl_type="k3"), dict(delta=1.0)]
+
+
+@pytest.mark.parametrize("jit", JIT)
+@pytest.mark.parametrize("hp", DISCO_CASES, ids=[str(c) for c in DISCO_CASES])
+def test_disco_against_reference(jit, hp):
+  for seed in (21, 22):
+    logp, old, _, adv, mask, _ = make_batch(seed=seed, b=8, lengths=(5, 3, 7, 0, 2, 6, 4, 1), spread=0.05)
+    adv = np.sign(adv) * (np.arange(8) % 3 != 2)        # some zero advantages: neither positive nor negative
+    loss = lambda lp: ref.disco(lp, old, adv, mask, group_size=4, frozen=logp.copy(), **hp)
+    check("disco", loss, logp, old, adv, mask, jit, group_size=4, **hp)
+
+
+def test_disco_hand_example():
+  # One group of 3: a positive answer with log-probs -1 and negatives with -2 and -4 per token, tau = 1,
+  # on-policy (KL = 0): loss = -(-1 - log((e^-2 + e^-4)/2)) = -1.56622.
+  logp = np.array([[-1.0, -1.0], [-2.0, -2.0], [-4.0, -4.0]])
+  adv = np.array([1.0, -0.5, -0.5])
+  loss, grad = value_and_grad("disco", logp, logp, adv, np.ones((3, 2)), False, group_size=3, tau=1.0)
+  want = -(-1.0 - math.log((math.exp(-2) + math.exp(-4)) / 2))
+  assert loss == pytest.approx(want, abs=1e-5) and want == pytest.approx(-1.56622, abs=1e-5)
+  soft = np.array([math.exp(-2), math.exp(-4)]) / (math.exp(-2) + math.exp(-4))  # softmax weights of negatives
+  # d/dlogp: the positive row -1/2 per token, a negative row +soft/2 per token, and the KL penalty term
+  # is inactive (KL = 0 < delta), but KL itself has gradient -1/6 per token times coef 0.
+  np.testing.assert_allclose(grad, [[-0.5, -0.5], [soft[0] / 2] * 2, [soft[1] / 2] * 2], atol=1e-6)
+  # A group with only correct answers takes no part.
+  loss, grad = value_and_grad("disco", logp, logp, np.ones(3), np.ones((3, 2)), False, group_size=3)
+  assert loss == 0.0 and np.all(grad == 0.0)
+  with pytest.raises(ValueError, match="group_size"):
+    value_and_grad("disco", logp, logp, adv, np.ones((3, 2)), False, group_size=2)
+
+
+def test_disco_constraint_penalty_activates_above_delta():
+  # Two tokens moved away from pi_old by -0.1: KL_k1 = 0.1 > delta, coef = 1e3 (0.1 - 1e-4) on the KL.
+  logp, old = np.full((2, 2), -1.1), np.full((2, 2), -1.0)
+  adv = np.array([1.0, -1.0])
+  loss, grad = value_and_grad("disco", logp, old, adv, np.ones((2, 2)), False, group_size=2)
+  coef = 1e3 * (0.1 - 1e-4)
+  assert loss == pytest.approx(coef * 0.1 - (-1.1 - (-1.1)), rel=1e-5)
+  np.testing.assert_allclose(grad, [[-0.5 - coef / 4] * 2, [0.5 - coef / 4] * 2], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- STEER
+
+@pytest.mark.parametrize("jit", JIT)
+@pytest.mark.parametrize("hp", [dict(), dict(linear=False), dict(w_min=0.5, w_max=1.5, eps_high=0.2)])
+def test_steer_against_reference(jit, hp):
+  logp, old, _, adv, mask, extras = make_batch(seed=41, spread=0.1)
+  h = extras["entropy"]
+  loss = lambda lp: ref.steer(lp, old, adv, mask, entropy=h, frozen=logp.copy(), **hp)
+  check("steer", loss, logp, old, adv, mask, jit, entropy=f32(h), **hp)
+
+
+def test_steer_hand_example():
+  # Token 1: p = 0.5, H = 1 → |Ω| = 0.25·(1 − ln 2)/0.5 = 0.15343 (the smallest → w = 1.2);
+  # token 2: p = 0.25, H = 0.5 → |Ω| = 0.1875·|0.5 − ln 4|/0.25 = 0.66472 (the largest → w = 0.8).
+  logp = np.log([[0.5, 0.25]])
+  h = np.array([[1.0, 0.5]])
+  w = np.asarray(objectives.steer_weights(f32(logp), f32(logp), f32([[1.0, 1.0]]), f32(h), f32(np.ones((1, 2))),
+                                          w_min=0.8, w_max=1.2))
+  np.testing.assert_allclose(w, [[1.2, 0.8]], atol=1e-6)
+  loss, grad = value_and_grad("steer", logp, logp, np.array([1.0]), np.ones((1, 2)), False, entropy=f32(h))
+  assert loss == pytest.approx(-1.0, abs=1e-6)           # token mean of −1.2 and −0.8 at r = 1
+  np.testing.assert_allclose(grad, [[-0.6, -0.4]], atol=1e-6)
