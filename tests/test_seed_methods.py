@@ -55,14 +55,13 @@ def test_opmd_asymre_hand_examples():
   np.testing.assert_allclose(np.asarray(advantages.asymre(f32([[1.0, 0.0, 0.0, 0.0]]))), [[0.85, -0.15, -0.15, -0.15]],
                              atol=1e-6)
   # One token, A = 1, tau = 1: gradient -A/(1+tau) = -0.5 whatever the ratio to pi_old.
-  _, g = value_and_grad("opmd", np.log([[0.3]]), np.log([[0.9]]), np.array([1.0]), np.ones((1, 1)), False)
+  _, g = value_and_grad("opmd", np.log([[0.3]]), np.log([[0.9]]), np.array([1.0]), np.ones((1, 1)), True)
   np.testing.assert_allclose(g, [[-0.5]], atol=1e-7)
   with pytest.raises(ValueError, match="baseline"):
     advantages.opmd(f32([[1.0, 0.0]]), baseline="median")
 
 
-@pytest.mark.parametrize("jit", JIT)
-@pytest.mark.parametrize("tau", [1.0, 0.0, 3.0])
+@pytest.mark.parametrize("jit,tau", [(False, 1.0), (True, 1.0), (True, 3.0)])
 def test_opmd_objective_against_reference(jit, tau):
   logp, old, _, adv, mask, _ = make_batch(seed=11)
   check("opmd", lambda lp: ref.opmd(lp, adv, mask, tau=tau), logp, old, adv, mask, jit, tau=tau)
@@ -70,17 +69,17 @@ def test_opmd_objective_against_reference(jit, tau):
 
 # ----------------------------------------------------------------------------- DisCO
 
-DISCO_CASES = [dict(), dict(score="Lratio"), dict(tau=None), dict(tau=0.5, kl_type="k3"), dict(delta=1.0)]
+# (jit, hyperparameters): the defaults both ways, the variants under jit.
+DISCO_CASES = [(False, dict()), (True, dict()), (True, dict(score="Lratio")), (True, dict(tau=None)),
+               (True, dict(tau=0.5, kl_type="k3", delta=1.0))]
 
 
-@pytest.mark.parametrize("jit", JIT)
-@pytest.mark.parametrize("hp", DISCO_CASES, ids=[str(c) for c in DISCO_CASES])
+@pytest.mark.parametrize("jit,hp", DISCO_CASES, ids=[f"{j}-{c}" for j, c in DISCO_CASES])
 def test_disco_against_reference(jit, hp):
-  for seed in (21, 22):
-    logp, old, _, adv, mask, _ = make_batch(seed=seed, b=8, lengths=(5, 3, 7, 0, 2, 6, 4, 1), spread=0.05)
-    adv = np.sign(adv) * (np.arange(8) % 3 != 2)        # some zero advantages: neither positive nor negative
-    loss = lambda lp: ref.disco(lp, old, adv, mask, group_size=4, frozen=logp.copy(), **hp)
-    check("disco", loss, logp, old, adv, mask, jit, group_size=4, **hp)
+  logp, old, _, adv, mask, _ = make_batch(seed=21, b=8, lengths=(5, 3, 7, 0, 2, 6, 4, 1), spread=0.05)
+  adv = np.sign(adv) * (np.arange(8) % 3 != 2)        # some zero advantages: neither positive nor negative
+  loss = lambda lp: ref.disco(lp, old, adv, mask, group_size=4, frozen=logp.copy(), **hp)
+  check("disco", loss, logp, old, adv, mask, jit, group_size=4, **hp)
 
 
 def test_disco_hand_example():
@@ -88,7 +87,7 @@ def test_disco_hand_example():
   # on-policy (KL = 0): loss = -(-1 - log((e^-2 + e^-4)/2)) = -1.56622.
   logp = np.array([[-1.0, -1.0], [-2.0, -2.0], [-4.0, -4.0]])
   adv = np.array([1.0, -0.5, -0.5])
-  loss, grad = value_and_grad("disco", logp, logp, adv, np.ones((3, 2)), False, group_size=3, tau=1.0)
+  loss, grad = value_and_grad("disco", logp, logp, adv, np.ones((3, 2)), True, group_size=3, tau=1.0)
   want = -(-1.0 - math.log((math.exp(-2) + math.exp(-4)) / 2))
   assert loss == pytest.approx(want, abs=1e-5) and want == pytest.approx(-1.56622, abs=1e-5)
   soft = np.array([math.exp(-2), math.exp(-4)]) / (math.exp(-2) + math.exp(-4))  # softmax weights of negatives
@@ -96,17 +95,17 @@ def test_disco_hand_example():
   # is inactive (KL = 0 < delta), but KL itself has gradient -1/6 per token times coef 0.
   np.testing.assert_allclose(grad, [[-0.5, -0.5], [soft[0] / 2] * 2, [soft[1] / 2] * 2], atol=1e-6)
   # A group with only correct answers takes no part.
-  loss, grad = value_and_grad("disco", logp, logp, np.ones(3), np.ones((3, 2)), False, group_size=3)
+  loss, grad = value_and_grad("disco", logp, logp, np.ones(3), np.ones((3, 2)), True, group_size=3)
   assert loss == 0.0 and np.all(grad == 0.0)
   with pytest.raises(ValueError, match="group_size"):
-    value_and_grad("disco", logp, logp, adv, np.ones((3, 2)), False, group_size=2)
+    value_and_grad("disco", logp, logp, adv, np.ones((3, 2)), True, group_size=2)
 
 
 def test_disco_constraint_penalty_activates_above_delta():
   # Two tokens moved away from pi_old by -0.1: KL_k1 = 0.1 > delta, coef = 1e3 (0.1 - 1e-4) on the KL.
   logp, old = np.full((2, 2), -1.1), np.full((2, 2), -1.0)
   adv = np.array([1.0, -1.0])
-  loss, grad = value_and_grad("disco", logp, old, adv, np.ones((2, 2)), False, group_size=2)
+  loss, grad = value_and_grad("disco", logp, old, adv, np.ones((2, 2)), True, group_size=2)
   coef = 1e3 * (0.1 - 1e-4)
   assert loss == pytest.approx(coef * 0.1 - (-1.1 - (-1.1)), rel=1e-5)
   np.testing.assert_allclose(grad, [[-0.5 - coef / 4] * 2, [0.5 - coef / 4] * 2], rtol=1e-5)
@@ -114,8 +113,8 @@ def test_disco_constraint_penalty_activates_above_delta():
 
 # ----------------------------------------------------------------------------- STEER
 
-@pytest.mark.parametrize("jit", JIT)
-@pytest.mark.parametrize("hp", [dict(), dict(linear=False), dict(w_min=0.5, w_max=1.5, eps_high=0.2)])
+@pytest.mark.parametrize("jit,hp", [(False, dict()), (True, dict()), (True, dict(linear=False)),
+                                    (True, dict(w_min=0.5, w_max=1.5, eps_high=0.2))])
 def test_steer_against_reference(jit, hp):
   logp, old, _, adv, mask, extras = make_batch(seed=41, spread=0.1)
   h = extras["entropy"]
@@ -131,6 +130,6 @@ def test_steer_hand_example():
   w = np.asarray(objectives.steer_weights(f32(logp), f32(logp), f32([[1.0, 1.0]]), f32(h), f32(np.ones((1, 2))),
                                           w_min=0.8, w_max=1.2))
   np.testing.assert_allclose(w, [[1.2, 0.8]], atol=1e-6)
-  loss, grad = value_and_grad("steer", logp, logp, np.array([1.0]), np.ones((1, 2)), False, entropy=f32(h))
+  loss, grad = value_and_grad("steer", logp, logp, np.array([1.0]), np.ones((1, 2)), True, entropy=f32(h))
   assert loss == pytest.approx(-1.0, abs=1e-6)           # token mean of −1.2 and −0.8 at r = 1
   np.testing.assert_allclose(grad, [[-0.6, -0.4]], atol=1e-6)
