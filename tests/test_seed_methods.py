@@ -133,3 +133,74 @@ def test_steer_hand_example():
   loss, grad = value_and_grad("steer", logp, logp, np.array([1.0]), np.ones((1, 2)), True, entropy=f32(h))
   assert loss == pytest.approx(-1.0, abs=1e-6)           # token mean of −1.2 and −0.8 at r = 1
   np.testing.assert_allclose(grad, [[-0.6, -0.4]], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- length / effort shaping
+
+def test_group_shaping_against_reference():
+  from rl_jax import rewards
+  rng = np.random.default_rng(5)
+  correct = rng.integers(0, 2, (6, 5)).astype(np.float64)
+  correct[0] = 1.0
+  lengths = rng.integers(5, 200, (6, 5)).astype(np.float64)
+  lengths[1] = 40.0                                      # all equal: no length term
+  formats = rng.integers(0, 3, (6, 5))
+  effort = rng.uniform(0.2, 1.0, 6)
+  cases = [
+      (rewards.kimi_length_reward(f32(correct), f32(lengths)), ref.kimi_length_reward(correct, lengths)),
+      (rewards.grpo_lambda_rewards(f32(correct), f32(lengths), threshold=0.6, length_weight=0.5),
+       ref.grpo_lambda_rewards(correct, lengths, threshold=0.6, length_weight=0.5)),
+      (jax.jit(lambda c, l: rewards.effort_rewards(c, l, f32(effort), coef=2.0))(f32(correct), f32(lengths)),
+       ref.effort_rewards(correct, lengths, effort, coef=2.0)),
+      (rewards.effort_rewards(f32(correct), f32(lengths), f32(effort), reference_lengths=f32(np.full(6, 80.0))),
+       ref.effort_rewards(correct, lengths, effort, reference_lengths=np.full(6, 80.0))),
+  ]
+  for step in (0, 7, 20, 30):
+    cases.append((rewards.ada_grpo_rewards(f32(correct), formats, step=step, total_steps=20),
+                  ref.ada_grpo_rewards(correct, formats, step=step, total_steps=20)))
+  for got, want in cases:
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_group_shaping_hand_examples():
+  from rl_jax import rewards
+  np.testing.assert_allclose(np.asarray(rewards.kimi_length_reward(f32([[1, 1, 0]]), f32([[10, 20, 30]]))),
+                             [[0.5, 0.0, -0.5]])
+  np.testing.assert_allclose(np.asarray(rewards.grpo_lambda_rewards(f32([[1, 1, 0, 1]]), f32([[10, 30, 20, 20]]))),
+                             [[1.5, 0.5, 0.0, 1.0]])
+  # 1 correct of 4 < threshold 0.5: plain 0/1 rewards.
+  np.testing.assert_allclose(np.asarray(rewards.grpo_lambda_rewards(f32([[1, 0, 0, 0]]), f32([[10, 30, 20, 20]]))),
+                             [[1, 0, 0, 0]])
+  scaled = rewards.ada_grpo_rewards(f32(np.ones((1, 4))), np.array([[0, 0, 0, 1]]), step=0, total_steps=10)
+  np.testing.assert_allclose(np.asarray(scaled), [[4 / 3, 4 / 3, 4 / 3, 4.0]], rtol=1e-6)
+  done = rewards.ada_grpo_rewards(f32(np.ones((1, 4))), np.array([[0, 0, 0, 1]]), step=10, total_steps=10)
+  np.testing.assert_allclose(np.asarray(done), np.ones((1, 4)), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(rewards.effort_rewards(f32([[1, 1]]), f32([[50, 150]]), f32([0.5]))),
+                             [[1.0, -1.0]])
+  assert rewards.curriculum_budget(50, start=4096, end=1024, total_steps=100) == 2048
+  assert rewards.curriculum_budget(50, start=4096, end=1024, total_steps=100, schedule="linear") == 2560
+  assert rewards.curriculum_budget(500, start=4096, end=1024, total_steps=100) == 1024
+  assert rewards.curriculum_reward(1, 150, 1, budget=100) == pytest.approx(0.85)
+  assert rewards.curriculum_reward(1, 80, 0, budget=100) == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="schedule"):
+    rewards.curriculum_budget(1, start=10, end=5, total_steps=10, schedule="cosine")
+  with pytest.raises(ValueError, match="formats"):
+    rewards.ada_grpo_rewards(f32(np.ones((1, 4))), np.zeros((1, 3)), step=0, total_steps=10)
+
+
+# ----------------------------------------------------------------------------- data: filtering, sampling, replay
+
+def test_curation_rules():
+  from rl_jax.data import curation
+  np.testing.assert_array_equal(curation.variance_filter([[1, 1], [1, 0], [0, 0]]), [False, True, False])
+  np.testing.assert_array_equal(curation.variance_filter([[1, 1, 0, 1], [1, 0, 0, 0]], min_std=0.0, max_mean=0.5),
+                                [False, True])
+  np.testing.assert_allclose(curation.variance_promotion_weights([0.5, 1, 0], [0, 0, 0], beta=0.0, mix=1.0), [1, 0, 0])
+  # VPS = [0.25 + 0.5, 0 + 0.25] = [0.75, 0.25]; mix 0.5 with uniform 0.5 each → [0.625, 0.375].
+  w = curation.variance_promotion_weights([0.5, 1.0], [0.5, 0.25], mix=0.5)
+  np.testing.assert_allclose(w, [0.625, 0.375])
+  np.testing.assert_allclose(curation.variance_promotion_weights([1, 0], [0, 0]), [0.5, 0.5])
+  slots = curation.replay_slots([[0, 0, 0], [1, 0, 0], [0, 0, 0]], [True, True, False])
+  np.testing.assert_array_equal(slots, [[False, False, True], [False] * 3, [False] * 3])
+  with pytest.raises(ValueError, match="has_success"):
+    curation.replay_slots([[0, 0]], [True, False])

@@ -133,3 +133,46 @@ def finite_difference(loss_of_logp, logp, mask, h=1e-6):
         down[i, t] -= h
         grad[i, t] = (loss_of_logp(up) - loss_of_logp(down)) / (2 * h)
   return grad
+
+
+# ----------------------------------------------------------------------------- length / effort shaping
+
+def kimi_length_reward(correct, lengths):
+  out = np.zeros(np.shape(correct))
+  for p in range(out.shape[0]):
+    lo, hi = min(lengths[p]), max(lengths[p])
+    for i in range(out.shape[1]):
+      lam = 0.0 if hi == lo else 0.5 - (lengths[p][i] - lo) / (hi - lo)
+      out[p, i] = lam if correct[p][i] > 0 else min(0.0, lam)
+  return out
+
+
+def grpo_lambda_rewards(correct, lengths, *, threshold=0.5, length_weight=1.0):
+  lam = kimi_length_reward(correct, lengths)
+  out = np.array(correct, np.float64)
+  for p in range(out.shape[0]):
+    if sum(correct[p]) / len(correct[p]) >= threshold:
+      out[p] += length_weight * lam[p]
+  return out
+
+
+def ada_grpo_rewards(rewards, formats, *, step, total_steps):
+  out = np.array(rewards, np.float64)
+  G = out.shape[1]
+  t = min(max(step, 0), total_steps)
+  for p in range(out.shape[0]):
+    for i in range(G):
+      F = sum(1 for j in range(G) if formats[p][j] == formats[p][i])
+      decay = F / G + 0.5 * (1 - F / G) * (1 + math.cos(math.pi * t / total_steps))
+      out[p, i] *= (G / F) * decay
+  return out
+
+
+def effort_rewards(correct, lengths, effort, *, coef=1.0, reference_lengths=None):
+  out = np.array(correct, np.float64)
+  for p in range(out.shape[0]):
+    ref = sum(lengths[p]) / len(lengths[p]) if reference_lengths is None else reference_lengths[p]
+    target = max(effort[p] * ref, 1.0)
+    for i in range(out.shape[1]):
+      out[p, i] -= coef * max(0.0, lengths[p][i] / target - 1.0)
+  return out

@@ -1,0 +1,68 @@
+"""Prompt selection and replay over group rewards [P, G]: which prompts to train on, how often to sample
+them, and when to replay a stored success. Pure NumPy (host side, between rollouts and the update)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _rewards(rewards) -> np.ndarray:
+  r = np.asarray(rewards, np.float64)
+  if r.ndim != 2 or not np.all(np.isfinite(r)):
+    raise ValueError(f"rewards must be a finite [P, G] array, got shape {r.shape}.")
+  return r
+
+
+def variance_filter(rewards, *, min_std: float = 0.0, max_mean: float = 1.0) -> np.ndarray:
+  """ReST-GRPO-style filter [P] bool: keep a prompt when its group's reward std (ddof 0) is > `min_std`
+  and its mean reward ≤ `max_mean` (raising the reward variance GRPO sees).
+
+  ReST-RL, arXiv 2508.19576. [reconstruction]: only the variance-raising filter is implemented; the
+  paper's assembly of high-value training data from filtered samples and its thresholds are not
+  (both thresholds are keywords). Example: [[1, 1], [1, 0], [0, 0]] → [False, True, False].
+  """
+  r = _rewards(rewards)
+  return (r.std(axis=1) > min_std) & (r.mean(axis=1) <= max_mean)
+
+
+def variance_promotion_weights(pass_rate, diversity, *, alpha: float = 1.0, beta: float = 1.0,
+                               mix: float = 0.5) -> np.ndarray:
+  """MMR1 variance-aware sampling (VAS) probabilities [N] over prompts.
+
+    VPS_p = α·p(1 − p) + β·TDS_p,   P(p) = mix·VPS_p/Σ VPS + (1 − mix)/N,
+
+  p = the prompt's estimated pass rate (outcome variance of a Bernoulli reward), TDS ∈ [0, 1] a
+  trajectory-diversity score of its rollouts (e.g. distinct n-grams). "MMR1: Enhancing Multimodal
+  Reasoning with Variance-Aware Sampling and Open Resources", arXiv 2509.21268. [reconstruction]: α, β,
+  the uniform mix and the diversity measure are keywords / inputs. All-zero VPS gives uniform sampling.
+  Example (α = 1, β = 0, mix = 1): p = [0.5, 1, 0] → [1, 0, 0].
+  """
+  p, d = np.asarray(pass_rate, np.float64).reshape(-1), np.asarray(diversity, np.float64).reshape(-1)
+  if p.shape != d.shape or p.size == 0:
+    raise ValueError(f"pass_rate and diversity must be non-empty [N] arrays of one shape, got {p.shape}, {d.shape}.")
+  if not 0.0 <= mix <= 1.0 or alpha < 0 or beta < 0:
+    raise ValueError(f"need alpha, beta >= 0 and 0 <= mix <= 1, got {alpha}, {beta}, {mix}.")
+  vps = alpha * p * (1.0 - p) + beta * d
+  uniform = np.full(p.shape, 1.0 / p.size)
+  if vps.sum() <= 0:
+    return uniform
+  return mix * vps / vps.sum() + (1.0 - mix) * uniform
+
+
+def replay_slots(rewards, has_success, *, success_threshold: float = 1.0) -> np.ndarray:
+  """ARPO replay [P, G] bool: in a group where no sample succeeded (all rewards < threshold) and the replay
+  buffer holds a success for that prompt, mark the last sample's slot to be replaced by the stored success.
+
+  "ARPO: End-to-End Policy Optimization for GUI Agents with Experience Replay", arXiv 2505.16282: the
+  buffer keeps successful trajectories per task and injects one into all-fail groups so they carry a
+  gradient. The caller swaps the marked rows' tokens, log-probs and reward for the buffered ones. The
+  slot choice (last) and the success threshold are keywords/assumptions.
+  """
+  r = _rewards(rewards)
+  has = np.asarray(has_success, bool).reshape(-1)
+  if has.shape != (r.shape[0],):
+    raise ValueError(f"has_success must have shape ({r.shape[0]},), got {has.shape}.")
+  all_fail = np.all(r < success_threshold, axis=1) & has
+  slots = np.zeros(r.shape, bool)
+  slots[:, -1] = all_fail
+  return slots
