@@ -204,3 +204,26 @@ def test_curation_rules():
   np.testing.assert_array_equal(slots, [[False, False, True], [False] * 3, [False] * 3])
   with pytest.raises(ValueError, match="has_success"):
     curation.replay_slots([[0, 0]], [True, False])
+
+
+# ----------------------------------------------------------------------------- LLDS
+
+@pytest.mark.parametrize("jit,coef", [(False, 0.2), (True, 0.2), (True, 1.5)])
+def test_llds_against_reference(jit, coef):
+  logp, old, _, adv, mask, _ = make_batch(seed=51, spread=0.15)
+  loss = lambda lp: ref.llds(lp, old, adv, mask, frozen=logp.copy(), llds_coef=coef)
+  check("llds", loss, logp, old, adv, mask, jit, llds_coef=coef)
+
+
+def test_llds_hand_example():
+  # One correct response whose log-likelihood fell by 0.3 − 0.1 = 0.2 > 0: the penalty acts on token 1 only.
+  old = np.array([[-1.0, -1.0]])
+  logp = old - np.array([[0.3, -0.1]])
+  loss, grad = value_and_grad("llds", logp, old, np.array([1.0]), np.ones((1, 2)), True)
+  r1, r2 = math.exp(-0.3), math.exp(0.1)
+  assert loss == pytest.approx((-r1 - r2) / 2 + 0.2 * 0.3 / 2, abs=1e-6)
+  np.testing.assert_allclose(grad, [[-r1 / 2 - 0.1, -r2 / 2]], atol=1e-6)
+  # Negative advantage, or a likelihood that rose overall: no penalty.
+  for a, lp in ((-1.0, logp), (1.0, old + np.array([[-0.1, 0.3]]))):
+    _, metrics = objectives.llds(f32(lp), f32(old), f32([a]), f32(np.ones((1, 2))))
+    assert float(metrics["llds_penalty"]) == 0.0

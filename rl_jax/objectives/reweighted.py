@@ -1,4 +1,5 @@
-"""PPO-clip objectives with per-token stop-gradient weights computed from the batch: STEER."""
+"""PPO-clip objectives reweighted or regularised per token from the batch: STEER (entropy-change weights) and
+LLDS (likelihood-preserving penalty)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,41 @@ def steer(logp, old_logp, advantages, mask, *, entropy, ref_logp=None, w_min=0.8
   return policy_loss(w * per_token, inp, ratio=ratio, clipped=clipped, agg=agg, max_len=max_len, beta=beta,
                      kl_estimator=kl_estimator, token_weights=token_weights,
                      extra_metrics={"steer_weight_mean": jnp.sum(w) / n})
+
+
+def llds_penalty(logp: Array, old_logp: Array, adv: Array, mask: Array) -> Array:
+  """LLDS per-token penalty [B, T]: max(0, log π_old − log π_θ) on the tokens of responses with Â ≥ 0 whose
+  total log-likelihood fell (Σ_t (log π_old − log π_θ) > 0 over the response); 0 elsewhere. The gate is
+  stop-gradient; the penalty's gradient pushes the fallen tokens' likelihood back up."""
+  keep = (adv >= 0) & (mask > 0)
+  drop = sg(old_logp - logp)
+  fell = jnp.sum(jnp.where(keep, drop, 0.0), axis=-1, keepdims=True) > 0
+  return jnp.where(keep & fell, jnp.maximum(old_logp - logp, 0.0), 0.0)
+
+
+@register
+def llds(logp, old_logp, advantages, mask, *, ref_logp=None, llds_coef=0.2, eps_low=0.2, eps_high=0.2, beta=0.0,
+         kl_estimator="k3", agg="token-mean", max_len=None, token_weights=None):
+  """LLDS: PPO-clip plus a likelihood-preserving penalty that acts only where a non-negative-advantage
+  response's likelihood fell, and only on the tokens whose likelihood fell.
+
+    loss = agg(ℓ^{PPO-clip}) + λ · token-mean(1[Â_i ≥ 0] · 1[Σ_t (log π_old − log π_θ)_{i,t} > 0] · max(0, log π_old − log π_θ)).
+
+  "On GRPO Collapse in Search-R1: The Lazy Likelihood-Displacement Death Spiral", arXiv 2512.04220.
+  Defaults from the official code (its response-level gate "R", train script λ = 0.2) on verl's
+  vanilla PPO-clip (ε = 0.2, token-mean). The code's action-level gate ("A") splits a response into the
+  contiguous runs of its mask (multi-turn tool calls); for a single-turn response the two gates agree.
+  """
+  check_hparam("llds_coef", llds_coef)
+  inp = start(logp, old_logp, advantages, mask, ref_logp, beta=beta, kl_estimator=kl_estimator, agg=agg,
+              max_len=max_len, eps=(("eps_low", eps_low), ("eps_high", eps_high)))
+  per_token, clipped, ratio = token_clip_terms(inp, eps_low=eps_low, eps_high=eps_high)
+  penalty = llds_penalty(inp.logp, inp.old_logp, inp.adv, inp.mask)
+  n = jnp.maximum(jnp.sum(inp.mask), 1.0)
+  reg = jnp.sum(penalty * inp.mask) / n
+  _, metrics = policy_loss(per_token, inp, ratio=ratio, clipped=clipped, agg=agg, max_len=max_len, beta=beta,
+                           kl_estimator=kl_estimator, token_weights=token_weights,
+                           extra_metrics={"llds_penalty": reg, "llds_active_frac": jnp.sum((penalty > 0) * inp.mask) / n})
+  loss = metrics["loss"] + llds_coef * reg
+  metrics["loss"] = loss
+  return loss, metrics

@@ -176,3 +176,19 @@ def effort_rewards(correct, lengths, effort, *, coef=1.0, reference_lengths=None
     for i in range(out.shape[1]):
       out[p, i] -= coef * max(0.0, lengths[p][i] / target - 1.0)
   return out
+
+
+def llds(logp, old, adv, mask, *, frozen, llds_coef=0.2, eps_low=0.2, eps_high=0.2):
+  """token-mean PPO-clip + λ·token-mean(max(0, old − logp)) on the responses with A ≥ 0 whose likelihood fell
+  (the gate read at `frozen`)."""
+  R = rows(mask)
+  pg, reg = 0.0, 0.0
+  for i, r in enumerate(R):
+    fell = adv[i] >= 0 and sum(old[i, t] - frozen[i, t] for t in r) > 0
+    for t in r:
+      ratio = math.exp(logp[i, t] - old[i, t])
+      pg += max(-adv[i] * ratio, -adv[i] * min(max(ratio, 1 - eps_low), 1 + eps_high))
+      if fell:
+        reg += max(0.0, old[i, t] - logp[i, t])
+  n = max(sum(len(r) for r in R), 1)
+  return pg / n + llds_coef * reg / n
