@@ -198,6 +198,29 @@ def test_spo_chain_without_prompt_values_gives_the_first_segment_zero():
 
 
 @pytest.mark.parametrize("jit", JIT)
+@pytest.mark.parametrize("norm", ["openrlhf", "verl", "openrlhf_verl_whiten"])
+def test_reinforce_pp_baseline_with_kl_matches_the_float64_reference(norm, jit):
+  """β > 0: verl centres R − β Σ_t kl_t in the group and gives each token of a row the same value; OpenRLHF
+  centres R only and subtracts the (clamped) KL that follows each token. Garbage kl on padding changes nothing."""
+  rng = np.random.default_rng(12)
+  P, G, T = 3, 4, 6
+  mask = (np.arange(T)[None, None, :] < rng.integers(1, T + 1, (P, G))[..., None]).astype(np.float32)
+  r = rng.integers(0, 2, (P, G)).astype(np.float32)
+  kl = rng.normal(0.0, 0.5, (P, G, T)).astype(np.float32)
+  kl[0, 0, 0] = 14.0                                    # past OpenRLHF's ±10 clamp
+  got = run(A.reinforce_pp_baseline, jnp.asarray(r), mask, jit=jit, kl=jnp.asarray(np.where(mask > 0, kl, np.nan)),
+            beta=0.3, norm=norm)
+  want = ref.reinforce_pp_baseline(r, mask, style=norm, kl=kl, beta=0.3)
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
+  rows = np.asarray(got)
+  if norm == "verl":   # one value per row
+    np.testing.assert_allclose(rows * mask, (rows.sum(-1) / mask.sum(-1))[..., None] * mask, atol=1e-5)
+  else:                # the KL tail makes tokens of a row differ
+    assert np.abs(rows[0, 0, 0] - rows[0, 0, 1]) > 1e-3
+  assert not np.allclose(got, run(A.reinforce_pp_baseline, jnp.asarray(r), mask, jit=jit, norm=norm), atol=1e-3)
+
+
+@pytest.mark.parametrize("jit", JIT)
 def test_reinforce_pp_baseline_and_gae_match_references(jit):
   rng = np.random.default_rng(4)
   P, G, T = 2, 3, 5
@@ -276,10 +299,26 @@ def test_single_stream_tracker_and_rho():
 def test_forking_tokens_keeps_the_top_entropy_fraction():
   h = jnp.array([[0.1, 2.0, 0.5, 3.0, 0.2], [1.0, 0.0, 0.0, 0.3, 9.0]])
   m = jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
-  top = np.asarray(A.forking_tokens(h, m, rho=0.25))  # 9 valid → k = 2: H ≥ 2.0
-  np.testing.assert_array_equal(top, [[0, 1, 0, 1, 0], [0, 0, 0, 0, 0]])
+  top = np.asarray(A.forking_tokens(h, m, rho=0.25))  # 9 valid, ρN = 2.25 → k = ⌈2.25⌉ = 3 (official): H ≥ 1.0
+  np.testing.assert_array_equal(top, [[0, 1, 0, 1, 0], [1, 0, 0, 0, 0]])
+  floor = np.asarray(A.forking_tokens(h, m, rho=0.25, rounding="floor"))  # k = 2: H ≥ 2.0
+  np.testing.assert_array_equal(floor, [[0, 1, 0, 1, 0], [0, 0, 0, 0, 0]])
   bottom = np.asarray(A.forking_tokens(h, m, rho=0.25, keep="bottom"))
   np.testing.assert_array_equal(top + bottom, np.asarray(m, float))
+
+
+@pytest.mark.parametrize("jit", JIT)
+@pytest.mark.parametrize("n, rho, ceil_k, floor_k", [(9, 0.25, 3, 2), (15, 0.2, 3, 3), (7, 0.2, 2, 1), (3, 0.1, 1, 1),
+                                                     (10, 0.35, 4, 3), (1000, 0.2, 200, 200), (999, 0.2, 200, 199)])
+def test_forking_tokens_rounds_rho_n_up_as_the_official_code(n, rho, ceil_k, floor_k, jit):
+  """k = max(1, int(ρN + 0.9999)) (official 80/20 code); ρN = 0.2·15 = 3.0000000000000004 in float64 keeps 3."""
+  h = jnp.asarray(np.random.default_rng(n).permutation(n).astype(np.float32))[None]   # distinct entropies
+  m = jnp.ones((1, n))
+  fn = jax.jit(A.forking_tokens, static_argnames=("rho", "keep", "rounding")) if jit else A.forking_tokens
+  assert int(np.asarray(fn(h, m, rho=rho)).sum()) == ceil_k == max(1, int(rho * n + 0.9999))
+  assert int(np.asarray(fn(h, m, rho=rho, rounding="floor")).sum()) == floor_k
+  with pytest.raises(ValueError, match="rounding"):
+    A.forking_tokens(h, m, rho=rho, rounding="round")
 
 
 def test_seed_grpo_and_hicra():
@@ -415,3 +454,47 @@ def test_lp_reg_selection_matches_the_loop_reference():
                            np.broadcast_to(adv[:, None], logp.shape), mask, neg_frac=0.05)
   np.testing.assert_array_equal(got, want.astype(float))
   assert got.sum() > 0
+
+
+@pytest.mark.parametrize("fn, kw, match", [
+    (A.grpo, dict(eps=-1.0), "grpo: eps must be >= 0"),
+    (A.grpo, dict(eps=float("nan")), "grpo: eps must be finite"),
+    (A.grpo, dict(std_ddof=-1), "std_ddof must be >= 0"),
+    (A.ngrpo, dict(add_max_reward_num=-1), "ngrpo: add_max_reward_num must be >= 0"),
+    (A.ngrpo, dict(add_max_reward_num=1.5), "add_max_reward_num must be an int"),
+    (A.ngrpo, dict(max_reward=float("nan")), "ngrpo: max_reward must be finite"),
+    (A.ngrpo, dict(eps=-1e-3), "ngrpo: eps must be >= 0"),
+])
+@pytest.mark.parametrize("jit", JIT)
+def test_group_hyperparameters_are_checked_at_trace_time(fn, kw, match, jit):
+  with pytest.raises(ValueError, match=match):
+    run(fn, jnp.array([[1.0, 0.0, 0.0]]), jit=jit, **kw)
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_constant_groups_give_exactly_zero_also_with_eps_zero(jit):
+  r = jnp.array([[0.1, 0.1, 0.1], [1.0, 0.0, 0.0], [0.7, 0.7, 0.7]])
+  for fn, kw in ((A.grpo, dict(eps=0.0)), (A.grpo, {}), (A.ngrpo, dict(eps=0.0, max_reward=0.7))):
+    out = np.asarray(run(fn, r, jit=jit, **kw))
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[0 if fn is A.grpo else 2], 0.0)
+  np.testing.assert_array_equal(np.asarray(run(A.grpo, r, jit=jit, eps=0.0))[2], 0.0)
+  np.testing.assert_allclose(np.asarray(run(A.grpo, r, jit=jit, eps=0.0))[1], [2 / np.sqrt(3), -1 / np.sqrt(3),
+                                                                                -1 / np.sqrt(3)], rtol=1e-6)
+  # K = 0 virtual samples is GRPO
+  np.testing.assert_allclose(run(A.ngrpo, r, jit=jit, add_max_reward_num=0), run(A.grpo, r, jit=jit), rtol=1e-6)
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_advantage_masks_must_be_binary(jit):
+  r, kl = jnp.array([[1.0, 0.0]]), jnp.zeros((1, 2, 3))
+  mask = np.ones((1, 2, 3), np.float32)
+  for bad in (0.5, -1.0, 2.0):
+    mask[0, 1, 2] = bad
+    with pytest.raises(ValueError, match="mask must hold only 0 and 1"):
+      A.reinforce_pp_baseline(r, jnp.asarray(mask), kl=kl)
+    with pytest.raises(ValueError, match="mask must hold only 0 and 1"):
+      A.forking_tokens(jnp.ones((2, 3)), jnp.asarray(mask[0]))
+  mask[0, 1, 2] = 0.0
+  out = run(A.reinforce_pp_baseline, r, jnp.asarray(mask, bool), jit=jit)   # bool and 0/1 floats agree
+  np.testing.assert_allclose(out, run(A.reinforce_pp_baseline, r, jnp.asarray(mask), jit=jit))

@@ -184,6 +184,39 @@ def test_reinforce_pp_advantages(jit):
 
 
 @pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("estimator", ["k1", "low_var_kl"])
+def test_reinforce_pp_with_kl_in_reward(estimator, jit):
+  """β > 0 with verl's use_kl_in_reward: token_level_rewards = outcome on the last token − β·kl (as verl's
+  apply_kl_penalty builds them), then verl's estimators; rl_jax gets the same per-token kl and β."""
+  rewards, mask = _adv_inputs(13)
+  rng = np.random.default_rng(14)
+  old = rng.uniform(-3.0, -0.05, mask.shape).astype(np.float32)
+  ref_lp = (old + rng.normal(0.0, 0.5, mask.shape)).astype(np.float32)
+  m = mask.reshape(P * G, T)
+  kld = core_algos.kl_penalty(torch.tensor(old.reshape(P * G, T)), torch.tensor(ref_lp.reshape(P * G, T)),
+                              kl_penalty=estimator) * torch.tensor(m)
+  beta = 0.2
+  tr, tm = torch.tensor(_token_rewards(rewards, mask)) - beta * kld, torch.tensor(m)
+  kl = kld.numpy().reshape(P, G, T)
+  peer_b, _ = core_algos.get_adv_estimator_fn("reinforce_plus_plus_baseline")(token_level_rewards=tr,
+                                                                               response_mask=tm, index=_index())
+  fn_b = jax.jit(rl_jax.advantages.reinforce_pp_baseline, static_argnames=("norm",)) if jit else \
+      rl_jax.advantages.reinforce_pp_baseline
+  ours_b = fn_b(jnp.asarray(rewards), jnp.asarray(mask), kl=jnp.asarray(kl), beta=beta, norm="verl")
+  np.testing.assert_allclose(np.asarray(ours_b).reshape(P * G, T), peer_b.numpy(), rtol=TOL, atol=TOL)
+  peer, _ = core_algos.get_adv_estimator_fn("reinforce_plus_plus")(token_level_rewards=tr, response_mask=tm,
+                                                                    config=core_algos.AlgoConfig(gamma=0.9))
+  fn = jax.jit(rl_jax.advantages.reinforce_pp, static_argnames=("gamma", "norm")) if jit else \
+      rl_jax.advantages.reinforce_pp
+  ours = fn(jnp.asarray(rewards), jnp.asarray(mask), kl=jnp.asarray(kl), beta=beta, gamma=0.9, norm="verl")
+  np.testing.assert_allclose(np.asarray(ours).reshape(P * G, T), peer.numpy(), rtol=TOL, atol=TOL)
+  # OpenRLHF's form (outcome-only centring, KL tail per token) is a different estimator once β > 0
+  other = rl_jax.advantages.reinforce_pp_baseline(jnp.asarray(rewards), jnp.asarray(mask), kl=jnp.asarray(kl),
+                                                  beta=beta, norm="openrlhf_verl_whiten")
+  assert np.abs(np.asarray(other).reshape(P * G, T) - peer_b.numpy()).max() > 1e-2
+
+
+@pytest.mark.parametrize("jit", [False, True])
 def test_gae(jit):
   rewards, mask = _adv_inputs(10)
   values = np.random.default_rng(11).normal(0.0, 1.0, mask.shape).astype(np.float32) * mask

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rl_jax.checks import check_binary_mask
 from rl_jax.registry import Registry
 
 Array = jax.Array
@@ -35,4 +36,5 @@ def check_tokens(tokens, mask, p_g: tuple[int, int], *, method: str = "") -> tup
     raise ValueError(f"{method}: tokens must be [P, G, T] with (P, G) = {tuple(p_g)}, got {tokens.shape}.")
   if mask.shape != tokens.shape:
     raise ValueError(f"{method}: mask must have shape {tokens.shape}, got {mask.shape}.")
+  check_binary_mask("mask", mask, method=method)
   return tokens, (mask > 0).astype(jnp.float32)

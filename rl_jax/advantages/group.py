@@ -10,8 +10,15 @@ import jax
 import jax.numpy as jnp
 
 from rl_jax.advantages.core import check_rewards, register
+from rl_jax.checks import check_hparam
 
 Array = jax.Array
+
+
+def _scaled(centred: Array, r: Array, std: Array, eps: float) -> Array:
+  """centred / (std + eps), and exactly 0 for a group whose rewards are all equal (also with eps = 0)."""
+  constant = jnp.max(r, axis=1, keepdims=True) == jnp.min(r, axis=1, keepdims=True)
+  return jnp.where(constant, 0.0, centred / jnp.where(constant, 1.0, std + eps))
 
 
 def _group_std(r: Array, ddof: int) -> Array:
@@ -26,16 +33,18 @@ def grpo(rewards, *, eps: float = 1e-6, std_ddof: int = 1, scale_by_std: bool = 
   """GRPO group-normalised advantage: Â_i = (R_i − mean_G R) / (std_G R + eps).
 
   DeepSeekMath, arXiv 2402.03300. Defaults follow verl (eps = 1e-6, unbiased std); TRL uses eps = 1e-4.
-  A group of one sample follows verl (mean 0, std 1, so Â = R). Constant rewards give exactly 0.
-  Example: R = [1, 0, 0, 0] → [1.5, −0.5, −0.5, −0.5] (eps neglected).
+  A group of one sample follows verl (mean 0, std 1, so Â = R). Constant rewards give exactly 0, for any
+  eps ≥ 0. Example: R = [1, 0, 0, 0] → [1.5, −0.5, −0.5, −0.5] (eps neglected).
   """
+  check_hparam("eps", eps, low=0.0, method="grpo")
+  check_hparam("std_ddof", std_ddof, low=0, integer=True, method="grpo")
   r = check_rewards(rewards, method="grpo")
   if r.shape[1] == 1:
     return jax.lax.stop_gradient(r)
   centred = r - r.mean(axis=1, keepdims=True)
   if not scale_by_std:
     return jax.lax.stop_gradient(centred)
-  return jax.lax.stop_gradient(centred / (_group_std(r, std_ddof) + eps))
+  return jax.lax.stop_gradient(_scaled(centred, r, _group_std(r, std_ddof), eps))
 
 
 @register
@@ -69,15 +78,19 @@ def ngrpo(rewards, *, max_reward: float = 1.0, add_max_reward_num: int = 1, eps:
 
   "NGRPO: Negative-enhanced Group Relative Policy Optimization", arXiv 2509.18851 (official code
   defaults r_max = 1, K = 1). All-wrong groups get a negative signal: [0,0,0,0] → −0.4472 each.
-  A one-sample group: μ = 0, σ = 1 (no virtual sample), so Â = R.
+  A one-sample group: μ = 0, σ = 1 (no virtual sample), so Â = R. K = 0 is GRPO; an augmented group whose
+  values are all equal gives exactly 0, for any eps ≥ 0.
   """
+  check_hparam("max_reward", max_reward, method="ngrpo")
+  check_hparam("add_max_reward_num", add_max_reward_num, low=0, integer=True, method="ngrpo")
+  check_hparam("eps", eps, low=0.0, method="ngrpo")
   r = check_rewards(rewards, method="ngrpo")
   if r.shape[1] == 1:
     return jax.lax.stop_gradient(r)
   virtual = jnp.full((r.shape[0], add_max_reward_num), max_reward, jnp.float32)
   aug = jnp.concatenate([r, virtual], axis=1)
   mu = aug.mean(axis=1, keepdims=True)
-  return jax.lax.stop_gradient((r - mu) / (_group_std(aug, 1) + eps))
+  return jax.lax.stop_gradient(_scaled(r - mu, aug, _group_std(aug, 1), eps))
 
 
 @register

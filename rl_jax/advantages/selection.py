@@ -9,30 +9,36 @@ import jax
 import jax.numpy as jnp
 
 from rl_jax.advantages.core import register
+from rl_jax.checks import check_binary_mask
 
 Array = jax.Array
 
 
 @register
-def forking_tokens(entropy, mask, *, rho: float = 0.2, keep: str = "top") -> Array:
+def forking_tokens(entropy, mask, *, rho: float = 0.2, keep: str = "top", rounding: str = "ceil") -> Array:
   """80/20 rule: keep the top-ρ fraction of valid tokens by entropy (the "forking" tokens).
 
-    τ = the k-th largest valid entropy, k = max(1, ⌊ρ N_valid⌋);  weight = 1[H ≥ τ] ("top"),
+    τ = the k-th largest valid entropy, k = max(1, ⌈ρ N_valid⌉);  weight = 1[H ≥ τ] ("top"),
     1[H < τ] ("bottom", the complementary 80%) or 1 ("all").
 
   "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective RL for LLM Reasoning",
-  arXiv 2506.01939. The threshold is over the whole batch passed in (the paper's mini-batch); ties at
-  τ are kept. Keep the objective's denominator over all valid tokens (the paper's form) by passing the
-  result as `token_weights`; works for [B, T] or [P, G, T].
+  arXiv 2506.01939. k rounds up as the official code does (int(ρN + 0.9999), which also absorbs float
+  error: ρN = 0.2·15 keeps 3); `rounding="floor"` keeps ⌊ρN⌋ instead. The threshold is over the whole
+  batch passed in (the paper's mini-batch); ties at τ are kept. Keep the objective's denominator over all
+  valid tokens (the paper's form) by passing the result as `token_weights`; works for [B, T] or [P, G, T].
   """
   if keep not in ("top", "bottom", "all"):
     raise ValueError(f"Unknown keep {keep!r}; expected top, bottom or all.")
+  if rounding not in ("ceil", "floor"):
+    raise ValueError(f"Unknown rounding {rounding!r}; expected ceil or floor.")
   if not 0.0 < rho <= 1.0:
     raise ValueError(f"rho must be in (0, 1], got {rho}.")
   h = jnp.asarray(entropy, jnp.float32)
+  check_binary_mask("mask", mask, method="forking_tokens")
   valid = jnp.asarray(mask) > 0
   n = jnp.sum(valid)
-  k = jnp.maximum(jnp.floor(rho * n), 1).astype(jnp.int32)
+  k = jnp.floor(rho * n + (0.9999 if rounding == "ceil" else 1e-4))
+  k = jnp.maximum(k, 1).astype(jnp.int32)
   sorted_h = jnp.sort(jnp.where(valid, h, -jnp.inf).reshape(-1))[::-1]
   tau = sorted_h[jnp.clip(k - 1, 0, sorted_h.size - 1)]
   top = (h >= tau) & valid

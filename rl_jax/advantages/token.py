@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rl_jax.advantages.core import check_rewards, check_tokens, register
+from rl_jax.checks import check_hparam
 
 Array = jax.Array
 NORMS = ("openrlhf", "verl")
@@ -61,10 +62,21 @@ def discounted_returns(rewards: Array, mask: Array, gamma: float) -> Array:
   return jnp.moveaxis(out[::-1], 0, -1) * mask
 
 
-def _token_rewards(r: Array, mask: Array, kl: Optional[Array], beta: float) -> Array:
+def _masked_kl(kl, mask: Array) -> Optional[Array]:
+  """`kl` [P, G, T] as float32, 0 where mask is 0 (so padding may hold anything); None stays None."""
+  if kl is None:
+    return None
+  if jnp.shape(kl) != mask.shape:
+    raise ValueError(f"kl must have the shape of mask {mask.shape}, got {jnp.shape(kl)}.")
+  return jnp.where(mask > 0, jnp.asarray(kl, jnp.float32), 0.0)
+
+
+def _token_rewards(r: Array, mask: Array, kl: Optional[Array], beta: float, *, clamp: bool = True) -> Array:
+  """R on each row's last valid token minus β·kl on every valid token (kl clamped to ±10 as OpenRLHF, if `clamp`)."""
   rew = r[..., None] * last_token_indicator(mask)
+  kl = _masked_kl(kl, mask)
   if kl is not None:
-    rew = rew - beta * jnp.clip(kl, -10.0, 10.0) * mask
+    rew = rew - beta * (jnp.clip(kl, -10.0, 10.0) if clamp else kl)
   return rew
 
 
@@ -75,27 +87,49 @@ def reinforce_pp(rewards, mask, *, kl=None, beta: float = 0.0, gamma: float = 1.
     rew_t = −β kl_t + 1[t = last]·R,  G_t = Σ_{t'≥t} γ^{t'−t} rew_{t'},  A = (G − μ)/σ over all valid tokens.
 
   "REINFORCE++: A Simple and Efficient Approach for Aligning LLMs", arXiv 2501.03262. Official code is
-  OpenRLHF (population variance, rsqrt(max(var, 1e-8)), norm="openrlhf"); norm="verl" uses verl's
-  unbiased whitening. `kl` [P, G, T] is a per-token KL estimate (clamped to ±10). Returns [P, G, T].
+  OpenRLHF (kl clamped to ±10, population variance, rsqrt(max(var, 1e-8)), norm="openrlhf"); norm="verl" is
+  verl's (kl as given, unbiased whitening). `kl` [P, G, T] is a per-token KL estimate. Returns [P, G, T].
   """
+  check_hparam("beta", beta, low=0.0, method="reinforce_pp")
+  check_hparam("gamma", gamma, low=0.0, high=1.0, method="reinforce_pp")
   r = check_rewards(rewards, method="reinforce_pp")
   _, m = check_tokens(jnp.zeros(jnp.shape(mask), jnp.int32), mask, r.shape, method="reinforce_pp")
-  returns = discounted_returns(_token_rewards(r, m, kl, beta), m, gamma)
+  returns = discounted_returns(_token_rewards(r, m, kl, beta, clamp=norm != "verl"), m, gamma)
   return jax.lax.stop_gradient(_global_norm(returns, m, norm))
+
+
+BASELINE_NORMS = ("openrlhf", "verl", "openrlhf_verl_whiten")
+
+
+def _verl_baseline_scores(r: Array, m: Array, kl: Optional[Array], beta: float) -> Array:
+  """verl's sequence score with the KL in the reward: s_i = R_i − β Σ_t m_t kl_t, minus its group mean."""
+  kl = _masked_kl(kl, m)
+  s = r if kl is None else r - beta * jnp.sum(kl, axis=-1)
+  return s if s.shape[1] == 1 else s - s.mean(axis=1, keepdims=True)
 
 
 @register
 def reinforce_pp_baseline(rewards, mask, *, kl=None, beta: float = 0.0, norm: str = "openrlhf") -> Array:
-  """REINFORCE++-baseline: group-mean-centred reward, then REINFORCE++'s batch-global normalisation.
+  """REINFORCE++-baseline: group-mean-centred reward, then a batch-global normalisation (arXiv 2501.03262).
 
-  s'_i = R_i − mean_G R (a one-sample group keeps R), placed on the last token (γ = 1, so every token's
-  return is s'_i minus the KL that follows it), normalised over all valid tokens (arXiv 2501.03262).
+  norm="openrlhf" (OpenRLHF's form): s'_i = R_i − mean_G R (a one-sample group keeps R) on the last token,
+    minus β·clamp(kl_t, ±10) on every token; γ = 1 returns (s'_i minus the KL that follows t), normalised
+    with the population variance, rsqrt(max(var, 1e-8)).
+  norm="verl" (verl 0.9.1 with the KL in the reward): s_i = R_i − β Σ_t kl_t is centred in its group,
+    every valid token of row i gets s'_i, then unbiased whitening (x − μ)·rsqrt(var + 1e-8).
+  norm="openrlhf_verl_whiten": OpenRLHF's returns with verl's whitening.
+  With β = 0 or no kl the three differ only in the normalisation.
   """
+  if norm not in BASELINE_NORMS:
+    raise ValueError(f"Unknown norm {norm!r}; expected one of {BASELINE_NORMS}.")
+  check_hparam("beta", beta, low=0.0, method="reinforce_pp_baseline")
   r = check_rewards(rewards, method="reinforce_pp_baseline")
-  centred = r if r.shape[1] == 1 else r - r.mean(axis=1, keepdims=True)
   _, m = check_tokens(jnp.zeros(jnp.shape(mask), jnp.int32), mask, r.shape, method="reinforce_pp_baseline")
+  if norm == "verl":
+    return jax.lax.stop_gradient(masked_whiten(_verl_baseline_scores(r, m, kl, beta)[..., None] * m, m))
+  centred = r if r.shape[1] == 1 else r - r.mean(axis=1, keepdims=True)
   returns = discounted_returns(_token_rewards(centred, m, kl, beta), m, 1.0)
-  return jax.lax.stop_gradient(_global_norm(returns, m, norm))
+  return jax.lax.stop_gradient(_global_norm(returns, m, "verl" if norm == "openrlhf_verl_whiten" else norm))
 
 
 @register

@@ -165,17 +165,28 @@ def reinforce_pp(rewards, mask, *, kl=None, beta=0.0, gamma=1.0, std_norm=True):
 
 
 def reinforce_pp_baseline(rewards, mask, *, style="verl", kl=None, beta=0.0):
-  """REINFORCE++-baseline on group-centred rewards c = r - mean_g r (G == 1: mean 0).
+  """REINFORCE++-baseline on group-centred rewards (G == 1: mean 0).
 
-  style "verl": whiten(broadcast(c), mask) * mask (unbiased variance, rsqrt(var + 1e-8); no KL).
-  style "openrlhf": reinforce_pp(c, mask, kl=kl, beta=beta, gamma=1) (KL per token, population variance,
-  rsqrt(max(var, 1e-8))). The two differ by sqrt(S/(S-1)) (S = valid tokens) when there is no KL."""
+  style "verl" (verl with the KL in the reward): s = r - beta * sum_t mask*kl (no clamp), c = s - mean_g s,
+  whiten(broadcast(c), mask) * mask (unbiased variance, rsqrt(var + 1e-8)).
+  style "openrlhf": c = r - mean_g r, reinforce_pp(c, mask, kl=kl, beta=beta, gamma=1) (KL per token, clamped to
+  +-10, population variance, rsqrt(max(var, 1e-8))).
+  style "openrlhf_verl_whiten": the openrlhf returns, whitened as verl. Without KL "verl" and "openrlhf" differ by
+  sqrt(S/(S-1)) (S = valid tokens)."""
   r, m = _f(rewards), _f(mask)
-  c = dr_grpo(r)
-  if style == "openrlhf":
-    return reinforce_pp(c, m, kl=kl, beta=beta, gamma=1.0)
+  if style in ("openrlhf", "openrlhf_verl_whiten"):
+    out = reinforce_pp(dr_grpo(r), m, kl=kl, beta=beta, gamma=1.0, std_norm=False)   # centred returns
+    if style == "openrlhf_verl_whiten":
+      return whiten(out, m) * m
+    return reinforce_pp(dr_grpo(r), m, kl=kl, beta=beta, gamma=1.0)
   if style != "verl":
     raise ValueError(f"unknown style {style!r}")
+  s = r.copy()
+  if kl is not None:
+    k = _f(kl)
+    for p, i in np.ndindex(r.shape):
+      s[p, i] -= beta * sum(k[p, i, t] for t in range(m.shape[2]) if m[p, i, t] == 1)
+  c = dr_grpo(s)
   return whiten(c[:, :, None] * m, m) * m
 
 
