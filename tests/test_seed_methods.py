@@ -227,3 +227,49 @@ def test_llds_hand_example():
   for a, lp in ((-1.0, logp), (1.0, old + np.array([[-0.1, 0.3]]))):
     _, metrics = objectives.llds(f32(lp), f32(old), f32([a]), f32(np.ones((1, 2))))
     assert float(metrics["llds_penalty"]) == 0.0
+
+
+# ----------------------------------------------------------------------------- token selection: TW-GRPO, PPPO
+
+@pytest.mark.parametrize("jit", JIT)
+def test_tw_grpo_weights_against_reference(jit):
+  rng = np.random.default_rng(61)
+  logits = rng.normal(size=(6, 5, 4)) * 2
+  vocab_logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  mask = (np.arange(5)[None, :] < np.array([5, 3, 4, 4, 0, 2])[:, None]).astype(np.float64)
+  fn = lambda lp, m: advantages.tw_grpo(lp, m, group_size=3, max_weight=1.5)
+  got = (jax.jit(fn) if jit else fn)(f32(vocab_logp), f32(mask))
+  np.testing.assert_allclose(np.asarray(got), ref.tw_grpo_weights(vocab_logp, mask, group_size=3, max_weight=1.5),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_tw_grpo_and_prefix_retention_hand_examples():
+  # Position 0: both rows agree (divergence 0 → weight 1); position 1: they differ (the maximum → α = 1.7).
+  p = np.log(np.array([[[0.5, 0.5], [0.9, 0.1]], [[0.5, 0.5], [0.1, 0.9]]]))
+  w = advantages.tw_grpo(f32(p), f32(np.ones((2, 2))), group_size=2)
+  np.testing.assert_allclose(np.asarray(w), [[1.0, 1.7], [1.0, 1.7]], atol=1e-6)
+  mask = (np.arange(12)[None, :] < np.array([10, 0, 4])[:, None]).astype(np.float32)
+  keep = np.asarray(advantages.prefix_retention(mask, step=5, total_steps=100, start_frac=0.2, end_frac=1.0))
+  # f = 0.2 + 0.8·5/100 = 0.24: ⌈2.4⌉ = 3 of 10 tokens, 0 of 0, ⌈0.96⌉ = 1 of 4.
+  np.testing.assert_array_equal(keep.sum(-1), [3, 0, 1])
+  np.testing.assert_array_equal(keep[0, :4], [1, 1, 1, 0])
+  np.testing.assert_array_equal(np.asarray(advantages.prefix_retention(mask, step=100, total_steps=100)), mask)
+
+
+# ----------------------------------------------------------------------------- label-free consistency rewards
+
+def test_consistency_rewards():
+  from rl_jax import rewards
+  assert rewards.majority_vote_rewards(["4", "5", "4", None]) == [1, 0, 1, 0]
+  assert rewards.majority_vote_rewards(["5", "4", "4", "5"]) == [1, 0, 0, 1]      # tie: first seen wins
+  assert rewards.majority_vote_rewards([None, None]) == [0, 0]
+  assert rewards.token_f1("the cat sat", "the cat") == pytest.approx(0.8)
+  got = rewards.paraphrase_consistency_rewards([["a b", "a"], ["a b"]])
+  np.testing.assert_allclose(got[0], [1.0, 2 / 3])
+  np.testing.assert_allclose(got[1], [(1.0 + 2 / 3) / 2])
+  exact = lambda a, b: float(a == b)
+  got = rewards.paraphrase_consistency_rewards([["x", "y"], ["x"], ["x", "x"]], exact)
+  np.testing.assert_allclose([got[0], got[2]], [[1.0, 0.0], [2 / 3, 2 / 3]])
+  np.testing.assert_allclose(got[1], [0.75])
+  with pytest.raises(ValueError, match="2 paraphrases"):
+    rewards.paraphrase_consistency_rewards([["x"]])

@@ -9,7 +9,7 @@ from rl_jax.advantages.core import get, names, register
 from rl_jax.advantages.group import asymre, dr_grpo, grpo, ngrpo, opmd, rloo
 from rl_jax.advantages.process import (d3s, d3s_schedule, gtpo_conflict, pure, spo_tree, thr, tree_node_values, treerl,
                                       xrpo_sharpen)
-from rl_jax.advantages.selection import dars, forking_tokens, hicra, lp_reg, seed_grpo
+from rl_jax.advantages.selection import dars, forking_tokens, hicra, lp_reg, prefix_retention, seed_grpo, tw_grpo
 from rl_jax.advantages.stateful import (RewardStats, ValueTracker, dcpo, init_reward_stats, init_value_tracker,
                                         single_stream, tracker_rho)
 from rl_jax.advantages.structured import brpo, budget_prior, gigpo, rank_grpo, rank_rewards, s_grpo

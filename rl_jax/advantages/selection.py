@@ -121,3 +121,53 @@ def dars(accuracy, *, n: int = 8, n_max: int = 32, schedule: str = "ET", use_std
   extra = jnp.ceil((target - n * s) / s - 1e-6)
   extra = jnp.clip(extra, 0, n_max - n)
   return jnp.where(a >= 0.5, 0, extra).astype(jnp.int32)
+
+
+@register
+def tw_grpo(vocab_logp, mask, *, group_size: int, max_weight: float = 1.7) -> Array:
+  """TW-GRPO token weights [B, T] from the intra-group divergence of next-token distributions per position.
+
+    μ_t = mean_{i∈group} log π_i(·|t)  (masked positions use the uniform log(1/V)),
+    D_t = mean_i Σ_v (e^{d} − d − 1),  d = clip(μ_t − log π_i(v|t), −11, 11),
+    w_t = 1 + (α − 1)(D_t − min_t D)/(max_t D − min_t D + 1e-8), shared by the group's rows, × mask.
+
+  "Reinforcing Video Reasoning with Focused Thinking", arXiv 2505.24718. Follows the official code
+  (compute_token_importance_kl_logs_uniform; min/max over all positions of the group, padding included)
+  with α = `max_weight` = 1.7 from its tw-grpo.sh. `vocab_logp` [B, T, V] are full-vocabulary log-probs
+  (rows grouped contiguously); pass the result as `token_weights` with agg="token-mean" (the code's
+  loss). Needs full-vocabulary log-probs, which rl_jax's training step does not compute.
+  """
+  lp = jnp.asarray(vocab_logp, jnp.float32)
+  b, t, v = lp.shape
+  if jnp.shape(mask) != (b, t):
+    raise ValueError(f"mask must have shape {(b, t)}, got {jnp.shape(mask)}.")
+  if group_size < 1 or b % group_size:
+    raise ValueError(f"group_size must be a positive int dividing the batch {b}, got {group_size}.")
+  m = (jnp.asarray(mask) > 0).reshape(b // group_size, group_size, t, 1)
+  x = jnp.where(m, lp.reshape(b // group_size, group_size, t, v), -math.log(v))
+  d = jnp.clip(x.mean(axis=1, keepdims=True) - x, -11.0, 11.0)
+  div = jnp.sum(jnp.exp(d) - d - 1.0, axis=-1).mean(axis=1)                        # [P, T]
+  lo, hi = div.min(axis=1, keepdims=True), div.max(axis=1, keepdims=True)
+  w = 1.0 + (max_weight - 1.0) * (div - lo) / (hi - lo + 1e-8)
+  w = jnp.repeat(w, group_size, axis=0)
+  return jax.lax.stop_gradient(w * (jnp.asarray(mask) > 0))
+
+
+@register
+def prefix_retention(mask, *, step: int, total_steps: int, start_frac: float = 0.2, end_frac: float = 1.0) -> Array:
+  """PPPO progressive prefix retention: keep the first ⌈f·L_i⌉ tokens of each response, f growing linearly
+  from `start_frac` to `end_frac` over `total_steps` (weights [.., T] to pass as `token_weights`).
+
+  "Well Begun, Half Done: RL with Prefix Optimization for LLM Reasoning" (PPPO). [reconstruction] from
+  the abstract: the schedule shape and both fractions are keywords. The paper's continuation accumulated
+  reward (several continuations sampled per prefix) needs prefix-continuation rollouts and is not here.
+  Example: L = 10, f = 0.25 → tokens 0..2 kept.
+  """
+  if not 0.0 < start_frac <= end_frac <= 1.0 or total_steps <= 0:
+    raise ValueError(f"need 0 < start_frac <= end_frac <= 1 and total_steps > 0, got {start_frac}, {end_frac}, "
+                     f"{total_steps}.")
+  m = jnp.asarray(mask) > 0
+  frac = start_frac + (end_frac - start_frac) * min(max(step, 0), total_steps) / total_steps
+  keep = jnp.ceil(frac * jnp.sum(m, axis=-1, keepdims=True) - 1e-6)
+  pos = jnp.cumsum(m, axis=-1) - 1                                                   # index among valid tokens
+  return (m & (pos < keep)).astype(jnp.float32)

@@ -192,3 +192,28 @@ def llds(logp, old, adv, mask, *, frozen, llds_coef=0.2, eps_low=0.2, eps_high=0
         reg += max(0.0, old[i, t] - logp[i, t])
   n = max(sum(len(r) for r in R), 1)
   return pg / n + llds_coef * reg / n
+
+
+def tw_grpo_weights(vocab_logp, mask, *, group_size, max_weight=1.7):
+  """Per group and position: mean over rows of Σ_v (e^d − d − 1), d = clip(mean_rows(log p) − log p, ±11),
+  masked positions read as the uniform distribution; min-max normalised over positions to [1, α]."""
+  B, T, V = vocab_logp.shape
+  w = np.zeros((B, T))
+  for g0 in range(0, B, group_size):
+    rows_ = range(g0, g0 + group_size)
+    x = {(i, t): ([vocab_logp[i, t, v] for v in range(V)] if mask[i, t] > 0 else [-math.log(V)] * V)
+         for i in rows_ for t in range(T)}
+    div = []
+    for t in range(T):
+      mean = [sum(x[i, t][v] for i in rows_) / group_size for v in range(V)]
+      total = 0.0
+      for i in rows_:
+        for v in range(V):
+          d = min(max(mean[v] - x[i, t][v], -11.0), 11.0)
+          total += math.exp(d) - d - 1.0
+      div.append(total / group_size)
+    lo, hi = min(div), max(div)
+    for i in rows_:
+      for t in range(T):
+        w[i, t] = (1 + (max_weight - 1) * (div[t] - lo) / (hi - lo + 1e-8)) * (mask[i, t] > 0)
+  return w
