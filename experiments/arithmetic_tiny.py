@@ -14,6 +14,7 @@ import dataclasses
 import json
 import pathlib
 import sys
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ import rl_jax
 from rl_jax import advantages as advantages_lib
 from rl_jax import objectives as objectives_lib
 from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
-from rl_jax.config import from_command_line, to_dict
+from rl_jax.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check, from_command_line, to_dict
 from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
 from rl_jax.models import init_params, tiny_config
 from rl_jax.progress import progress
@@ -63,17 +64,20 @@ class Config:
   resume: bool = True              # continue from the latest checkpoint in run_dir
   progress_bar: bool = True
 
+  BOUNDS: ClassVar[dict] = dict(
+      digits=AT_LEAST_ONE, d_model=AT_LEAST_ONE, n_layers=AT_LEAST_ONE, sft_steps=NON_NEGATIVE, sft_batch=AT_LEAST_ONE,
+      sft_lr=POSITIVE, rl_steps=NON_NEGATIVE, prompts_per_step=AT_LEAST_ONE, group_size=AT_LEAST_ONE,
+      temperature=POSITIVE, lr=POSITIVE, epochs=AT_LEAST_ONE, minibatches=AT_LEAST_ONE, beta=NON_NEGATIVE,
+      eval_every=AT_LEAST_ONE, eval_size=AT_LEAST_ONE, checkpoint_every=NON_NEGATIVE)
+
   def __post_init__(self):
+    check(self)
     if self.objective not in objectives_lib.names():
       raise ValueError(f"Unknown objective {self.objective!r}; choose from {objectives_lib.names()}.")
     if self.advantage not in advantages_lib.names():
       raise ValueError(f"Unknown advantage {self.advantage!r}; choose from {advantages_lib.names()}.")
-    for name in ("sft_batch", "prompts_per_step", "group_size", "eval_size", "minibatches", "epochs", "n_layers",
-                 "d_model"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-    if self.sft_steps < 0 or self.rl_steps < 0 or self.beta < 0 or self.temperature <= 0:
-      raise ValueError("sft_steps, rl_steps and beta must be >= 0 and temperature > 0.")
+    if not self.ops or set(self.ops) - set("+-*"):
+      raise ValueError(f"--ops must be drawn from '+-*', got {self.ops!r}.")
     if (self.prompts_per_step * self.group_size) % self.minibatches:
       raise ValueError("prompts_per_step * group_size must be divisible by minibatches.")
 

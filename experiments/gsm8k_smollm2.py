@@ -27,6 +27,7 @@ import pathlib
 import shutil
 import sys
 import time
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,7 @@ from rl_jax import objectives as objectives_lib
 from rl_jax.chat import MATH_INSTRUCTION, chat_text, decode_completions, encode_prompts
 from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
 from rl_jax import machine as machine_lib
-from rl_jax.config import from_command_line, to_dict
+from rl_jax.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, check, from_command_line, to_dict
 from rl_jax.evaluation import evaluate_math, params_digest
 from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
 from rl_jax.models import init_params, load_gguf, load_hf_folder, load_tokenizer, smollm2_gguf_path, tiny_config
@@ -84,7 +85,15 @@ class Config:
   progress_bar: bool = True
   before_from: str = ""             # run dir whose "before" evaluation is reused (same model, seed and eval settings)
 
+  BOUNDS: ClassVar[dict] = dict(
+      rl_steps=NON_NEGATIVE, prompts_per_step=AT_LEAST_ONE, group_size=AT_LEAST_ONE,
+      max_new_tokens=AT_LEAST_ONE, temperature=POSITIVE, top_p=UNIT, lr=POSITIVE, epochs=AT_LEAST_ONE,
+      minibatches=AT_LEAST_ONE, beta=NON_NEGATIVE, overlong_buffer=NON_NEGATIVE, prompt_bucket=AT_LEAST_ONE,
+      max_prompt_len=AT_LEAST_ONE, eval_size=NON_NEGATIVE, eval_samples=NON_NEGATIVE, eval_max_new_tokens=AT_LEAST_ONE,
+      eval_batch=AT_LEAST_ONE, checkpoint_every=NON_NEGATIVE)
+
   def __post_init__(self):
+    check(self)
     if self.preset not in ("cpu", "pod"):
       raise ValueError(f"preset must be cpu or pod, got {self.preset!r}.")
     if self.objective not in objectives_lib.names():
@@ -95,12 +104,6 @@ class Config:
     if self.advantage in STATEFUL_ADVANTAGES and self.dynamic_sampling:
       raise ValueError(f"advantage={self.advantage} keeps per-question statistics; it does not run with "
                        "dynamic_sampling (which drops and refills groups).")
-    for name in ("prompts_per_step", "group_size", "max_new_tokens", "epochs", "minibatches", "eval_batch",
-                 "eval_max_new_tokens", "prompt_bucket", "max_prompt_len"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-    if self.rl_steps < 0 or self.beta < 0 or self.temperature <= 0 or self.eval_size < 0 or self.eval_samples < 0:
-      raise ValueError("rl_steps, beta, eval_size, eval_samples must be >= 0 and temperature > 0.")
     if (self.prompts_per_step * self.group_size) % self.minibatches:
       raise ValueError("prompts_per_step * group_size must be divisible by minibatches.")
     if not 0 <= self.overlong_buffer < self.max_new_tokens:
