@@ -2,16 +2,18 @@
 # Run an rl_jax experiment on every worker of a Cloud TPU pod slice.
 #
 #   launch/tpu_pod.sh --name=rl-v5p --zone=us-east5-a --type=v5p-64 [--version=v2-alpha-tpuv5] \
-#       [--project=P] [--skip-install] [--dry-run] -- experiments.configs.gsm8k_pod --preset=qwen2.5-math-7b
+#       [--project=P] [--skip-install] [--data=DIR] [--dry-run] -- experiments.configs.gsm8k_pod --preset=qwen2.5-math-7b
 #
 # Steps: create the TPU VM unless it already exists (describe || create), copy this checkout to
-# every worker, install the requirements with jax[tpu], then start the module on all workers at
+# every worker, install it with its tpu extra at the versions of constraints.txt, put the data on
+# every worker (--data=DIR copies a local data folder there and points RL_JAX_DATA_DIR at it), then
+# start the module on all workers at
 # once (--worker=all) with RL_JAX_MULTIHOST=1. JAX's multi-host runtime finds the coordinator,
 # process count and process ids from the TPU metadata by itself: rl_jax.distributed.initialize()
 # calls jax.distributed.initialize() with no arguments. Every worker must run the same program.
 # --dry-run prints the command sequence instead of running it.
 set -euo pipefail
-name="" zone="" type="v5p-8" version="v2-alpha-tpuv5" project="" dry=0 install=1
+name="" zone="" type="v5p-8" version="v2-alpha-tpuv5" project="" dry=0 install=1 data=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name=*) name="${1#*=}" ;;
@@ -20,6 +22,7 @@ while [[ $# -gt 0 ]]; do
     --version=*) version="${1#*=}" ;;
     --project=*) project="${1#*=}" ;;
     --skip-install) install=0 ;;
+    --data=*) data="${1#*=}" ;;
     --dry-run) dry=1 ;;
     --) shift; break ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -27,7 +30,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 [[ -n "$name" && -n "$zone" ]] || {
-  echo "usage: launch/tpu_pod.sh --name=N --zone=Z [--type=T] [--project=P] [--skip-install] [--dry-run] -- module [--key=value ...]" >&2
+  echo "usage: launch/tpu_pod.sh --name=N --zone=Z [--type=T] [--project=P] [--skip-install] [--data=DIR] [--dry-run] -- module [--key=value ...]" >&2
   exit 2
 }
 [[ $# -gt 0 ]] || { echo "missing the experiment module after --" >&2; exit 2; }
@@ -49,8 +52,17 @@ run() {
 
 run "$tpu describe $name --zone=$zone$proj >/dev/null 2>&1 || $tpu create $name --zone=$zone --accelerator-type=$type --version=$version$proj"
 run "$tpu ssh $name $on_all --command='mkdir -p ~/$remote_dir'"
-run "$tpu scp --recurse $on_all $here/rl_jax $here/experiments $here/kernels_pallas $here/launch $here/requirements.txt $name:~/$remote_dir/"
+code="$here/rl_jax $here/experiments $here/kernels_pallas $here/launch $here/pyproject.toml $here/constraints.txt"
+code+=" $here/README.md $here/LICENSE $here/DATA_LICENSES.md"
+run "$tpu scp --recurse $on_all $code $name:~/$remote_dir/"
 if [[ $install -eq 1 ]]; then
-  run "$tpu ssh $name $on_all --command='cd ~/$remote_dir && python3 -m pip install -q -r requirements.txt \"jax[tpu]\"'"
+  run "$tpu ssh $name $on_all --command='cd ~/$remote_dir && python3 -m pip install -q -c constraints.txt \".[tpu]\"'"
 fi
-run "$tpu ssh $name $on_all --command='cd ~/$remote_dir && RL_JAX_MULTIHOST=1 PYTHONUNBUFFERED=1 python3 -m $module$args'"
+if [[ -n "$data" ]]; then
+  [[ -d "$data" ]] || { echo "--data=$data is not a folder" >&2; exit 2; }
+  run "$tpu scp --recurse $on_all $data $name:~/rl_jax_data"
+  envs="RL_JAX_DATA_DIR=~/rl_jax_data "
+else
+  envs=""
+fi
+run "$tpu ssh $name $on_all --command='cd ~/$remote_dir && ${envs}RL_JAX_MULTIHOST=1 PYTHONUNBUFFERED=1 python3 -m $module$args'"

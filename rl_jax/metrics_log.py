@@ -9,27 +9,33 @@ from typing import Optional, Sequence
 
 
 class MetricsLogger:
-  """Appends one JSON object per step to <run_dir>/metrics.jsonl (and TensorBoard if available)."""
+  """Appends one JSON object per step to <run_dir>/metrics.jsonl and, with tensorboardX installed
+  (`pip install rl-jax[tensorboard]`), the finite scalars to TensorBoard event files in <run_dir>/tb.
 
-  def __init__(self, run_dir, *, tensorboard: bool = True):
+  Only process 0 writes (`rl_jax.distributed.is_main_process`): on a pod every host computes the same
+  global metrics, so the other processes' loggers are no-ops and the run dir gets one copy.
+  """
+
+  def __init__(self, run_dir, *, tensorboard: bool = True, enabled: Optional[bool] = None):
+    from rl_jax.distributed import is_main_process
     self.run_dir = pathlib.Path(run_dir)
-    self.run_dir.mkdir(parents=True, exist_ok=True)
     self.path = self.run_dir / "metrics.jsonl"
+    self.enabled = is_main_process() if enabled is None else bool(enabled)
     self._tb = None
+    self.run_dir.mkdir(parents=True, exist_ok=True)
+    if not self.enabled:
+      return
     if tensorboard:
       try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (optional)
-      except Exception:
-        try:
-          import tensorboardX  # noqa: F401
-        except Exception:
-          pass
-        else:
-          self._tb = tensorboardX.SummaryWriter(str(self.run_dir / "tb"))
+        import tensorboardX
+      except ImportError:
+        pass
       else:
-        self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        self._tb = tensorboardX.SummaryWriter(str(self.run_dir / "tb"))
 
   def log(self, step: int, metrics: dict, *, phase: str = "rl") -> None:
+    if not self.enabled:
+      return
     row = {"step": int(step), "phase": phase}
     row.update({k: (float(v) if isinstance(v, (int, float)) or hasattr(v, "__float__") else v)
                 for k, v in metrics.items()})

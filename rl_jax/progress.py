@@ -15,7 +15,9 @@ class _Silent:
 
 
 def progress(iterable, *, desc: str = "", enabled: bool = True):
-  if not enabled:
+  """A tqdm bar over `iterable` on process 0 when enabled; elsewhere the bare iterable."""
+  from rl_jax.distributed import is_main_process
+  if not enabled or not is_main_process():
     return _Silent(iterable)
   try:
     from tqdm.auto import tqdm

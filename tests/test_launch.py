@@ -26,14 +26,26 @@ def test_tpu_pod_dry_run_prints_the_command_sequence():
     assert "--worker=all" in line and "--project=proj" in line and "--zone=us-east5-a" in line
   assert "mkdir -p ~/rl_jax" in mkdir
   assert scp.startswith("gcloud compute tpus tpu-vm scp --recurse") and scp.endswith("rl-v5p:~/rl_jax/")
-  for path in ("rl_jax", "experiments", "kernels_pallas", "requirements.txt"):
+  for path in ("rl_jax", "experiments", "kernels_pallas", "pyproject.toml", "constraints.txt", "LICENSE"):
     assert f"{ROOT}/{path}" in scp and (ROOT / path).exists()
-  assert "pip install" in install and "jax[tpu]" in install and "-r requirements.txt" in install
+  assert "pip install" in install and '".[tpu]"' in install and "-c constraints.txt" in install
   assert start.startswith("gcloud compute tpus tpu-vm ssh rl-v5p")
   command = shlex.split(start)[-1]  # what every worker runs
   assert command.startswith("--command=cd ~/rl_jax && ")
   assert "RL_JAX_MULTIHOST=1" in command
   assert command.endswith("python3 -m experiments.configs.gsm8k_pod --preset=qwen2.5-math-7b --smoke_steps=2")
+
+
+def test_tpu_pod_copies_a_data_folder_to_every_worker(tmp_path):
+  out = dry_run(f"--data={tmp_path}")
+  assert len(out) == 6
+  copy, start = out[4], out[5]
+  assert copy.startswith("gcloud compute tpus tpu-vm scp --recurse") and "--worker=all" in copy
+  assert f" {tmp_path} rl-v5p:~/rl_jax_data" in copy
+  assert "RL_JAX_DATA_DIR=~/rl_jax_data RL_JAX_MULTIHOST=1" in shlex.split(start)[-1]
+  r = subprocess.run(POD + ["--name=a", "--zone=z", "--dry-run", f"--data={tmp_path}/none", "--", "m"],
+                     capture_output=True, text=True)
+  assert r.returncode == 2 and "is not a folder" in r.stderr
 
 
 def test_tpu_pod_skip_install_and_no_project():

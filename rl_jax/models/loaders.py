@@ -247,11 +247,49 @@ def smollm2_gguf_path():
   return path
 
 
+def gguf_tokenizer_metadata(path) -> tuple[str, dict, dict]:
+  """(architecture, tokenizer fields, tokenizer config) of a GGUF file, read with the `gguf` package.
+
+  The fields carry transformers' names (`GGUF_TOKENIZER_MAPPING`); the config holds the chat template, the
+  BOS/EOS flags and the special tokens as strings, as transformers' own GGUF reader returns them.
+  """
+  import gguf
+  from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING
+
+  reader = gguf.GGUFReader(str(path))
+  meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.") or k == "general.architecture"}
+  groups = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
+            for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+  fields, config = groups["tokenizer"], groups["tokenizer_config"]
+  if fields.get("tokenizer_type") == "llama":  # sentencepiece files add BOS unless they say otherwise (llama.cpp)
+    config.setdefault("add_bos_token", True)
+  for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("unk_token", "unknown_token_id"),
+                    ("pad_token", "padding_token_id")):
+    token_id = meta.get(f"tokenizer.ggml.{key}")
+    config[name] = fields["tokens"][int(token_id)] if token_id is not None else None
+  return meta["general.architecture"], fields, config
+
+
+def load_gguf_tokenizer(path):
+  """The tokenizer and chat template stored in a GGUF file, built without PyTorch.
+
+  transformers' `AutoTokenizer.from_pretrained(folder, gguf_file=...)` builds the same tokenizer, but its GGUF
+  reader imports torch; here the metadata comes from `gguf` and transformers only converts it.
+  """
+  from transformers import PreTrainedTokenizerFast
+  from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+
+  architecture, fields, config = gguf_tokenizer_metadata(path)
+  backend, extra = convert_gguf_tokenizer(architecture, fields)
+  path = pathlib.Path(path)
+  return PreTrainedTokenizerFast(tokenizer_object=backend, name_or_path=str(path.parent), **config, **extra)
+
+
 def load_tokenizer(path):
-  """A transformers tokenizer (with chat template) from an HF folder or a GGUF file."""
+  """A transformers tokenizer (with chat template) from an HF folder or a GGUF file (no torch needed)."""
   from transformers import AutoTokenizer
 
   path = pathlib.Path(path)
   if path.suffix == ".gguf":
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return load_gguf_tokenizer(path)
   return AutoTokenizer.from_pretrained(str(path))
