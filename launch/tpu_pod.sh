@@ -6,8 +6,9 @@
 #
 # Steps: create the TPU VM unless it already exists (describe || create), copy this checkout to
 # every worker, install it with its tpu extra at the versions of constraints.txt, put the data on
-# every worker (--data=DIR copies a local data folder there and points RL_JAX_DATA_DIR at it), then
-# start the module on all workers at
+# every worker (--data=DIR copies a local data folder there and points RL_JAX_DATA_DIR at it; without
+# it every worker downloads and checks the sets with `python3 -m rl_jax.data prepare`, so a missing or
+# corrupt set stops the launch before training), then start the module on all workers at
 # once (--worker=all) with RL_JAX_MULTIHOST=1. JAX's multi-host runtime finds the coordinator,
 # process count and process ids from the TPU metadata by itself: rl_jax.distributed.initialize()
 # calls jax.distributed.initialize() with no arguments. Every worker must run the same program.
@@ -63,6 +64,7 @@ if [[ -n "$data" ]]; then
   run "$tpu scp --recurse $on_all $data $name:~/rl_jax_data"
   envs="RL_JAX_DATA_DIR=~/rl_jax_data "
 else
+  run "$tpu ssh $name $on_all --command='cd ~/$remote_dir && python3 -m rl_jax.data prepare'"
   envs=""
 fi
 run "$tpu ssh $name $on_all --command='cd ~/$remote_dir && ${envs}RL_JAX_MULTIHOST=1 PYTHONUNBUFFERED=1 python3 -m $module$args'"

@@ -10,6 +10,7 @@ if os.environ.get("RL_JAX_TEST_ACCELERATOR") != "1":  # set it to run the @gpu t
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -20,3 +21,21 @@ try:  # deterministic hypothesis runs
   settings.load_profile("rl_jax")
 except ImportError:  # pragma: no cover
   pass
+
+
+def _in_ci() -> bool:
+  return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def data_root():
+  """The data folder (RL_JAX_DATA_DIR, else ../shared/data). Missing: the test skips, except in CI (CI=true),
+  where it fails, so a CI run without its data cannot pass by skipping."""
+  from rl_jax.data import default_root
+  root = default_root()
+  if not (root / "gsm8k" / "test.jsonl").exists():
+    message = f"no data folder at {root} (set RL_JAX_DATA_DIR)"
+    if _in_ci():
+      pytest.fail(message + "; CI must provide the data", pytrace=False)
+    pytest.skip(message)
+  return root

@@ -16,13 +16,14 @@ def dry_run(*extra):
 
 def test_tpu_pod_dry_run_prints_the_command_sequence():
   out = dry_run()
-  assert len(out) == 5
-  create, mkdir, scp, install, start = out
+  assert len(out) == 6
+  create, mkdir, scp, install, prepare, start = out
   # Create or reuse: describe first, create only when it fails.
   assert create.startswith("gcloud compute tpus tpu-vm describe rl-v5p --zone=us-east5-a --project=proj")
   assert "|| gcloud compute tpus tpu-vm create rl-v5p --zone=us-east5-a --accelerator-type=v5p-64" in create
   assert "--version=v2-alpha-tpuv5 --project=proj" in create
-  for line in (mkdir, scp, install, start):
+  assert prepare.endswith("--command='cd ~/rl_jax && python3 -m rl_jax.data prepare'")   # data on every worker
+  for line in (mkdir, scp, install, prepare, start):
     assert "--worker=all" in line and "--project=proj" in line and "--zone=us-east5-a" in line
   assert "mkdir -p ~/rl_jax" in mkdir
   assert scp.startswith("gcloud compute tpus tpu-vm scp --recurse") and scp.endswith("rl-v5p:~/rl_jax/")
@@ -38,7 +39,7 @@ def test_tpu_pod_dry_run_prints_the_command_sequence():
 
 def test_tpu_pod_copies_a_data_folder_to_every_worker(tmp_path):
   out = dry_run(f"--data={tmp_path}")
-  assert len(out) == 6
+  assert len(out) == 6 and not any("rl_jax.data prepare" in line for line in out)
   copy, start = out[4], out[5]
   assert copy.startswith("gcloud compute tpus tpu-vm scp --recurse") and "--worker=all" in copy
   assert f" {tmp_path} rl-v5p:~/rl_jax_data" in copy
@@ -51,7 +52,7 @@ def test_tpu_pod_copies_a_data_folder_to_every_worker(tmp_path):
 def test_tpu_pod_skip_install_and_no_project():
   out = subprocess.run(POD + ["--name=a", "--zone=z", "--dry-run", "--skip-install", "--", "m"], capture_output=True,
                        text=True, check=True).stdout.splitlines()
-  assert len(out) == 4 and not any("pip install" in line for line in out)
+  assert len(out) == 5 and not any("pip install" in line for line in out)
   assert not any("--project" in line for line in out)
   assert "--accelerator-type=v5p-8" in out[0]  # default slice
 
@@ -84,4 +85,4 @@ def test_tpu_pod_runs_the_commands_and_reuses_an_existing_vm(tmp_path):
     assert calls[0].startswith("compute tpus tpu-vm describe a")
     assert any(c.startswith("compute tpus tpu-vm create a") for c in calls) == creates
     assert calls[-1].endswith("--command=cd ~/rl_jax && RL_JAX_MULTIHOST=1 PYTHONUNBUFFERED=1 python3 -m m --k=v")
-    assert len(calls) == 4 + creates
+    assert len(calls) == 5 + creates   # describe [create] mkdir scp prepare start

@@ -1,7 +1,6 @@
 """Math verification, shaping, the safe reward runner and evaluation metrics."""
 
 import json
-import pathlib
 import time
 from itertools import combinations
 
@@ -12,7 +11,6 @@ from rl_jax.evaluation import avg_at_k, maj_at_k, pass_at_k
 from rl_jax.rewards import (RewardRunner, answers_equivalent, dapo_overlong_penalty, extract_boxed,
                             extract_gsm8k_answer, format_reward, math_reward)
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_extraction():
@@ -34,10 +32,8 @@ def test_equivalence(pred, target, same):
   assert answers_equivalent(pred, target) is same
 
 
-def test_math_reward_on_real_gsm8k_solutions():
-  path = DATA / "gsm8k" / "test.jsonl"
-  if not path.exists():
-    pytest.skip(f"{path} not present")
+def test_math_reward_on_real_gsm8k_solutions(data_root):
+  path = data_root / "gsm8k" / "test.jsonl"
   rows = [json.loads(line) for line in path.read_text().splitlines()[:50]]
   for row in rows:
     gold = extract_gsm8k_answer(row["answer"])
@@ -47,10 +43,8 @@ def test_math_reward_on_real_gsm8k_solutions():
   assert format_reward("... #### 5", style="gsm8k") == 1.0 and format_reward("5", style="boxed") == 0.0
 
 
-def test_math500_boxed_answers_verify_against_their_solutions():
-  path = DATA / "eval" / "math500.jsonl"
-  if not path.exists():
-    pytest.skip(f"{path} not present")
+def test_math500_boxed_answers_verify_against_their_solutions(data_root):
+  path = data_root / "eval" / "math500.jsonl"
   rows = [json.loads(line) for line in path.read_text().splitlines()[:40]]
   ok = sum(math_reward(r["solution"], r["answer"]) for r in rows)
   assert ok >= 0.9 * len(rows)

@@ -4,9 +4,14 @@
     test = data.load("gsm8k", "test")        # builds once into data_dir, then reads
     len(test), test[0]["problem"], test[0]["answer"]
 
-Names: gsm8k, math500, aime24, amc23, minerva_math, svamp, asdiv, mawps (from the shared data folder
-through TFDS's manual dir) and arithmetic_1d/2d/3d, countdown (generated). Records are dicts of str:
-id, problem, answer, solution.
+Names: gsm8k, math500, aime24, amc23, minerva_math, svamp, asdiv, mawps and arithmetic_1d/2d/3d,
+countdown (generated). The math sets come from the data folder (TFDS's manual dir: `manual_dir`, else
+$RL_JAX_DATA_DIR, else ../shared/data next to a checkout) when it holds them, else from their published
+sources, downloaded once and checked against their SHA-256 (`rl_jax.data.sources`). Records are dicts
+of str: id, problem, answer, solution.
+
+`python -m rl_jax.data prepare [name ...]` prepares every math set (or the named ones) and checks each
+split's row count against the published one.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import pathlib
 from typing import Optional, Sequence
 
 from rl_jax.data.records import FILES, default_root, read
+from rl_jax.data.sources import SOURCES, DataUnavailableError
 
 SYNTHETIC = ("arithmetic_1d", "arithmetic_2d", "arithmetic_3d", "countdown")
 
@@ -69,4 +75,5 @@ def load(name: str, split: str = "test", *, data_dir=None, manual_dir=None, limi
   return source if limit is None else source[:limit]
 
 
-__all__ = ["DataSource", "FILES", "SYNTHETIC", "builder", "default_data_dir", "default_root", "load", "names", "read"]
+__all__ = ["DataSource", "DataUnavailableError", "FILES", "SOURCES", "SYNTHETIC", "builder", "default_data_dir",
+           "default_root", "load", "names", "read"]

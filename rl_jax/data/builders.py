@@ -1,8 +1,10 @@
 """TensorFlow Datasets builders for rl_jax's data, stored as array_record (no TensorFlow needed).
 
-* `RlJaxMath`: the math sets read from a manual dir (the shared data folder): configs gsm8k (train,
-  test), math500, aime24, amc23, minerva_math, svamp, asdiv, mawps (test). Records are
-  {id, problem, answer, solution} (see `rl_jax.data.records`).
+* `RlJaxMath`: the math sets: configs gsm8k (train, test), math500, aime24, amc23, minerva_math, svamp,
+  asdiv, mawps (test), read from the manual dir (the data folder: $RL_JAX_DATA_DIR, or ../shared/data
+  next to a checkout) when it holds them, else downloaded once from their published sources into
+  <data_dir>/downloads/rl_jax and checked (`rl_jax.data.sources`). Each split must have its published
+  row count. Records are {id, problem, answer, solution} (see `rl_jax.data.records`).
 * `RlJaxSynthetic`: generated tasks, configs arithmetic_1d/2d/3d (a+b, a−b, a·b) and countdown, with
   fixed seeds; train and test come from disjoint random streams.
 
@@ -18,7 +20,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rl_jax.data import records
+from rl_jax.data import records, sources
 
 _TEXT_FEATURES = {"id": tfds.features.Text(), "problem": tfds.features.Text(), "answer": tfds.features.Text(),
                   "solution": tfds.features.Text()}
@@ -31,20 +33,33 @@ class RlJaxMath(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "GSM8K, MATH-500, AIME24, AMC23, Minerva, SVAMP, ASDiv, MAWPS."}
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name, description=f"{name} ({', '.join(splits)})")
                      for name, splits in records.FILES.items()]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Point manual_dir at the data folder holding gsm8k/{train,test}.jsonl and "
-                                  "eval/*.jsonl (by default ../shared/data next to the repository).")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Optional: point manual_dir (or RL_JAX_DATA_DIR) at a data folder holding "
+                                  "gsm8k/{train,test}.jsonl and eval/*.jsonl; without one the files are downloaded "
+                                  "from their published sources (rl_jax.data.sources).")
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(_TEXT_FEATURES),
                                           disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
-    root = pathlib.Path(dl_manager.manual_dir)
-    return {split: self._generate_examples(root, split) for split in records.FILES[self.builder_config.name]}
+    try:
+      local = pathlib.Path(dl_manager.manual_dir)
+    except AssertionError:  # TFDS refuses a missing or empty manual dir; keep its path for the error message
+      configured = getattr(dl_manager, "_manual_dir", None)
+      local = pathlib.Path(configured) if configured else None
+    cache = pathlib.Path(self.data_dir_root) / "downloads" / "rl_jax"
+    name = self.builder_config.name
+    return {split: self._generate_examples(sources.resolve(name, split, local, cache), split)
+            for split in records.FILES[name]}
 
   def _generate_examples(self, root, split):
-    for i, rec in enumerate(records.read(self.builder_config.name, split, root)):
-      yield i, rec
+    name, n = self.builder_config.name, 0
+    for n, rec in enumerate(records.read(name, split, root), start=1):
+      yield n - 1, rec
+    expected = sources.source(name, split).rows
+    if n != expected:
+      raise ValueError(f"{root / records.FILES[name][split]} has {n} rows; the published {name} {split} split "
+                       f"has {expected}. Use the published file (rl_jax.data.sources) or a new dataset name.")
 
 
 SYNTHETIC_SIZES = {"train": 20000, "test": 1000}

@@ -80,7 +80,8 @@ def read(name: str, split: str = "test", root=None) -> Iterator[dict]:
     raise ValueError(f"{name} has splits {sorted(FILES[name])}, not {split!r}.")
   path = pathlib.Path(root or default_root()) / FILES[name][split]
   if not path.exists():
-    raise FileNotFoundError(f"{path} not found: point RL_JAX_DATA_DIR (or manual_dir) at the data folder.")
+    raise FileNotFoundError(f"{path} not found: point RL_JAX_DATA_DIR (or root) at a data folder holding it, or "
+                            f"use rl_jax.data.load, which downloads it from its published source.")
   with open(path) as f:
     for i, line in enumerate(f):
       if line.strip():
