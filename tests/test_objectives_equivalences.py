@@ -64,6 +64,7 @@ ON_POLICY = {
     "rank_grpo": {},
     "gmpo": {}, "hapo": {"adv_beta": 0.0}, "clip_cov": {"clip_cov_lb": 1e8}, "kl_cov": {"kl_cov_coef": 0.0},
     "tis": {}, "mis": {}, "topr": {}, "minirl": {},
+    "opmd": {"tau": 0.0}, "llds": {}, "steer": {"w_min": 1.0, "w_max": 1.0},
 }
 AGG_OF = {"gmpo": "seq-mean-token-mean"}
 
