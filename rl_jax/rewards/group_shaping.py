@@ -57,8 +57,11 @@ def ada_grpo_rewards(rewards, formats, *, step: int, total_steps: int) -> Array:
     α_i(t) = (G / F(o_i)) · decay_i(t),  decay_i(t) = F(o_i)/G + ½ (1 − F(o_i)/G)(1 + cos(π t/T)),  r'_i = α_i r_i,
 
   F(o_i) = number of the group's samples with o_i's format (integer labels in `formats` [P, G]).
-  "ARM: Adaptive Reasoning Model", arXiv 2505.20258. [reconstruction] of the paper's formula as we read
-  it (official code not consulted); t is clamped to [0, T]. At t = 0, α = G/F; at t = T, α = 1.
+  "ARM: Adaptive Reasoning Model", arXiv 2505.20258. Matches the official code
+  (compute_ada_grpo_outcome_advantage, written there as α = 1 + ½(G/F − 1)(1 + cos(πt/T))), whose formats
+  are the <ANSWER>/<COT>/<CODE>/<LONG_COT> tags of the response; the code then applies GRPO's
+  normalisation to the scaled rewards (`rl_jax.advantages.grpo`). t is clamped to [0, T] here (the code
+  does not clamp). At t = 0, α = G/F; at t = T, α = 1.
   Example (G = 4, formats [0, 0, 0, 1], t = 0): α = [4/3, 4/3, 4/3, 4].
   """
   r = check_rewards(rewards, method="ada_grpo_rewards")
