@@ -195,9 +195,11 @@ def test_curation_rules():
   np.testing.assert_array_equal(curation.variance_filter([[1, 1], [1, 0], [0, 0]]), [False, True, False])
   np.testing.assert_array_equal(curation.variance_filter([[1, 1, 0, 1], [1, 0, 0, 0]], min_std=0.0, max_mean=0.5),
                                 [False, True])
-  np.testing.assert_allclose(curation.variance_promotion_weights([0.5, 1, 0], [0, 0, 0], beta=0.0, mix=1.0), [1, 0, 0])
+  np.testing.assert_allclose(curation.variance_promotion_weights([0.5, 1, 0], mix=1.0), [1, 0, 0])
+  np.testing.assert_allclose(curation.variance_promotion_weights([0.5, 0.1]), [0.5 * 0.25 / 0.34 + 0.25,
+                                                                               0.5 * 0.09 / 0.34 + 0.25])
   # VPS = [0.25 + 0.5, 0 + 0.25] = [0.75, 0.25]; mix 0.5 with uniform 0.5 each → [0.625, 0.375].
-  w = curation.variance_promotion_weights([0.5, 1.0], [0.5, 0.25], mix=0.5)
+  w = curation.variance_promotion_weights([0.5, 1.0], [0.5, 0.25], beta=1.0, mix=0.5)
   np.testing.assert_allclose(w, [0.625, 0.375])
   np.testing.assert_allclose(curation.variance_promotion_weights([1, 0], [0, 0]), [0.5, 0.5])
   slots = curation.replay_slots([[0, 0, 0], [1, 0, 0], [0, 0, 0]], [True, True, False])

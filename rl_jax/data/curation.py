@@ -25,19 +25,23 @@ def variance_filter(rewards, *, min_std: float = 0.0, max_mean: float = 1.0) -> 
   return (r.std(axis=1) > min_std) & (r.mean(axis=1) <= max_mean)
 
 
-def variance_promotion_weights(pass_rate, diversity, *, alpha: float = 1.0, beta: float = 1.0,
+def variance_promotion_weights(pass_rate, diversity=None, *, alpha: float = 1.0, beta: float = 0.0,
                                mix: float = 0.5) -> np.ndarray:
   """MMR1 variance-aware sampling (VAS) probabilities [N] over prompts.
 
     VPS_p = α·p(1 − p) + β·TDS_p,   P(p) = mix·VPS_p/Σ VPS + (1 − mix)/N,
 
-  p = the prompt's estimated pass rate (outcome variance of a Bernoulli reward), TDS ∈ [0, 1] a
-  trajectory-diversity score of its rollouts (e.g. distinct n-grams). "MMR1: Enhancing Multimodal
-  Reasoning with Variance-Aware Sampling and Open Resources", arXiv 2509.21268. [reconstruction]: α, β,
-  the uniform mix and the diversity measure are keywords / inputs. All-zero VPS gives uniform sampling.
-  Example (α = 1, β = 0, mix = 1): p = [0.5, 1, 0] → [1, 0, 0].
+  p = the prompt's estimated pass rate (over 8 rollouts in the code), TDS a trajectory-diversity score of
+  its rollouts. "MMR1: Enhancing Multimodal Reasoning with Variance-Aware Sampling and Open Resources",
+  arXiv 2509.21268. Defaults from the official code's shipped config (examples/mmr1.yaml): only the
+  "learnability" p(1 − p) with weight 1 (β = 0; the code also offers self-BLEU-123 and edit-distance
+  diversity metrics, pass one as `diversity` with its weight β) and half of each batch drawn by weight,
+  half uniformly (mix = 0.5; the code composes each batch that way, the same probabilities in
+  expectation). The code refreshes the weights every 4 steps. All-zero VPS gives uniform sampling.
+  Example (mix = 1): p = [0.5, 1, 0] → [1, 0, 0].
   """
-  p, d = np.asarray(pass_rate, np.float64).reshape(-1), np.asarray(diversity, np.float64).reshape(-1)
+  p = np.asarray(pass_rate, np.float64).reshape(-1)
+  d = np.zeros_like(p) if diversity is None else np.asarray(diversity, np.float64).reshape(-1)
   if p.shape != d.shape or p.size == 0:
     raise ValueError(f"pass_rate and diversity must be non-empty [N] arrays of one shape, got {p.shape}, {d.shape}.")
   if not 0.0 <= mix <= 1.0 or alpha < 0 or beta < 0:
