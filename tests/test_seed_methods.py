@@ -184,6 +184,10 @@ def test_group_shaping_hand_examples():
   assert rewards.curriculum_reward(1, 80, 0, budget=100) == pytest.approx(1.0)
   with pytest.raises(ValueError, match="schedule"):
     rewards.curriculum_budget(1, start=10, end=5, total_steps=10, schedule="cosine")
+  with pytest.raises(ValueError, match="threshold"):
+    rewards.grpo_lambda_rewards(f32([[1, 0]]), f32([[3, 4]]), threshold=2.0)
+  with pytest.raises(ValueError, match="effort"):
+    rewards.effort_rewards(f32([[1, 0]]), f32([[3, 4]]), f32([0.0]))
   with pytest.raises(ValueError, match="formats"):
     rewards.ada_grpo_rewards(f32(np.ones((1, 4))), np.zeros((1, 3)), step=0, total_steps=10)
 
@@ -275,3 +279,17 @@ def test_consistency_rewards():
   np.testing.assert_allclose(got[1], [0.75])
   with pytest.raises(ValueError, match="2 paraphrases"):
     rewards.paraphrase_consistency_rewards([["x"]])
+
+
+def test_bad_hyperparameters_raise_before_compute():
+  lp, m, a = f32(-np.ones((2, 3))), f32(np.ones((2, 3))), f32([1.0, -1.0])
+  h = f32(np.ones((2, 3)))
+  for name, kw, match in [("disco", dict(group_size=2, score="logp"), "score"),
+                          ("disco", dict(group_size=2, kl_type="k2"), "kl_type"),
+                          ("disco", dict(group_size=2, tau=0.0), "tau"),
+                          ("steer", dict(entropy=h, w_min=1.2, w_max=0.8), "w_min"),
+                          ("steer", dict(entropy=None), "entropy"),
+                          ("llds", dict(llds_coef=-1.0), "llds_coef"),
+                          ("opmd", dict(tau=-0.5), "tau")]:
+    with pytest.raises(ValueError, match=match):
+      objectives.get(name)(lp, lp, a, m, **kw)

@@ -45,6 +45,8 @@ def grpo_lambda_rewards(correct, lengths, *, threshold: float = 0.5, length_weig
   group), the length term (Kimi k1.5's) and its weight are keywords.
   Example: correct [1, 1, 0, 1], L [10, 30, 20, 20], threshold 0.5 → [1.5, 0.5, 0, 1].
   """
+  if not 0.0 <= threshold <= 1.0:
+    raise ValueError(f"threshold must be a correctness ratio in [0, 1], got {threshold}.")
   c = check_rewards(correct, method="grpo_lambda_rewards")
   keep = c.mean(axis=1, keepdims=True) >= threshold
   return jax.lax.stop_gradient(c + jnp.where(keep, length_weight * kimi_length_reward(c, lengths), 0.0))
@@ -94,6 +96,8 @@ def effort_rewards(correct, lengths, effort, *, coef: float = 1.0, reference_len
   e = jnp.asarray(effort, jnp.float32).reshape(-1)
   if e.shape != (c.shape[0],):
     raise ValueError(f"effort must have shape ({c.shape[0]},), got {jnp.shape(effort)}.")
+  if not isinstance(e, jax.core.Tracer) and not bool(jnp.all((e > 0) & (e <= 1))):
+    raise ValueError("effort must lie in (0, 1] for every prompt.")
   ref = n.mean(axis=1) if reference_lengths is None else jnp.asarray(reference_lengths, jnp.float32).reshape(-1)
   target = jnp.maximum(e * ref, 1.0)[:, None]
   return jax.lax.stop_gradient(c - coef * jnp.maximum(n / target - 1.0, 0.0))
