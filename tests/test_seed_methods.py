@@ -293,3 +293,20 @@ def test_bad_hyperparameters_raise_before_compute():
                           ("opmd", dict(tau=-0.5), "tau")]:
     with pytest.raises(ValueError, match=match):
       objectives.get(name)(lp, lp, a, m, **kw)
+
+
+# ----------------------------------------------------------------------------- early-exit / budget rollout inputs
+
+def test_truncated_thinking_prompts():
+  from rl_jax import early_exit
+  ids, mask = early_exit.truncated_prompts([0, 0, 5, 6], [0, 0, 1, 1], [11, 12, 13, 14], [1, 4], [99], pad_id=0)
+  np.testing.assert_array_equal(ids, [[0, 0, 0, 5, 6, 11, 99], [5, 6, 11, 12, 13, 14, 99]])
+  np.testing.assert_array_equal(mask, [[0, 0, 0, 1, 1, 1, 1], [1] * 7])
+  cuts = early_exit.sample_exit_positions(np.random.default_rng(0), 10, 4)
+  assert len(cuts) == 4 and cuts[-1] == 10 and cuts == sorted(set(cuts)) and 1 <= cuts[0]
+  assert early_exit.sample_exit_positions(np.random.default_rng(0), 2, 5) == [1, 2]
+  assert early_exit.budget_positions(300, [100, 200, 400]) == [100, 200, 300]
+  with pytest.raises(ValueError, match="budgets"):
+    early_exit.budget_positions(300, [200, 100])
+  with pytest.raises(ValueError, match="cuts"):
+    early_exit.truncated_prompts([5], [1], [11, 12], [3], [99])
