@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rl_jax import objectives
+from objective_cases import method_kwargs
 
 B, T = 3, 4
 LOGP = jnp.full((B, T), -1.0)
@@ -82,3 +83,40 @@ def test_nan_in_valid_positions_is_not_hidden():
   logp[0, 0] = np.nan
   loss, _ = objectives.dapo(jnp.asarray(logp), LOGP, ADV, MASK)
   assert np.isnan(float(loss))
+
+
+@pytest.mark.parametrize("shape, jit", [((0, 4), False), ((2, 0), False), ((0, 4), True), ((2, 0), True),
+                                        ((0, 0), True)])
+def test_empty_batch_gives_zero_loss_zero_gradient_and_finite_metrics(shape, jit):
+  """B = 0 or T = 0 is the all-masked case: loss 0, a zero gradient of the input's shape, finite metrics. Every
+  objective under jit; without jit (slow op by op) those whose own code once reduced over the empty batch."""
+  b, t = shape
+  extras = {"entropy": np.ones(shape), "token_ids": np.zeros(shape, np.int32),
+            "segment_ids": np.zeros(shape, np.int32), "rollout_logp": np.zeros(shape)}
+  z = jnp.zeros(shape)
+  for name in objectives.names() if jit else ("grpo", "dapo", "dhpo", "hapo", "steer", "gtpo"):
+    kw = method_kwargs(name, extras, b)
+    f = lambda lp: objectives.get(name)(lp, z, jnp.zeros((b,)), jnp.ones(shape), ref_logp=z, **kw)
+    if jit:
+      (loss, metrics), grad = jax.jit(jax.value_and_grad(f, has_aux=True))(z)
+      assert grad.shape == shape and not np.asarray(grad).any(), name
+    else:
+      loss, metrics = f(z)
+    assert float(loss) == 0.0, name
+    assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values()), name
+
+
+@pytest.mark.parametrize("bad", [0.5, 2.0, -1.0, np.nan])
+def test_masks_must_hold_only_zero_and_one(bad):
+  """A mask selects tokens; 0.5 or 2 are not silently read as 1 (weights go in token_weights)."""
+  mask = np.ones((B, T), np.float32)
+  mask[1, 2] = bad
+  for name in ("grpo", "dapo", "gspo"):
+    with pytest.raises(ValueError, match="mask must hold only 0 and 1"):
+      objectives.get(name)(LOGP, LOGP, ADV, jnp.asarray(mask), ref_logp=LOGP)
+  mask[1, 2] = 0.0
+  want = objectives.dapo(LOGP, LOGP, ADV, jnp.asarray(mask))[0]
+  for ok in (mask.astype(bool), mask.astype(np.int32)):   # bool, int and float 0/1 masks agree
+    assert float(objectives.dapo(LOGP, LOGP, ADV, jnp.asarray(ok))[0]) == float(want)
+  jitted = jax.jit(lambda m: objectives.dapo(LOGP, LOGP, ADV, m)[0])   # traced: not checkable, counted as m > 0
+  assert float(jitted(jnp.asarray(mask))) == float(want)

@@ -73,6 +73,8 @@ def masked_mean(x: Array, mask: Array) -> Array:
 
 
 def masked_max(x: Array, mask: Array) -> Array:
-  """Max over valid entries; 0 when nothing is valid."""
+  """Max over valid entries; 0 when nothing is valid (also for an empty batch, B = 0 or T = 0)."""
+  if x.size == 0:
+    return jnp.zeros((), x.dtype)
   top = jnp.max(jnp.where(mask > 0, x, -jnp.inf))
   return jnp.where(jnp.isfinite(top), top, 0.0)

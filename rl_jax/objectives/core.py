@@ -6,6 +6,7 @@ Every named method computes its per-token policy loss with pieces from `ratios` 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import jax
@@ -23,7 +24,42 @@ Array = jax.Array
 sg = jax.lax.stop_gradient
 
 _OBJECTIVES = Registry("objective")
-register = _OBJECTIVES.register  # adds an objective under its function name
+
+
+def _pad_to(x, b: int, t: int, b2: int, t2: int):
+  """Zero-pads an array whose leading dims are (b, t) to (b2, t2), or whose leading dim is b = 0 to b2."""
+  if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+    return x
+  shape = tuple(x.shape)
+  if shape[:2] == (b, t):
+    return jnp.pad(x, [(0, b2 - b), (0, t2 - t)] + [(0, 0)] * (len(shape) - 2))
+  if b == 0 and shape[:1] == (0,):
+    return jnp.pad(x, [(0, b2)] + [(0, 0)] * (len(shape) - 1))
+  return x
+
+
+def empty_batch_safe(fn: Callable) -> Callable:
+  """`fn` that also takes an empty batch (B = 0 or T = 0): the call runs on inputs zero-padded to at least
+  one row (`group_size` rows when given) and one token, with mask 0 there, so it returns what an all-masked
+  batch gives: loss 0, gradient 0 (of the original shape) and finite metrics."""
+  @functools.wraps(fn)
+  def wrapped(logp, *args, **kw):
+    shape = tuple(jnp.shape(logp))
+    mask = args[2] if len(args) > 2 else kw.get("mask")
+    if len(shape) != 2 or 0 not in shape or tuple(jnp.shape(mask)) != shape:
+      return fn(logp, *args, **kw)
+    g = kw.get("group_size")
+    b2 = shape[0] or (g if isinstance(g, int) and g > 0 else 1)
+    pad = lambda x: _pad_to(x, shape[0], shape[1], b2, max(shape[1], 1))
+    return fn(pad(logp), *map(pad, args), **{k: pad(v) for k, v in kw.items()})
+  return wrapped
+
+
+def register(fn: Callable) -> Callable:
+  """Adds an objective under its function name (wrapped by `empty_batch_safe`)."""
+  return _OBJECTIVES.register(empty_batch_safe(fn))
+
+
 get = _OBJECTIVES.get            # the objective registered as `name`
 names = _OBJECTIVES.names        # sorted names of every registered objective
 

@@ -15,6 +15,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from rl_jax.checks import check_binary_mask
+
 Array = jax.Array
 
 
@@ -62,7 +64,8 @@ def prepare(logp, old_logp, advantages, mask, ref_logp=None, *, need_ref: bool =
     logp: [B, T] current-policy log-probs of the taken tokens.
     old_logp: [B, T] behaviour-policy log-probs.
     advantages: [B] (one per sequence) or [B, T] (one per token).
-    mask: [B, T], 1 on completion tokens, 0 elsewhere (bool, int or float).
+    mask: [B, T], 1 on completion tokens, 0 elsewhere (bool, int or float); other values are an error
+      when the mask is concrete (weights go in `token_weights`).
     ref_logp: optional [B, T] reference-model log-probs.
     need_ref: raise if `ref_logp` is missing (KL penalty requested).
   """
@@ -72,6 +75,7 @@ def prepare(logp, old_logp, advantages, mask, ref_logp=None, *, need_ref: bool =
   _check_float("logp", logp)
   check_token_array("old_logp", old_logp, shape)
   check_token_array("mask", mask, shape, floating=False)
+  check_binary_mask("mask", mask)
   adv_shape = tuple(jnp.shape(advantages))
   if adv_shape not in (shape[:1], shape):
     raise ValueError(f"advantages must have shape {shape[:1]} or {shape}, got {adv_shape}.")
