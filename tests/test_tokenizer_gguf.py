@@ -48,3 +48,13 @@ def test_chat_template_matches(both):
     assert text.endswith("<|im_start|>assistant\n")
     ids = ours.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
     assert ids == ref.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+
+
+def test_falls_back_to_auto_tokenizer_without_the_gguf_converter(monkeypatch, both):
+  from rl_jax.models import loaders
+
+  def missing(path):
+    raise ImportError("no transformers.integrations.gguf.gguf_tokenizer_mapping")
+  monkeypatch.setattr(loaders, "load_gguf_tokenizer", missing)
+  tok = loaders.load_tokenizer(GGUF)
+  assert tok("What is 12 + 7?")["input_ids"] == both[1]("What is 12 + 7?")["input_ids"]

@@ -290,6 +290,9 @@ def load_tokenizer(path):
   from transformers import AutoTokenizer
 
   path = pathlib.Path(path)
-  if path.suffix == ".gguf":
+  if path.suffix != ".gguf":
+    return AutoTokenizer.from_pretrained(str(path))
+  try:
     return load_gguf_tokenizer(path)
-  return AutoTokenizer.from_pretrained(str(path))
+  except ImportError:  # a transformers release without integrations.gguf.gguf_tokenizer_mapping: its reader needs torch
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
