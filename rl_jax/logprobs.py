@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from rl_jax.models.config import ModelConfig
-from rl_jax.models.llama import hidden_states, lm_head_weight
+from rl_jax.models.llama import cast_params, hidden_states, lm_head_weight
 
 Array = jax.Array
 
@@ -21,7 +21,7 @@ def logprobs_from_hidden(hidden: Array, w: Array, targets: Array, *, vocab_chunk
   """log softmax(h·W)[target] and the full-vocabulary entropy, one vocabulary chunk at a time.
 
   Args:
-    hidden: [N, D]; w: [D, V]; targets: [N] int.
+    hidden: [N, D]; w: [D, V] (hidden is cast to its dtype; products accumulate in float32); targets: [N] int.
   Returns:
     (logp [N], entropy [N]) in float32. Entropy H = logZ − Σ_v p_v z_v, accumulated with an online
     (rescaled) logsumexp over chunks.
@@ -32,13 +32,13 @@ def logprobs_from_hidden(hidden: Array, w: Array, targets: Array, *, vocab_chunk
   n_chunks = -(-v // chunk)
   pad = n_chunks * chunk - v
   w_pad = jnp.pad(w, ((0, 0), (0, pad)))
-  h32 = hidden.astype(jnp.float32)
+  h_c = hidden.astype(w.dtype)      # products in the weight's dtype, accumulated in float32
 
   @jax.checkpoint  # recompute each chunk's logits in the backward pass instead of storing [N, V]
   def body(carry, c):
     m, s, sz, tgt = carry
-    w_c = jax.lax.dynamic_slice_in_dim(w_pad, c * chunk, chunk, axis=1).astype(jnp.float32)
-    z = h32 @ w_c                                                        # [N, chunk]
+    w_c = jax.lax.dynamic_slice_in_dim(w_pad, c * chunk, chunk, axis=1)
+    z = jnp.dot(h_c, w_c, preferred_element_type=jnp.float32)          # [N, chunk]
     ids = c * chunk + jnp.arange(chunk)
     z = jnp.where(ids[None, :] < v, z, -jnp.inf)
     m_new = jnp.maximum(m, jnp.max(z, axis=-1))
@@ -66,7 +66,7 @@ def token_logprobs(params: dict, tokens: Array, cfg: ModelConfig, *, prompt_len:
   h = hidden_states(params, tokens, cfg, attn_mask=attn_mask)[:, prompt_len - 1:-1]          # [B, T, D]
   targets = tokens[:, prompt_len:]
   b, t, d = h.shape
-  w = lm_head_weight(params, cfg)
+  w = lm_head_weight(cast_params(params, cfg), cfg)
   if use_kernel:
     from kernels_pallas.fused_logprobs.ops import fused_logprobs
     impl = "auto" if use_kernel is True else str(use_kernel)

@@ -78,21 +78,65 @@ def _named_param(fn: Callable, name: str) -> bool:
   return name in inspect.signature(fn).parameters
 
 
+def split_micro(x: Array, k: int) -> Array:
+  """[B, ...] → [k, B/k, ...] with micro-batch j = rows j, j + k, j + 2k, … (strided, so a batch sharded in
+  contiguous blocks over devices keeps every micro-batch spread over all of them)."""
+  if x.shape[0] % k:
+    raise ValueError(f"{x.shape[0]} rows do not split into {k} micro-batches.")
+  return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+
+def merge_micro(x: Array) -> Array:
+  """Inverse of split_micro: [k, B/k, ...] → [B, ...] in the original row order."""
+  return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+
+def accumulated_value_and_grad(logp_fn: Callable, loss_of_logp: Callable, params, tokens: Array, attn_mask: Array,
+                               batch, micro_batches: int):
+  """value_and_grad of L(log π(params)) over the whole batch, with the memory of one micro-batch.
+
+  The loss reads the parameters only through the per-token log-probs ℓ = log π [B, T] (entropy is a
+  stop-gradient input), so ∇L = Σ_j J_jᵀ (∂L/∂ℓ)_j over micro-batches j. Pass 1: ℓ and H for every micro-batch
+  (forward only); then L, ∂L/∂ℓ on the full batch (any objective: token, sequence or group normalisation is
+  untouched); pass 2: one vector-Jacobian product per micro-batch, accumulated in the parameters' dtype.
+  `logp_fn(params, tokens, attn_mask) -> (logp, entropy)`; `loss_of_logp(logp, entropy, batch) -> (loss, aux)`.
+  """
+  k = micro_batches
+  toks, attn = split_micro(tokens, k), split_micro(attn_mask, k)
+  logp, ent = jax.lax.map(lambda ta: logp_fn(jax.lax.stop_gradient(params), *ta), (toks, attn))
+  (loss, aux), g = jax.value_and_grad(loss_of_logp, has_aux=True)(merge_micro(logp), merge_micro(ent), batch)
+
+  def body(acc, xs):
+    t, a, g_j = xs
+    _, vjp = jax.vjp(lambda p: logp_fn(p, t, a)[0], params)
+    return jax.tree.map(jnp.add, acc, vjp(g_j)[0]), None
+
+  grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (toks, attn, split_micro(g, k)))
+  return (loss, aux), grads
+
+
 def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, objective: Callable,
-                 objective_kwargs: Optional[dict] = None, *, prompt_len: int, jit: bool = True) -> Callable:
+                 objective_kwargs: Optional[dict] = None, *, prompt_len: int, jit: bool = True,
+                 micro_batches: int = 1) -> Callable:
   """Jitted (state, RLBatch) -> (state, metrics) for any objective with the rl_jax signature.
 
   The objective is called as objective(logp, old_logp, advantages, completion_mask, ref_logp=...,
   **objective_kwargs); if it takes `entropy` (HAPO, GTPO, DHPO, ...) the current policy's token
   entropies are passed too, and `token_ids` likewise. `jit=False` returns the raw function, to be
-  jitted with explicit shardings (rl_jax.sharding.jit_sharded_step).
+  jitted with explicit shardings (rl_jax.sharding.jit_sharded_step). `micro_batches` > 1 accumulates the
+  exact full-batch gradient over that many micro-batches (`accumulated_value_and_grad`): activation memory
+  is set by the micro-batch, the update is the same (one extra forward pass).
   """
+  if micro_batches < 1:
+    raise ValueError(f"micro_batches must be >= 1, got {micro_batches}.")
   kwargs = dict(objective_kwargs or {})
   wants_entropy = _named_param(objective, "entropy") and "entropy" not in kwargs
   wants_ids = _named_param(objective, "token_ids") and "token_ids" not in kwargs
 
-  def loss_fn(params, batch: RLBatch):
-    logp, entropy = token_logprobs(params, batch.tokens, cfg, prompt_len=prompt_len, attn_mask=batch.attn_mask)
+  def logp_fn(params, tokens, attn_mask):
+    return token_logprobs(params, tokens, cfg, prompt_len=prompt_len, attn_mask=attn_mask)
+
+  def loss_of_logp(logp, entropy, batch: RLBatch):
     extra = dict(kwargs)
     if wants_entropy:
       extra["entropy"] = entropy
@@ -110,21 +154,34 @@ def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, obje
                    token_ratio_std=jnp.sqrt(jnp.sum(jnp.square(ratio - ratio_mean) * m) / n))
     return loss, metrics
 
+  def loss_fn(params, batch: RLBatch):
+    return loss_of_logp(*logp_fn(params, batch.tokens, batch.attn_mask), batch)
+
   def step(state: TrainState, batch: RLBatch):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    if micro_batches == 1:
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    else:
+      (loss, metrics), grads = accumulated_value_and_grad(logp_fn, loss_of_logp, state.params, batch.tokens,
+                                                          batch.attn_mask, batch, micro_batches)
     return _apply(optimizer, state, grads), dict(metrics, grad_norm=optax.global_norm(grads))
 
   return jax.jit(step) if jit else step
 
 
-def make_logprob_fn(cfg: ModelConfig, *, prompt_len: int) -> Callable:
-  """Jitted (params, tokens, attn_mask) -> per-token log-probs [B, T] of the completion (no gradient)."""
+def make_logprob_fn(cfg: ModelConfig, *, prompt_len: int, micro_batches: int = 1, jit: bool = True) -> Callable:
+  """Jitted (params, tokens, attn_mask) -> per-token log-probs [B, T] of the completion (no gradient),
+  `micro_batches` forwards of B / micro_batches rows each (jit=False: the raw function)."""
 
-  @jax.jit
-  def fn(params, tokens, attn_mask):
+  def one(params, tokens, attn_mask):
     return token_logprobs(params, tokens, cfg, prompt_len=prompt_len, attn_mask=attn_mask)[0]
 
-  return fn
+  def fn(params, tokens, attn_mask):
+    if micro_batches == 1:
+      return one(params, tokens, attn_mask)
+    parts = (split_micro(tokens, micro_batches), split_micro(attn_mask, micro_batches))
+    return merge_micro(jax.lax.map(lambda ta: one(params, *ta), parts))
+
+  return jax.jit(fn) if jit else fn
 
 
 class Rollouts(NamedTuple):

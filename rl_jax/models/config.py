@@ -6,6 +6,11 @@ import dataclasses
 from typing import Optional
 
 
+REMAT_POLICIES = ("full", "dots")
+DTYPES = ("float32", "bfloat16")
+ATTENTION = ("full", "chunked")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   vocab_size: int
@@ -23,6 +28,10 @@ class ModelConfig:
   rope_scaling: Optional[tuple] = None  # sorted (key, value) pairs of HF rope scaling, e.g. rope_type llama3
   max_seq_len: int = 2048
   remat: bool = False           # recompute each decoder layer in the backward pass (activation memory ∝ 1 layer)
+  remat_policy: str = "full"    # with remat: "full" (save only layer inputs) or "dots" (also keep matmul outputs)
+  dtype: str = "float32"        # compute dtype of the forward ("bfloat16": parameters cast at use, float32 master)
+  attention: str = "full"       # "full" (scores [B, H, S, S_k] at once) or "chunked" (query blocks of attn_chunk)
+  attn_chunk: int = 512         # query block of chunked attention
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):  # stored as a tuple so the config stays hashable (jit static arg)
@@ -32,6 +41,14 @@ class ModelConfig:
         raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}.")
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads}) for GQA.")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}.")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
+    if self.attention not in ATTENTION:
+      raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}.")
+    if self.attn_chunk <= 0:
+      raise ValueError(f"attn_chunk must be positive, got {self.attn_chunk}.")
     if self.head_dim % 2:
       raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}.")
 

@@ -2,7 +2,8 @@
 
 Covers Llama 3 / SmolLM2 (RoPE, GQA, RMSNorm, SwiGLU, tied or untied embeddings), Qwen2/2.5
 (QKV bias) and Qwen3 (per-head RMS QK-norm). Layers are stacked along a leading axis and run with
-`jax.lax.scan`, so compile time does not grow with depth. Parameters are float32 unless cast.
+`jax.lax.scan`, so compile time does not grow with depth. Parameters are stored float32; `cfg.dtype="bfloat16"`
+computes in bfloat16 from them (mixed precision) with float32 norms, softmax and logits.
 
 Parameter tree:
   embed [V, D]; final_norm [D]; lm_head [D, V] (absent when tied)
@@ -88,7 +89,23 @@ class KVCache(NamedTuple):
   v: Array
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+def compute_dtype(cfg: ModelConfig):
+  """The dtype the forward computes in (cfg.dtype); parameters are stored in their own (master) dtype."""
+  return jnp.dtype(cfg.dtype)
+
+
+def cast_params(params: dict, cfg: ModelConfig) -> dict:
+  """Floating-point parameters cast to the compute dtype (mixed precision: float32 master, bfloat16 use).
+
+  Under jit the cast happens on each shard, so an FSDP all-gather then moves compute-dtype bytes.
+  """
+  dt = compute_dtype(cfg)
+  return jax.tree.map(lambda p: p.astype(dt) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+  """Zero KV cache; its dtype is the compute dtype unless given (a bfloat16 model keeps a bfloat16 cache)."""
+  dtype = compute_dtype(cfg) if dtype is None else dtype
   shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
   return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
@@ -103,6 +120,40 @@ def _attention(q, k, v, allowed, cfg):
   probs = jax.nn.softmax(scores, axis=-1)
   out = jnp.einsum("bkgst,btkd->bskgd", probs, v.astype(jnp.float32))
   return out.reshape(b, s, h * hd).astype(q.dtype)
+
+
+def _chunked_attention(q, k, v, allowed, cfg):
+  """softmax(q kᵀ / √hd + mask) v one block of cfg.attn_chunk queries at a time (same shapes as `_attention`).
+
+  Exact (each query row's softmax is over all keys); the float32 scores are [B, H, C, S_k] per block instead of
+  [B, H, S, S_k], and each block is recomputed in the backward pass (memory-efficient attention, Rabe & Staats,
+  arXiv 2112.05682, blocked over queries only). Products run in the input dtype with float32 accumulation.
+  """
+  b, s, h, hd = q.shape
+  c, kh = cfg.attn_chunk, cfg.n_kv_heads
+  n = -(-s // c)
+  pad = n * c - s
+  qb = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, n, c, kh, h // kh, hd).swapaxes(0, 1)
+  ab = jnp.pad(allowed, ((0, 0), (0, pad), (0, 0))).reshape(b, n, c, -1).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def block(_, xs):
+    qc, ac = xs
+    scores = jnp.einsum("bckgd,btkd->bkgct", qc, k.astype(qc.dtype), preferred_element_type=jnp.float32)
+    scores = jnp.where(ac[:, None, None, :, :], scores / math.sqrt(hd), -1e30)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bkgct,btkd->bckgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return None, out.astype(q.dtype)
+
+  _, out = jax.lax.scan(block, None, (qb, ab))                       # [n, B, C, K, G, hd]
+  return out.swapaxes(0, 1).reshape(b, n * c, h * hd)[:, :s]
+
+
+def attend(q, k, v, allowed, cfg):
+  """Attention of `_layer`: query-blocked when cfg.attention == "chunked" and there is more than one block."""
+  if cfg.attention == "chunked" and q.shape[1] > cfg.attn_chunk:
+    return _chunked_attention(q, k, v, allowed, cfg)
+  return _attention(q, k, v, allowed, cfg)
 
 
 def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=None):
@@ -126,7 +177,7 @@ def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=
     ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (layer, 0, cache_index, 0, 0))
     cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (layer, 0, cache_index, 0, 0))
     k, v, new_kv = ck[layer], cv[layer], (ck, cv)
-  x = x + _attention(q, k, v, allowed, cfg) @ lp["wo"]
+  x = x + attend(q, k, v, allowed, cfg) @ lp["wo"]
   h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
   x = x + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
   return x, new_kv
@@ -156,6 +207,7 @@ def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: O
     positions = default_positions(attn_mask)
   allowed = causal_mask(attn_mask)
   inv_freq = rope_frequencies(cfg)
+  params = cast_params(params, cfg)
   x = params["embed"][tokens]
 
   def body(x, lp):
@@ -163,10 +215,15 @@ def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: O
     return x, None
 
   if cfg.remat:
-    body = jax.checkpoint(body)
+    body = jax.checkpoint(body, policy=remat_policy(cfg))
 
   x, _ = jax.lax.scan(body, x, params["layers"])
   return rms_norm(x, params["final_norm"], cfg.rms_eps)
+
+
+def remat_policy(cfg: ModelConfig):
+  """jax.checkpoint policy of cfg.remat_policy: "full" saves nothing inside a layer, "dots" its matmul outputs."""
+  return None if cfg.remat_policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
 
 
 def lm_head_weight(params: dict, cfg: ModelConfig) -> Array:
@@ -178,7 +235,7 @@ def forward(params: dict, tokens: Array, cfg: ModelConfig, *, positions: Optiona
             attn_mask: Optional[Array] = None) -> Array:
   """Logits [B, S, V] (float32)."""
   h = hidden_states(params, tokens, cfg, positions=positions, attn_mask=attn_mask)
-  return (h @ lm_head_weight(params, cfg)).astype(jnp.float32)
+  return jnp.dot(h, lm_head_weight(cast_params(params, cfg), cfg), preferred_element_type=jnp.float32)
 
 
 def forward_with_cache(params: dict, tokens: Array, cfg: ModelConfig, cache: KVCache, cache_index: Array,
@@ -194,6 +251,7 @@ def forward_with_cache(params: dict, tokens: Array, cfg: ModelConfig, cache: KVC
   slots = cache_index + jnp.arange(s)
   allowed = (jnp.arange(s_max)[None, None, :] <= slots[None, :, None]) & key_valid[:, None, :].astype(bool)
   inv_freq = rope_frequencies(cfg)
+  params = cast_params(params, cfg)
   x = params["embed"][tokens]
 
   def body(carry, layer):
@@ -206,4 +264,4 @@ def forward_with_cache(params: dict, tokens: Array, cfg: ModelConfig, cache: KVC
   if last_only:
     x = x[:, -1:]
   h = rms_norm(x, params["final_norm"], cfg.rms_eps)
-  return (h @ lm_head_weight(params, cfg)).astype(jnp.float32), KVCache(ks, vs)
+  return jnp.dot(h, lm_head_weight(params, cfg), preferred_element_type=jnp.float32), KVCache(ks, vs)
