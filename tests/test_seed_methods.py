@@ -206,8 +206,12 @@ def test_curation_rules():
   w = curation.variance_promotion_weights([0.5, 1.0], [0.5, 0.25], beta=1.0, mix=0.5)
   np.testing.assert_allclose(w, [0.625, 0.375])
   np.testing.assert_allclose(curation.variance_promotion_weights([1, 0], [0, 0]), [0.5, 0.5])
-  slots = curation.replay_slots([[0, 0, 0], [1, 0, 0], [0, 0, 0]], [True, True, False])
-  np.testing.assert_array_equal(slots, [[False, False, True], [False] * 3, [False] * 3])
+  slots = curation.replay_slots([[0, 0, 0], [1, 0, 0], [0, 0, 0], [0.1, 0.1, 0.1]], [True, True, False, True])
+  np.testing.assert_array_equal(slots, [[True, False, False], [False] * 3, [False] * 3, [True, False, False]])
+  buf = curation.replay_buffer_update({}, ["a", "a", "b"], ["x1", "x2", "y"], [1.0, 0.05, 0.0])
+  assert buf == {"a": ["x1"]}
+  buf2 = curation.replay_buffer_update(buf, ["a"] * 3, ["x2", "x3", "x4"], [1, 1, 1], size=2)
+  assert buf2 == {"a": ["x3", "x4"]} and buf == {"a": ["x1"]}
   with pytest.raises(ValueError, match="has_success"):
     curation.replay_slots([[0, 0]], [True, False])
 
@@ -310,3 +314,33 @@ def test_truncated_thinking_prompts():
     early_exit.budget_positions(300, [200, 100])
   with pytest.raises(ValueError, match="cuts"):
     early_exit.truncated_prompts([5], [1], [11, 12], [3], [99])
+
+
+# ----------------------------------------------------------------------------- AEPO (ARES) entropy shaping
+
+def test_aepo_window_triggers_and_entropy_reward():
+  from rl_jax.rewards import entropy_budget as eb
+  h = [0.1, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2, 0.2]
+  trig = [True, True, False, False, True, False, False, False]
+  # t = 0: window [1, 1, 1, 1] → mean 1 ≥ 0.5 (valid, cost 0.5); t = 1: [1, 1, 1, 0.2] → 0.8 (valid, cost 0.3);
+  # t = 4: [0.2, 0.2, 0.2] is not a full window → skipped.
+  valid, invalid, cost = eb.window_entropy_triggers(h, trig, threshold=0.5)
+  assert (valid, invalid) == (2, 0) and cost == pytest.approx(0.8)
+  assert eb.window_entropy_triggers(h, trig, threshold=0.9)[:2] == (1, 1)
+  assert [eb.difficulty_bucket(a) for a in (1.0, 2 / 3, 0.5, 1 / 3, 0.2)] == ["easy", "easy", "medium", "medium", "hard"]
+  r = eb.hierarchical_entropy_reward
+  # easy (band m = max(1, 0.15·10) = 1.5, κ = 2, cap 0.5): at the target no penalty; 3 over → Huber(1.5) = 0.5625.
+  assert r(True, "easy", 10, 10) == 0.0
+  assert r(True, "easy", 13, 10) == pytest.approx(-0.5625 / 3.5 * 0.5)
+  assert r(True, "easy", 20, 10) == pytest.approx(-0.5)               # capped
+  assert r(True, "easy", 2, 10) == 0.0                                # fewer triggers than the target: fine when easy
+  # medium penalises both sides (m = 2.5, κ = 3): 4 under → Huber(1.5) = 0.375.
+  assert r(True, "medium", 6, 10) == pytest.approx(-0.375 / 5.5 * 0.5)
+  # hard (m = 3.5, T = 3, cap 0.6): correct at the target earns σ(3.5/3)·0.6; wrong earns σ(0)·0.6 = 0.3.
+  assert r(True, "hard", 10, 10) == pytest.approx(0.6 / (1 + math.exp(-3.5 / 3)))
+  assert r(False, "hard", 10, 10) == pytest.approx(0.3)
+  assert r(False, "easy", 10, 10) == pytest.approx(0.5 * 0.5 * 0.6)
+  # hard and correct far below the target: half-weight Huber penalty, 10 under → Huber(6.5) = 4.5.
+  assert r(True, "hard", 0, 10) == pytest.approx(-min(0.6, 0.5 * 4.5 / 7.5 * 0.6))
+  with pytest.raises(ValueError, match="difficulty"):
+    r(True, "trivial", 1, 1)

@@ -3,6 +3,8 @@ them, and when to replay a stored success. Pure NumPy (host side, between rollou
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 
@@ -53,20 +55,33 @@ def variance_promotion_weights(pass_rate, diversity=None, *, alpha: float = 1.0,
   return mix * vps / vps.sum() + (1.0 - mix) * uniform
 
 
-def replay_slots(rewards, has_success, *, success_threshold: float = 1.0) -> np.ndarray:
-  """ARPO replay [P, G] bool: in a group where no sample succeeded (all rewards < threshold) and the replay
-  buffer holds a success for that prompt, mark the last sample's slot to be replaced by the stored success.
+def replay_slots(rewards, has_success, *, max_std: float = 0.05, max_mean: float = 0.2) -> np.ndarray:
+  """ARPO replay [P, G] bool: in an all-negative group (reward std < `max_std` and mean < `max_mean`) whose
+  prompt has a stored success, mark the FIRST sample's slot to be replaced by one drawn from the buffer.
 
-  "ARPO: End-to-End Policy Optimization for GUI Agents with Experience Replay", arXiv 2505.16282: the
-  buffer keeps successful trajectories per task and injects one into all-fail groups so they carry a
-  gradient. The caller swaps the marked rows' tokens, log-probs and reward for the buffered ones. The
-  slot choice (last) and the success threshold are keywords/assumptions.
+  "ARPO: End-to-End Policy Optimization for GUI Agents with Experience Replay", arXiv 2505.16282; rule and
+  thresholds from the official code (apply_replay). The caller swaps the marked rows' tokens, log-probs
+  and reward for a buffered success (see `replay_buffer_update`), then computes advantages as usual.
   """
   r = _rewards(rewards)
   has = np.asarray(has_success, bool).reshape(-1)
   if has.shape != (r.shape[0],):
     raise ValueError(f"has_success must have shape ({r.shape[0]},), got {has.shape}.")
-  all_fail = np.all(r < success_threshold, axis=1) & has
+  all_negative = (r.std(axis=1) < max_std) & (r.mean(axis=1) < max_mean) & has
   slots = np.zeros(r.shape, bool)
-  slots[:, -1] = all_fail
+  slots[:, 0] = all_negative
   return slots
+
+
+def replay_buffer_update(buffer: dict, task_ids: Sequence, items: Sequence, rewards, *, min_reward: float = 0.1,
+                         size: int = 8) -> dict:
+  """ARPO's success buffer: per task id, the last `size` items whose reward is > `min_reward` (FIFO).
+  Returns a new dict (the input is not modified). Official code: threshold 0.1, 8 per task."""
+  r = np.asarray(rewards, np.float64).reshape(-1)
+  if not len(task_ids) == len(items) == len(r):
+    raise ValueError(f"task_ids, items and rewards must have one length, got {len(task_ids)}, {len(items)}, {len(r)}.")
+  out = {k: list(v) for k, v in buffer.items()}
+  for task, item, reward in zip(task_ids, items, r):
+    if reward > min_reward:
+      out[task] = (out.get(task, []) + [item])[-size:]
+  return out
