@@ -344,3 +344,26 @@ def test_aepo_window_triggers_and_entropy_reward():
   assert r(True, "hard", 0, 10) == pytest.approx(-min(0.6, 0.5 * 4.5 / 7.5 * 0.6))
   with pytest.raises(ValueError, match="difficulty"):
     r(True, "trivial", 1, 1)
+
+
+# ----------------------------------------------------------------------------- Zoom-Zero token-selective credit
+
+@pytest.mark.parametrize("jit", JIT)
+def test_zoom_zero_against_reference(jit):
+  rng = np.random.default_rng(71)
+  P, G, T = 3, 4, 6
+  shared, r_in, r_out = (rng.uniform(0, 1, (P, G)) for _ in range(3))
+  a = rng.integers(0, 4, (P, G))
+  b = a + rng.integers(0, 3, (P, G))
+  mask = (np.arange(T)[None, None, :] < rng.integers(0, T + 1, (P, G))[..., None]).astype(np.float64)
+  fn = lambda *x: advantages.zoom_zero(*x)
+  got = (jax.jit(fn) if jit else fn)(f32(shared), f32(r_in), f32(r_out), a, b, f32(mask))
+  np.testing.assert_allclose(np.asarray(got), ref.zoom_zero(shared, r_in, r_out, a, b, mask), rtol=1e-5, atol=1e-5)
+
+
+def test_zoom_zero_hand_example():
+  # Two responses of 2 tokens; the answer span is token 1. Response 0: answer right (1), IoU 0; response 1:
+  # answer wrong, IoU 1; no shared reward. Scores /3: [[0, 1/3], [1/3, 0]] → mean 1/6, std (ddof 1) = 0.19245.
+  got = advantages.zoom_zero(f32([[0, 0]]), f32([[1, 0]]), f32([[0, 1]]), [[1, 1]], [[2, 2]], f32(np.ones((1, 2, 2))))
+  z = (1 / 6) / math.sqrt((4 * (1 / 6) ** 2) / 3)
+  np.testing.assert_allclose(np.asarray(got), [[[-z, z], [z, -z]]], atol=1e-5)

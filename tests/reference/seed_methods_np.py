@@ -217,3 +217,26 @@ def tw_grpo_weights(vocab_logp, mask, *, group_size, max_weight=1.7):
       for t in range(T):
         w[i, t] = (1 + (max_weight - 1) * (div[t] - lo) / (hi - lo + 1e-8)) * (mask[i, t] > 0)
   return w
+
+
+def zoom_zero(shared, span_reward, outside_reward, span_start, span_end, mask, *, scale=1 / 3, eps=1e-6):
+  """Per group: token scores (S + answer reward inside [a, b) or IoU reward outside)·scale, normalised by
+  the mean and unbiased std over every valid token of the group."""
+  P, G, T = mask.shape
+  out = np.zeros((P, G, T))
+  for p in range(P):
+    scores = {}
+    for i in range(G):
+      for t in range(T):
+        if mask[p, i, t] > 0:
+          facet = span_reward[p][i] if span_start[p][i] <= t < span_end[p][i] else outside_reward[p][i]
+          scores[i, t] = scale * (shared[p][i] + facet)
+    vals = list(scores.values())
+    if G == 1:
+      mu, sd = 0.0, 1.0
+    else:
+      mu = sum(vals) / len(vals) if vals else 0.0
+      sd = math.sqrt(sum((v - mu) ** 2 for v in vals) / max(len(vals) - 1, 1)) if vals else 0.0
+    for key, v in scores.items():
+      out[(p,) + key] = (v - mu) / (sd + eps)
+  return out
