@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from rl_jax.models.config import ModelConfig
+from rl_jax.decode import DecodeCache, decode_cache_from, decode_step, decode_weights, grow_cache, repeat_rows
 from rl_jax.models.llama import default_positions, forward_with_cache, init_cache
 
 Array = jax.Array
@@ -74,54 +75,167 @@ def nucleus_threshold(logits: Array, top_p: float, *, candidates: int = NUCLEUS_
                       lambda: _nucleus_from_sorted(-jnp.sort(-logits, axis=-1), log_z, top_p)[0])
 
 
-STATIC_ARGS = ("cfg", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id")
+CDF_BLOCK = 256
+
+
+def _pick(p: Array, target: Array) -> Array:
+  """Index [B] of the entry of non-negative masses p [B, n] where the running sum first exceeds target [B]
+  (clipped to the last positive entry, so a rounding overshoot never lands on a zero-mass entry)."""
+  c = jnp.cumsum(p, axis=-1)
+  idx = jnp.sum(c <= target[:, None], axis=-1)
+  last = p.shape[-1] - 1 - jnp.argmax((p > 0)[:, ::-1], axis=-1)
+  return jnp.minimum(idx, last).astype(jnp.int32)
+
+
+def inverse_cdf(logits: Array, log_z: Array, u: Array) -> Array:
+  """Index [B] drawn from softmax(logits [B, V]) by inverting the CDF at u [B] ~ U[0, 1) (−inf entries have
+  mass 0). Two levels: the block of `CDF_BLOCK` entries holding the target mass, then the entry inside it,
+  so each row needs one uniform instead of a Gumbel draw per vocabulary entry."""
+  b, v = logits.shape
+  nb = -(-v // CDF_BLOCK)
+  p = jnp.exp(jnp.pad(logits, ((0, 0), (0, nb * CDF_BLOCK - v)), constant_values=-jnp.inf) - log_z[:, None])
+  p = p.reshape(b, nb, CDF_BLOCK)
+  mass = jnp.sum(p, axis=-1)                                                # [B, nb]
+  blk = _pick(mass, u * jnp.sum(mass, axis=-1))
+  before = jnp.sum(jnp.where(jnp.arange(nb)[None] < blk[:, None], mass, 0.0), axis=-1)
+  inner = jnp.take_along_axis(p, blk[:, None, None], axis=1)[:, 0]           # [B, CDF_BLOCK]
+  inner_mass = jnp.sum(inner, axis=-1)
+  rest = (u * jnp.sum(mass, axis=-1) - before) / jnp.take_along_axis(mass, blk[:, None], 1)[:, 0] * inner_mass
+  return blk * CDF_BLOCK + _pick(inner, rest)
+
+
+def _sample_full(logits: Array, u: Array) -> tuple[Array, Array]:
+  """(token, log-prob) drawn from softmax(logits [B, V]) over the whole vocabulary (−inf entries excluded)."""
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  token = inverse_cdf(logits, log_z, u)
+  return token, jnp.take_along_axis(logits, token[:, None], -1)[:, 0] - log_z
+
+
+def _candidate_threshold(vals: Array, z: Array, top_k: int, top_p: float) -> tuple[Array, Array]:
+  """(smallest kept logit [B, 1], whether every row's kept set lies inside the candidates) from the C largest
+  scaled logits `vals` [B, C] (descending) of z [B, V], with `filter_logits`'s top-k then top-p rule."""
+  c = vals.shape[-1]
+  inside = jnp.asarray(True)
+  if top_k:
+    thresh = vals[:, top_k - 1:top_k]
+    log_z = jax.nn.logsumexp(jnp.where(vals >= thresh, vals, -jnp.inf), axis=-1, keepdims=True)
+  else:
+    thresh = jnp.full_like(vals[:, :1], -jnp.inf)
+    log_z = jax.nn.logsumexp(z, axis=-1, keepdims=True)
+  if top_p < 1.0:
+    thresh, n = _nucleus_from_sorted(jnp.where(vals >= thresh, vals, -jnp.inf), log_z, top_p)
+    inside = jnp.all(n < c) if not top_k else inside
+  kept = jnp.sum(z >= thresh, axis=-1)                 # ties with the threshold outside the candidates
+  return thresh, inside & jnp.all(kept <= c)
+
+
+def sample_tokens(logits: Array, u: Array, *, temperature: float, top_k: int = 0, top_p: float = 1.0
+                  ) -> tuple[Array, Array]:
+  """(token [B], log-prob [B]) of the next token from logits [B, V], one uniform u [B] per row; the log-prob is
+  exact under the distribution sampled from: `filter_logits`(logits) renormalised (greedy: argmax and the
+  log-softmax of the raw logits).
+
+  With top-k/top-p the kept set is found among the C = top_k (or `NUCLEUS_CANDIDATES`) largest logits and the
+  draw is made among them; when some row's kept set is larger, the batch falls back to the full vocabulary.
+  """
+  if temperature == 0.0:
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return token, jnp.take_along_axis(logits, token[:, None], -1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
+  z = logits / temperature
+  v = z.shape[-1]
+  if not (top_k and top_k < v) and top_p >= 1.0:
+    return _sample_full(z, u)
+  c = min(top_k if top_k and top_k < v else NUCLEUS_CANDIDATES, v)
+  vals, idx = jax.lax.top_k(z, c)
+  thresh, inside = _candidate_threshold(vals, z, top_k if top_k < v else 0, top_p)
+
+  def among_candidates():
+    kept = jnp.where(vals >= thresh, vals, -jnp.inf)
+    log_z = jax.nn.logsumexp(kept, axis=-1)
+    pos = _pick(jnp.exp(kept - log_z[:, None]), u * jnp.sum(jnp.exp(kept - log_z[:, None]), axis=-1))
+    return (jnp.take_along_axis(idx, pos[:, None], -1)[:, 0].astype(jnp.int32),
+            jnp.take_along_axis(kept, pos[:, None], -1)[:, 0] - log_z)
+
+  return jax.lax.cond(inside, among_candidates,
+                      lambda: _sample_full(filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p), u))
+
+
+def row_uniforms(row_keys: Array, step: Array) -> Array:
+  """One U[0, 1) draw per row for decode step `step`: uniform(fold_in(row key, step)), so a row's draws depend
+  only on its own key (the static and the continuous-batching samplers agree row by row)."""
+  return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step), ()))(row_keys)
+
+
+STATIC_ARGS = ("cfg", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id", "group_size",
+               "decode_block", "dtype")
+DECODE_BLOCK = 64
+
+
+def prefill(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, dtype=None
+            ) -> tuple[Array, DecodeCache]:
+  """Last-position logits [B, V] and the decode-layout cache (exactly P slots) of left-padded prompts [B, P]."""
+  b, p = prompts.shape
+  cache = init_cache(cfg, b, p, jnp.float32 if dtype is None else dtype)
+  logits, cache = forward_with_cache(params, prompts, cfg, cache, 0, default_positions(prompt_mask), prompt_mask,
+                                     last_only=True)
+  return logits[:, -1], decode_cache_from(cache)
+
+
+def decode_buckets(max_new_tokens: int, block: int) -> list[tuple[int, int]]:
+  """[start, stop) step ranges; during a range the cache holds P + stop slots (attention reads no more)."""
+  return [(s, min(s + block, max_new_tokens)) for s in range(0, max_new_tokens, block)]
 
 
 def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, *, max_new_tokens: int,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
-             pad_id: int = 0) -> Samples:
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
+                 pad_id: int = 0, group_size: int = 1, decode_block: int = DECODE_BLOCK, dtype=None) -> Samples:
   """Samples `max_new_tokens` tokens per row (temperature 0 = greedy argmax).
 
   Args:
     prompts: [B, P] int32, left-padded; prompt_mask: [B, P], 1 on real prompt tokens.
     stop_tokens: tuple of token ids that end a row (e.g. EOS); later tokens are pad_id and masked 0.
+    group_size: G samples per prompt: the output has B·G rows (prompt i → rows i·G … i·G + G − 1); each
+      prompt is prefilled once and its cache shared by its G rows.
+    decode_block: the cache grows by this many slots at a time (attention reads the filled prefix rounded up).
+    dtype: weights and KV cache dtype of the sampler (None: the parameters' own, e.g. float32; jnp.bfloat16
+      halves the memory traffic); logits, attention softmax and sampling stay float32.
+  Row r's randomness is `jax.random.split(rng, B·G)[r]` folded with the step index (see `row_uniforms`).
   """
   b, p = prompts.shape
   if p + max_new_tokens > cfg.max_seq_len:
     raise ValueError(f"prompt length {p} + max_new_tokens {max_new_tokens} exceeds the model's cache/context "
                      f"max_seq_len={cfg.max_seq_len}.")
-  s_max = p + max_new_tokens
+  if group_size < 1 or decode_block < 1:
+    raise ValueError(f"group_size and decode_block must be >= 1, got {group_size}, {decode_block}.")
   prompt_mask = prompt_mask.astype(jnp.int32)
-  key_valid = jnp.concatenate([prompt_mask, jnp.zeros((b, max_new_tokens), jnp.int32)], axis=1)
-  cache = init_cache(cfg, b, s_max)
-  logits, cache = forward_with_cache(params, prompts, cfg, cache, 0, default_positions(prompt_mask), key_valid,
-                                     last_only=True)
-  next_pos = jnp.sum(prompt_mask, axis=1)                                  # [B]
+  cast = params if dtype is None else jax.tree.map(lambda a: a.astype(dtype), params)
+  logits, cache = repeat_rows(prefill(cast, cfg, prompts, prompt_mask, dtype), group_size)
+  prompt_mask = repeat_rows(prompt_mask, group_size)
+  row_keys = jax.random.split(rng, b * group_size)
+  w = decode_weights(cast, cfg)
+  next_pos = jnp.sum(prompt_mask, axis=1)
   stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
 
   def step(carry, i):
-    last_logits, cache, key_valid, done, rng = carry
-    rng, sub = jax.random.split(rng)
-    if temperature == 0.0:
-      token = jnp.argmax(last_logits, axis=-1).astype(jnp.int32)
-      logp = jnp.take_along_axis(jax.nn.log_softmax(last_logits, -1), token[:, None], -1)[:, 0]
-    else:
-      filtered = filter_logits(last_logits, temperature=temperature, top_k=top_k, top_p=top_p)
-      token = jax.random.categorical(sub, filtered, axis=-1).astype(jnp.int32)
-      logp = jnp.take_along_axis(jax.nn.log_softmax(filtered, -1), token[:, None], -1)[:, 0]
+    last_logits, cache, key_valid, done = carry
+    token, logp = sample_tokens(last_logits, row_uniforms(row_keys, i), temperature=temperature, top_k=top_k,
+                                top_p=top_p)
     live = ~done
     token = jnp.where(live, token, pad_id)
-    slot = p + i
-    key_valid = key_valid.at[:, slot].set(live.astype(jnp.int32))
-    positions = (next_pos + i)[:, None]
-    logits, cache = forward_with_cache(params, token[:, None], cfg, cache, slot, positions, key_valid)
+    key_valid = jax.lax.dynamic_update_slice(key_valid, live[:, None], (0, p + i))
+    logits, cache = decode_step(w, cfg, cache, token, next_pos + i, p + i, key_valid)
     done = done | (live & jnp.any(token[:, None] == stops[None, :], axis=-1))
-    out = (token, live.astype(jnp.float32), jnp.where(live, logp, 0.0))
-    return (logits[:, -1], cache, key_valid, done, rng), out
+    return (logits, cache, key_valid, done), (token, live.astype(jnp.float32), jnp.where(live, logp, 0.0))
 
-  init = (logits[:, -1], cache, key_valid, jnp.zeros((b,), bool), rng)
-  _, (tokens, mask, logp) = jax.lax.scan(step, init, jnp.arange(max_new_tokens))
-  return Samples(tokens.T, mask.T, logp.T)
+  carry = (logits, cache, prompt_mask.astype(bool), jnp.zeros((b * group_size,), bool))
+  outs = []
+  for start, stop in decode_buckets(max_new_tokens, decode_block):
+    logits, cache, key_valid, done = carry
+    key_valid = jnp.pad(key_valid, ((0, 0), (0, p + stop - key_valid.shape[1])))
+    carry, out = jax.lax.scan(step, (logits, grow_cache(cache, p + stop), key_valid, done), jnp.arange(start, stop))
+    outs.append(out)
+  tokens, mask, logp = (jnp.concatenate(x, axis=0).T for x in zip(*outs))
+  return Samples(tokens, mask, logp)
 
 
 generate = jax.jit(generate_raw, static_argnames=STATIC_ARGS)

@@ -1,0 +1,127 @@
+"""The single-token decode step of the sampler, laid out for the memory traffic it cannot avoid.
+
+One decode step at batch B reads every weight once and each row's filled keys/values once; its
+compute floor is 2·params·B FLOPs. Three layout choices keep it near that floor on XLA:
+
+- Per-layer weights and caches are separate arrays (`DecodeWeights.layers`, `DecodeCache.k/v` are
+  tuples) and the layer loop is unrolled, so no step slices a stacked [L, ...] array (a dynamic
+  slice inside a scan materialises each layer's weights and cache every step).
+- Keys are stored [B, K, hd, S] and values [B, K, S, hd]: the two attention matmuls read them in the
+  layout a batched matmul wants, with no per-step transpose of the cache.
+- The cache is only as long as the current bucket of the loop (see `rl_jax.sampling.generate`), so
+  attention reads the filled prefix rounded up to a block, not the whole preallocated length.
+
+Sampling draws one uniform per row and inverts the CDF (`sample_tokens`) instead of a Gumbel draw for
+every vocabulary entry; with top-k/top-p it works among the top candidates only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rl_jax.models.config import ModelConfig
+from rl_jax.models.llama import KVCache, apply_rope, lm_head_weight, rms_norm, rope_frequencies
+
+Array = jax.Array
+
+
+class DecodeWeights(NamedTuple):
+  layers: tuple     # L dicts of one layer's weights (the stacked tree split once per sampler call)
+  embed: Array      # [V, D]
+  final_norm: Array  # [D]
+  head: Array       # [D, V] output projection, materialised once (the tied embedding transposed)
+
+
+class DecodeCache(NamedTuple):
+  k: tuple          # L × [B, K, hd, S] keys, transposed for the q·kᵀ matmul
+  v: tuple          # L × [B, K, S, hd] values
+
+
+def decode_weights(params: dict, cfg: ModelConfig, dtype=None) -> DecodeWeights:
+  """Split the stacked layer weights into per-layer arrays (optionally cast, e.g. to bfloat16)."""
+  cast = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))
+  stacked = params["layers"]
+  layers = tuple({name: cast(w[i]) for name, w in stacked.items()} for i in range(cfg.n_layers))
+  return DecodeWeights(layers, cast(params["embed"]), params["final_norm"], cast(lm_head_weight(params, cfg)))
+
+
+def decode_cache_from(cache: KVCache) -> DecodeCache:
+  """A stacked prefill cache [L, B, S, K, hd] in the decode layout."""
+  n = cache.k.shape[0]
+  return DecodeCache(tuple(jnp.transpose(cache.k[i], (0, 2, 3, 1)) for i in range(n)),
+                     tuple(jnp.transpose(cache.v[i], (0, 2, 1, 3)) for i in range(n)))
+
+
+def grow_cache(cache: DecodeCache, length: int) -> DecodeCache:
+  """Zero-pads every layer's cache to `length` slots."""
+  def pad(a, axis):
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, length - a.shape[axis])
+    return jnp.pad(a, widths)
+  return DecodeCache(tuple(pad(k, 3) for k in cache.k), tuple(pad(v, 2) for v in cache.v))
+
+
+def repeat_rows(tree, n: int):
+  """Repeats every leaf's batch axis n times (row i → rows i·n … i·n + n − 1): a group shares its prompt cache."""
+  return jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), tree) if n > 1 else tree
+
+
+def _write_slot(cache_k: Array, cache_v: Array, k: Array, v: Array, slot: Array) -> tuple[Array, Array]:
+  """Writes k/v [B, K, hd] at cache slot `slot` (a scalar, or one slot per row [B])."""
+  if jnp.ndim(slot) == 0:
+    cache_k = jax.lax.dynamic_update_slice(cache_k, k[..., None].astype(cache_k.dtype), (0, 0, 0, slot))
+    cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, :, None].astype(cache_v.dtype), (0, 0, slot, 0))
+    return cache_k, cache_v
+  rows = jnp.arange(k.shape[0])
+  return (cache_k.at[rows, :, :, slot].set(k.astype(cache_k.dtype)),
+          cache_v.at[rows, :, slot, :].set(v.astype(cache_v.dtype)))
+
+
+def _cache_attention(q: Array, cache_k: Array, cache_v: Array, allowed: Array, cfg: ModelConfig) -> Array:
+  """softmax(q·kᵀ/√hd) v for one query per row: q [B, H, hd], allowed [B, S] → [B, H·hd] (float32 math)."""
+  b = q.shape[0]
+  kh, hd = cfg.n_kv_heads, cfg.head_dim
+  q = q.reshape(b, kh, cfg.n_heads // kh, hd).astype(jnp.float32)
+  scores = jnp.einsum("bkgd,bkds->bkgs", q, cache_k.astype(jnp.float32)) / math.sqrt(hd)
+  scores = jnp.where(allowed[:, None, None, :], scores, -1e30)
+  probs = jax.nn.softmax(scores, axis=-1)
+  return jnp.einsum("bkgs,bksd->bkgd", probs, cache_v.astype(jnp.float32)).reshape(b, kh * (cfg.n_heads // kh) * hd)
+
+
+def decode_layer(cfg: ModelConfig, inv_freq: Array, x: Array, lp: dict, cache_k: Array, cache_v: Array,
+                 slot: Array, positions: Array, allowed: Array) -> tuple[Array, Array, Array]:
+  """One pre-norm decoder block for one token per row: x [B, D], positions [B]; writes this token's
+  k/v at `slot` first, then attends over the cache where `allowed` [B, S]."""
+  b = x.shape[0]
+  h = rms_norm(x, lp["attn_norm"], cfg.rms_eps)
+  q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+  if cfg.qkv_bias:
+    q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+  q = q.reshape(b, 1, cfg.n_heads, cfg.head_dim)
+  k = k.reshape(b, 1, cfg.n_kv_heads, cfg.head_dim)
+  if cfg.qk_norm:
+    q, k = rms_norm(q, lp["q_norm"], cfg.rms_eps), rms_norm(k, lp["k_norm"], cfg.rms_eps)
+  q, k = apply_rope(q, positions[:, None], inv_freq)[:, 0], apply_rope(k, positions[:, None], inv_freq)[:, 0]
+  cache_k, cache_v = _write_slot(cache_k, cache_v, k, v.reshape(b, cfg.n_kv_heads, cfg.head_dim), slot)
+  x = x + (_cache_attention(q, cache_k, cache_v, allowed, cfg).astype(x.dtype) @ lp["wo"])
+  h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
+  x = x + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+  return x, cache_k, cache_v
+
+
+def decode_step(w: DecodeWeights, cfg: ModelConfig, cache: DecodeCache, token: Array, positions: Array, slot: Array,
+                allowed: Array) -> tuple[Array, DecodeCache]:
+  """Logits [B, V] (float32) of the next token after `token` [B] at `positions` [B], written at cache `slot`."""
+  inv_freq = rope_frequencies(cfg)
+  x = w.embed[token]
+  ks, vs = [], []
+  for lp, ck, cv in zip(w.layers, cache.k, cache.v):
+    x, ck, cv = decode_layer(cfg, inv_freq, x, lp, ck, cv, slot, positions, allowed)
+    ks.append(ck)
+    vs.append(cv)
+  h = rms_norm(x, w.final_norm, cfg.rms_eps)
+  return jnp.dot(h, w.head, preferred_element_type=jnp.float32), DecodeCache(tuple(ks), tuple(vs))
