@@ -55,3 +55,26 @@ def check_binary_mask(name: str, mask, *, method: str = "") -> None:
     where = f"{method}: " if method else ""
     raise ValueError(f"{where}{name} must hold only 0 and 1, got {m[bad].ravel()[:3].tolist()} (use token_weights "
                      "for per-token weights).")
+
+
+def check_token_ids(name: str, ids, vocab_size: int) -> None:
+  """Raises a ValueError if a concrete integer array holds ids outside [0, vocab_size) (an embedding lookup
+  there would read garbage silently). Traced arrays are not checked."""
+  if ids is None or is_traced(ids):
+    return
+  a = np.asarray(ids)
+  if not np.issubdtype(a.dtype, np.integer):
+    raise ValueError(f"{name} must hold integer token ids, got dtype {a.dtype}.")
+  if a.size and (a.min() < 0 or a.max() >= vocab_size):
+    raise ValueError(f"{name} holds token ids outside [0, {vocab_size}) (min {a.min()}, max {a.max()}).")
+
+
+def check_sampling_args(vocab_size: int, *, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id) -> None:
+  """The sampler's static arguments: temperature ≥ 0 (0 = greedy), top_p in (0, 1], top_k ≥ 0 (0 = off),
+  max_new_tokens ≥ 1, stop tokens and pad_id inside the vocabulary."""
+  check_hparam("temperature", temperature, low=0.0, method="generate")
+  check_hparam("top_p", top_p, low=0.0, high=1.0, strict=True, method="generate")
+  check_hparam("top_k", top_k, low=0, integer=True, method="generate")
+  check_hparam("max_new_tokens", max_new_tokens, low=1, integer=True, method="generate")
+  for t in tuple(stop_tokens) + (pad_id,):
+    check_hparam("stop token / pad_id", t, low=0, high=vocab_size - 1, integer=True, method="generate")

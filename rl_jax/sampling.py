@@ -15,6 +15,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from rl_jax.checks import check_sampling_args, check_token_ids
 from rl_jax.models.config import ModelConfig
 from rl_jax.decode import DecodeCache, decode_cache_from, decode_step, decode_weights, grow_cache, repeat_rows
 from rl_jax.models.llama import default_positions, forward_with_cache, init_cache
@@ -201,6 +202,8 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
       halves the memory traffic); logits, attention softmax and sampling stay float32.
   Row r's randomness is `jax.random.split(rng, B·G)[r]` folded with the step index (see `row_uniforms`).
   """
+  check_sampling_args(cfg.vocab_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      stop_tokens=stop_tokens, pad_id=pad_id)
   b, p = prompts.shape
   if p + max_new_tokens > cfg.max_seq_len:
     raise ValueError(f"prompt length {p} + max_new_tokens {max_new_tokens} exceeds the model's cache/context "
@@ -238,5 +241,10 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
   return Samples(tokens, mask, logp)
 
 
-generate = jax.jit(generate_raw, static_argnames=STATIC_ARGS)
-generate.__doc__ = generate_raw.__doc__
+_generate_jit = jax.jit(generate_raw, static_argnames=STATIC_ARGS)
+
+
+@functools.wraps(generate_raw)
+def generate(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, **kw) -> Samples:
+  check_token_ids("prompts", prompts, cfg.vocab_size)   # concrete prompts only: jit cannot look inside
+  return _generate_jit(params, cfg, prompts, prompt_mask, rng, **kw)
