@@ -218,11 +218,16 @@ def test_curation_rules():
 
 # ----------------------------------------------------------------------------- LLDS
 
-@pytest.mark.parametrize("jit,coef", [(False, 0.2), (True, 0.2), (True, 1.5)])
-def test_llds_against_reference(jit, coef):
+@pytest.mark.parametrize("jit,coef,gate", [(False, 0.2, "action"), (True, 0.2, "action"), (True, 1.5, "response")])
+def test_llds_against_reference(jit, coef, gate):
   logp, old, _, adv, mask, _ = make_batch(seed=51, spread=0.15)
-  loss = lambda lp: ref.llds(lp, old, adv, mask, frozen=logp.copy(), llds_coef=coef)
-  check("llds", loss, logp, old, adv, mask, jit, llds_coef=coef)
+  mask[0, 3] = mask[4, 2] = 0.0                          # holes: responses of several actions
+  loss = lambda lp: ref.llds(lp, old, adv, mask, frozen=logp.copy(), llds_coef=coef, gate=gate)
+  check("llds", loss, logp, old, adv, mask, jit, llds_coef=coef, gate=gate)
+  # Token-level advantages: the kept tokens of one response can form several runs.
+  logp, old, _, adv, mask, _ = make_batch(seed=52, spread=0.15, seq_adv=False)
+  loss = lambda lp: ref.llds(lp, old, adv, mask, frozen=logp.copy(), llds_coef=coef, gate=gate)
+  check("llds", loss, logp, old, adv, mask, jit, llds_coef=coef, gate=gate)
 
 
 def test_llds_hand_example():
@@ -233,6 +238,14 @@ def test_llds_hand_example():
   r1, r2 = math.exp(-0.3), math.exp(0.1)
   assert loss == pytest.approx((-r1 - r2) / 2 + 0.2 * 0.3 / 2, abs=1e-6)
   np.testing.assert_allclose(grad, [[-r1 / 2 - 0.1, -r2 / 2]], atol=1e-6)
+  # Two actions (a masked observation between them): the first lost likelihood, the second gained. The
+  # action gate penalises the first only; the response gate sees a net rise (−0.3 + 0.5) and penalises nothing.
+  old4 = np.full((1, 5), -1.0)
+  lp4 = old4 - np.array([[0.3, 0.0, 0.0, -0.5, 0.0]])
+  m4 = np.array([[1.0, 1.0, 0.0, 1.0, 1.0]])
+  _, met_a = objectives.llds(f32(lp4), f32(old4), f32([1.0]), f32(m4))
+  _, met_r = objectives.llds(f32(lp4), f32(old4), f32([1.0]), f32(m4), gate="response")
+  assert float(met_a["llds_penalty"]) == pytest.approx(0.3 / 4) and float(met_r["llds_penalty"]) == 0.0
   # Negative advantage, or a likelihood that rose overall: no penalty.
   for a, lp in ((-1.0, logp), (1.0, old + np.array([[-0.1, 0.3]]))):
     _, metrics = objectives.llds(f32(lp), f32(old), f32([a]), f32(np.ones((1, 2))))

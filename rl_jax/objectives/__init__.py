@@ -26,5 +26,5 @@ from rl_jax.objectives.hapo import hapo, normalized_entropy
 from rl_jax.objectives.gtpo import entropy_filter, gtpo, gtpo_conflict_weights
 from rl_jax.objectives.corrections import mis, mis_weights, tis, tis_weights, with_correction
 from rl_jax.objectives.offpolicy import minirl, opmd, topr
-from rl_jax.objectives.reweighted import llds, llds_penalty, steer, steer_weights
+from rl_jax.objectives.reweighted import llds, llds_penalty, mask_runs, steer, steer_weights
 from rl_jax.objectives.discriminative import discriminative_gap, disco, sequence_scores

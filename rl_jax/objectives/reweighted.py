@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from rl_jax.objectives.core import check_dual_clip, optional_token_array, policy_loss, register, start
-from rl_jax.objectives.inputs import check_hparam
+from rl_jax.objectives import ratios
+from rl_jax.objectives.inputs import check_choice, check_hparam
 from rl_jax.objectives.ppo import token_clip_terms
 
 Array = jax.Array
@@ -69,34 +70,47 @@ def steer(logp, old_logp, advantages, mask, *, entropy, ref_logp=None, w_min=0.8
                      extra_metrics={"steer_weight_mean": jnp.sum(w) / n})
 
 
-def llds_penalty(logp: Array, old_logp: Array, adv: Array, mask: Array) -> Array:
-  """LLDS per-token penalty [B, T]: max(0, log π_old − log π_θ) on the tokens of responses with Â ≥ 0 whose
-  total log-likelihood fell (Σ_t (log π_old − log π_θ) > 0 over the response); 0 elsewhere. The gate is
-  stop-gradient; the penalty's gradient pushes the fallen tokens' likelihood back up."""
+def mask_runs(mask: Array) -> Array:
+  """Index [B, T] of each valid token's contiguous run of valid tokens within its row (0, 1, ...); 0 elsewhere.
+  A response whose mask has holes (tool outputs masked out) has one run per action."""
+  m = mask > 0
+  starts = m & ~jnp.pad(m[:, :-1], ((0, 0), (1, 0)))
+  return jnp.where(m, jnp.cumsum(starts, axis=-1) - 1, 0)
+
+
+def llds_penalty(logp: Array, old_logp: Array, adv: Array, mask: Array, *, gate: str = "action") -> Array:
+  """LLDS per-token penalty [B, T]: max(0, log π_old − log π_θ) on tokens with Â ≥ 0 whose gate unit lost
+  likelihood (Σ (log π_old − log π_θ) > 0 over the unit); 0 elsewhere. Units: each contiguous run of
+  valid Â ≥ 0 tokens ("action") or the whole response ("response"). The gate is stop-gradient."""
+  check_choice("gate", gate, ("action", "response"))
   keep = (adv >= 0) & (mask > 0)
   drop = sg(old_logp - logp)
-  fell = jnp.sum(jnp.where(keep, drop, 0.0), axis=-1, keepdims=True) > 0
+  if gate == "response":
+    fell = jnp.sum(jnp.where(keep, drop, 0.0), axis=-1, keepdims=True) > 0
+  else:
+    fell = ratios.segment_mean(drop, keep.astype(jnp.float32), mask_runs(keep)) > 0
   return jnp.where(keep & fell, jnp.maximum(old_logp - logp, 0.0), 0.0)
 
 
 @register
-def llds(logp, old_logp, advantages, mask, *, ref_logp=None, llds_coef=0.2, eps_low=0.2, eps_high=0.2, beta=0.0,
-         kl_estimator="k3", agg="token-mean", max_len=None, token_weights=None):
+def llds(logp, old_logp, advantages, mask, *, ref_logp=None, llds_coef=0.2, gate="action", eps_low=0.2, eps_high=0.2,
+         beta=0.0, kl_estimator="k3", agg="token-mean", max_len=None, token_weights=None):
   """LLDS: PPO-clip plus a likelihood-preserving penalty that acts only where a non-negative-advantage
   response's likelihood fell, and only on the tokens whose likelihood fell.
 
-    loss = agg(ℓ^{PPO-clip}) + λ · token-mean(1[Â_i ≥ 0] · 1[Σ_t (log π_old − log π_θ)_{i,t} > 0] · max(0, log π_old − log π_θ)).
+    loss = agg(ℓ^{PPO-clip}) + λ · token-mean(1[Â ≥ 0] · 1[Σ_{unit} (log π_old − log π_θ) > 0] · max(0, log π_old − log π_θ)).
 
   "On GRPO Collapse in Search-R1: The Lazy Likelihood-Displacement Death Spiral", arXiv 2512.04220.
-  Defaults from the official code (its response-level gate "R", train script λ = 0.2) on verl's
-  vanilla PPO-clip (ε = 0.2, token-mean). The code's action-level gate ("A") splits a response into the
-  contiguous runs of its mask (multi-turn tool calls); for a single-turn response the two gates agree.
+  Defaults from the official code and its train script: λ = 0.2, the action-level gate ("action": units
+  are the contiguous runs of valid Â ≥ 0 tokens, i.e. one per tool-call turn when observations are masked
+  out; "response" is the paper's response-level gate "R"), on verl's vanilla PPO-clip (ε = 0.2,
+  token-mean). For a single-turn response without mask holes the two gates agree.
   """
   check_hparam("llds_coef", llds_coef)
   inp = start(logp, old_logp, advantages, mask, ref_logp, beta=beta, kl_estimator=kl_estimator, agg=agg,
               max_len=max_len, eps=(("eps_low", eps_low), ("eps_high", eps_high)))
   per_token, clipped, ratio = token_clip_terms(inp, eps_low=eps_low, eps_high=eps_high)
-  penalty = llds_penalty(inp.logp, inp.old_logp, inp.adv, inp.mask)
+  penalty = llds_penalty(inp.logp, inp.old_logp, inp.adv, inp.mask, gate=gate)
   n = jnp.maximum(jnp.sum(inp.mask), 1.0)
   reg = jnp.sum(penalty * inp.mask) / n
   _, metrics = policy_loss(per_token, inp, ratio=ratio, clipped=clipped, agg=agg, max_len=max_len, beta=beta,

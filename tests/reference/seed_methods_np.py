@@ -178,18 +178,31 @@ def effort_rewards(correct, lengths, effort, *, coef=1.0, reference_lengths=None
   return out
 
 
-def llds(logp, old, adv, mask, *, frozen, llds_coef=0.2, eps_low=0.2, eps_high=0.2):
-  """token-mean PPO-clip + λ·token-mean(max(0, old − logp)) on the responses with A ≥ 0 whose likelihood fell
-  (the gate read at `frozen`)."""
+def llds(logp, old, adv, mask, *, frozen, llds_coef=0.2, gate="action", eps_low=0.2, eps_high=0.2):
+  """token-mean PPO-clip + λ·token-mean(max(0, old − logp)) over tokens with A ≥ 0 whose unit lost likelihood
+  at `frozen`: units are runs of consecutive kept tokens ("action") or the whole response ("response")."""
   R = rows(mask)
   pg, reg = 0.0, 0.0
   for i, r in enumerate(R):
-    fell = adv[i] >= 0 and sum(old[i, t] - frozen[i, t] for t in r) > 0
+    a = lambda t: adv[i] if np.ndim(adv) == 1 else adv[i, t]
+    kept = [t for t in r if a(t) >= 0]
+    units, cur = [], []
+    for t in range(logp.shape[1]):                      # split kept tokens into runs of consecutive positions
+      if t in kept:
+        cur.append(t)
+      elif cur:
+        units.append(cur)
+        cur = []
+    if cur:
+      units.append(cur)
+    if gate == "response":
+      units = [kept]
+    for unit in units:
+      if sum(old[i, t] - frozen[i, t] for t in unit) > 0:
+        reg += sum(max(0.0, old[i, t] - logp[i, t]) for t in unit)
     for t in r:
       ratio = math.exp(logp[i, t] - old[i, t])
-      pg += max(-adv[i] * ratio, -adv[i] * min(max(ratio, 1 - eps_low), 1 + eps_high))
-      if fell:
-        reg += max(0.0, old[i, t] - logp[i, t])
+      pg += max(-a(t) * ratio, -a(t) * min(max(ratio, 1 - eps_low), 1 + eps_high))
   n = max(sum(len(r) for r in R), 1)
   return pg / n + llds_coef * reg / n
 
