@@ -20,10 +20,11 @@ def zoom_zero(shared, span_reward, outside_reward, span_start, span_end, mask, *
     Â_{i,t} = (s_{i,t} − μ_g)/(σ_g + eps),  μ_g, σ_g (ddof 1) over all valid tokens of the group.
 
   "Zoom-Zero: Reinforced Coarse-to-Fine Video Understanding via Temporal Zoom-in" (its code's README gives
-  no arXiv id); follows the official code (compute_grpo_select_outcome_advantage): S = format + zoom-in rewards on every token, the answer reward
-  on the answer span [a, b) and the localisation (IoU) reward on the other tokens, scale 1/3; a group of
-  one response keeps μ = 0, σ = 1. Inputs: rewards [P, G], span bounds [P, G] (token indices), mask
-  [P, G, T]. Finding the spans (answer vs timestamps) is the task's parser.
+  no arXiv id); follows the official code (compute_grpo_select_outcome_advantage): S = format + zoom-in
+  rewards on every token, the answer reward on the answer span [a, b) and the localisation (IoU) reward on
+  the other tokens, scale 1/3; a group of one response keeps μ = 0, σ = 1. Inputs: rewards [P, G], span
+  bounds [P, G] (token indices), mask [P, G, T]. Finding the spans (answer vs timestamps) is the task's
+  parser.
   """
   s = check_rewards(shared, method="zoom_zero")
   r_in = check_rewards(span_reward, method="zoom_zero")

@@ -20,7 +20,8 @@ def steer_weights(logp: Array, old_logp: Array, adv: Array, entropy: Array, mask
   """STEER token weights [B, T] from the first-order entropy change Ω of each token (stop-gradient).
 
     p = clip(π_θ(y_t), 1e-8, 1 − 1e-8),  Ω = |Â / π_old(y_t) · p(1 − p)(log p + H_t)|,
-    linear: w = clip(w_max − (Ω − Ω_min)(w_max − w_min)/(Ω_max − Ω_min), w_min, w_max)   ((w_min + w_max)/2 if Ω is flat),
+    linear: w = clip(w_max − (Ω − Ω_min)(w_max − w_min)/(Ω_max − Ω_min), w_min, w_max)
+            ((w_min + w_max)/2 when Ω is flat),
     exponential: w = clip(exp(−k Ω), w_min, 1),  k = −log(w_min) / max(Ω_max, 0.02).
 
   Min and max run over the valid tokens of the batch; masked tokens get 0.
@@ -98,7 +99,8 @@ def llds(logp, old_logp, advantages, mask, *, ref_logp=None, llds_coef=0.2, gate
   """LLDS: PPO-clip plus a likelihood-preserving penalty that acts only where a non-negative-advantage
   response's likelihood fell, and only on the tokens whose likelihood fell.
 
-    loss = agg(ℓ^{PPO-clip}) + λ · token-mean(1[Â ≥ 0] · 1[Σ_{unit} (log π_old − log π_θ) > 0] · max(0, log π_old − log π_θ)).
+    loss = agg(ℓ^{PPO-clip}) + λ · token-mean(g_t · max(0, log π_old − log π_θ)),
+    g_t = 1[Â_t ≥ 0] · 1[Σ_{t' ∈ unit(t)} (log π_old − log π_θ)_{t'} > 0].
 
   "On GRPO Collapse in Search-R1: The Lazy Likelihood-Displacement Death Spiral", arXiv 2512.04220.
   Defaults from the official code and its train script: λ = 0.2, the action-level gate ("action": units
@@ -115,7 +117,8 @@ def llds(logp, old_logp, advantages, mask, *, ref_logp=None, llds_coef=0.2, gate
   reg = jnp.sum(penalty * inp.mask) / n
   _, metrics = policy_loss(per_token, inp, ratio=ratio, clipped=clipped, agg=agg, max_len=max_len, beta=beta,
                            kl_estimator=kl_estimator, token_weights=token_weights,
-                           extra_metrics={"llds_penalty": reg, "llds_active_frac": jnp.sum((penalty > 0) * inp.mask) / n})
+                           extra_metrics={"llds_penalty": reg,
+                                          "llds_active_frac": jnp.sum((penalty > 0) * inp.mask) / n})
   loss = metrics["loss"] + llds_coef * reg
   metrics["loss"] = loss
   return loss, metrics
