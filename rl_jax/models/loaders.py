@@ -41,14 +41,47 @@ def config_from_hf(hf: Mapping) -> ModelConfig:
       rope_scaling=scaling, max_seq_len=int(hf.get("max_position_embeddings", 2048)))
 
 
-def params_from_tensors(get: Callable[[str], np.ndarray], cfg: ModelConfig, *, prefix: str = "model.") -> dict:
-  """Builds the parameter tree from HF-named tensors; `get(name)` raises KeyError for a missing one."""
+def expected_shape(name: str, cfg: ModelConfig) -> tuple[tuple[int, ...], str]:
+  """(shape, the config fields that set it) of the HF-named tensor `name` under `cfg`."""
+  d, q, kv, f = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
+  heads = f"n_heads={cfg.n_heads} x head_dim={cfg.head_dim}, d_model={d}"
+  kv_heads = f"n_kv_heads={cfg.n_kv_heads} x head_dim={cfg.head_dim}, d_model={d}"
+  table = {"embed_tokens.weight": ((cfg.vocab_size, d), f"vocab_size={cfg.vocab_size}, d_model={d}"),
+           "lm_head.weight": ((cfg.vocab_size, d), f"vocab_size={cfg.vocab_size}, d_model={d}"),
+           "norm.weight": ((d,), f"d_model={d}"), "input_layernorm.weight": ((d,), f"d_model={d}"),
+           "post_attention_layernorm.weight": ((d,), f"d_model={d}"),
+           "self_attn.q_proj.weight": ((q, d), heads), "self_attn.o_proj.weight": ((d, q), heads),
+           "self_attn.k_proj.weight": ((kv, d), kv_heads), "self_attn.v_proj.weight": ((kv, d), kv_heads),
+           "self_attn.q_proj.bias": ((q,), heads), "self_attn.k_proj.bias": ((kv,), kv_heads),
+           "self_attn.v_proj.bias": ((kv,), kv_heads),
+           "self_attn.q_norm.weight": ((cfg.head_dim,), f"head_dim={cfg.head_dim}"),
+           "self_attn.k_norm.weight": ((cfg.head_dim,), f"head_dim={cfg.head_dim}"),
+           "mlp.gate_proj.weight": ((f, d), f"ffn_dim={f}, d_model={d}"),
+           "mlp.up_proj.weight": ((f, d), f"ffn_dim={f}, d_model={d}"),
+           "mlp.down_proj.weight": ((d, f), f"ffn_dim={f}, d_model={d}")}
+  return table[max((k for k in table if name.endswith(k)), key=len)]   # longest: q_norm.weight, not norm.weight
+
+
+def params_from_tensors(get: Callable[[str], np.ndarray], cfg: ModelConfig, *, prefix: str = "model.",
+                        source: str = "checkpoint") -> dict:
+  """Builds the parameter tree from HF-named tensors; `get(name)` raises KeyError for a missing one.
+
+  Every tensor's shape is checked against the config, so a config that disagrees with the weights (hidden size,
+  head count, head_dim, vocabulary) is an error naming `source`, the tensor and the config fields. With
+  multi-head attention (n_kv_heads = n_heads) and no explicit head_dim, a wrong head count leaves every shape
+  unchanged and cannot be detected from the weights.
+  """
 
   def tensor(name):
     try:
-      return np.asarray(get(name), np.float32)
+      a = np.asarray(get(name), np.float32)
     except KeyError:
-      raise ValueError(f"checkpoint is missing tensor {name!r}") from None
+      raise ValueError(f"{source} is missing tensor {name!r}") from None
+    want, fields = expected_shape(name, cfg)
+    if a.shape != want:
+      raise ValueError(f"{source}: tensor {name!r} has shape {a.shape}, but the model config ({fields}) gives "
+                       f"{want}: the config disagrees with the weights.")
+    return a
 
   def stack(fmt, transpose=False):
     arrays = [tensor(fmt.format(i=i)) for i in range(cfg.n_layers)]
@@ -158,13 +191,15 @@ def load_hf_folder(folder) -> tuple[dict, ModelConfig]:
       handles[path] = safe_open(str(path), "np")
     return handles[path].get_tensor(name)
 
-  return params_from_tensors(get, cfg), cfg
+  return params_from_tensors(get, cfg, source=str(config_path)), cfg
 
 
 def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
   """Undo llama.cpp's Q/K row permutation (interleaved RoPE pairs → HF's half-split layout)."""
   out, inp = w.shape
   head_dim = out // n_heads
+  if out % n_heads or head_dim % 2:   # not this head count's shape: left as is for the shape check to report
+    return w
   return w.reshape(n_heads, head_dim // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
 
 
@@ -177,11 +212,31 @@ def _gguf_field(reader, key, default=None):
   return field.contents()
 
 
+def gguf_reader(path):
+  """A `gguf.GGUFReader` for `path`, after checking that the file exists and holds every tensor's bytes: a
+  truncated or corrupt file is a ValueError naming it, not a reshape error later."""
+  import gguf
+
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such GGUF file.")
+  try:
+    reader = gguf.GGUFReader(str(path))
+  except Exception as e:  # the reader fails in many ways on a cut header (IndexError, ValueError, struct errors)
+    raise ValueError(f"{path}: not a readable GGUF file (truncated or corrupt): {type(e).__name__}: {e}") from None
+  size = path.stat().st_size
+  for t in reader.tensors:
+    if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
+      raise ValueError(f"{path}: truncated GGUF file: tensor {t.name!r} needs bytes up to "
+                       f"{t.data_offset + t.n_bytes}, the file has {size}.")
+  return reader
+
+
 def load_gguf(path) -> tuple[dict, ModelConfig]:
   """(params, cfg) from a llama-architecture GGUF file, dequantized to float32 with the `gguf` package."""
   import gguf
 
-  reader = gguf.GGUFReader(str(path))
+  reader = gguf_reader(path)
   arch = _gguf_field(reader, "general.architecture")
   if arch not in ("llama", "qwen2", "qwen3"):
     raise ValueError(f"Unsupported GGUF architecture {arch!r}; rl_jax loads llama, qwen2 and qwen3.")
@@ -230,7 +285,7 @@ def load_gguf(path) -> tuple[dict, ModelConfig]:
       w = _unpermute_rope(w, cfg.n_kv_heads)
     return w
 
-  return params_from_tensors(get, cfg), cfg
+  return params_from_tensors(get, cfg, source=str(path)), cfg
 
 
 def smollm2_gguf_path():
@@ -253,10 +308,9 @@ def gguf_tokenizer_metadata(path) -> tuple[str, dict, dict]:
   The fields carry transformers' names (`GGUF_TOKENIZER_MAPPING`); the config holds the chat template, the
   BOS/EOS flags and the special tokens as strings, as transformers' own GGUF reader returns them.
   """
-  import gguf
   from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING
 
-  reader = gguf.GGUFReader(str(path))
+  reader = gguf_reader(path)
   meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.") or k == "general.architecture"}
   groups = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
             for group, renames in GGUF_TOKENIZER_MAPPING.items()}
@@ -287,11 +341,15 @@ def load_gguf_tokenizer(path):
 
 def load_tokenizer(path):
   """A transformers tokenizer (with chat template) from an HF folder or a GGUF file (no torch needed)."""
+  path = pathlib.Path(path)
+  if path.suffix != ".gguf" and not path.is_dir():   # never a hub id: a missing path fails at once, offline
+    raise FileNotFoundError(f"{path}: no such tokenizer folder (a Hugging Face checkpoint folder or a .gguf file).")
+  if path.suffix == ".gguf" and not path.is_file():
+    raise FileNotFoundError(f"{path}: no such GGUF file.")
   from transformers import AutoTokenizer
 
-  path = pathlib.Path(path)
   if path.suffix != ".gguf":
-    return AutoTokenizer.from_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
   try:
     return load_gguf_tokenizer(path)
   except ImportError:  # a transformers release without integrations.gguf.gguf_tokenizer_mapping: its reader needs torch
