@@ -26,9 +26,10 @@ from rl_jax import advantages as advantages_lib
 from rl_jax import objectives as objectives_lib
 from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
 from rl_jax.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check, from_command_line, to_dict
-from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
+from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics, rewrite_rows
 from rl_jax.models import init_params, tiny_config
 from rl_jax.progress import progress
+from rl_jax.run_dir import open_run, restart_logs
 from rl_jax.sampling import generate
 from rl_jax.tasks import ArithmeticTask
 from rl_jax.train import (SFTBatch, Timer, dynamic_sampling, init_state, make_logprob_fn, make_rl_step, make_sft_step,
@@ -179,6 +180,11 @@ def warm_up(cfg: Config, task: ArithmeticTask, model_cfg):
   return state
 
 
+# Settings a resumed run may change: its length, how often it evaluates and checkpoints, and bookkeeping.
+# Any other change would continue a checkpoint trained with other settings.
+RESUMABLE = {"rl_steps", "eval_every", "checkpoint_every", "run_dir", "resume", "progress_bar"}
+
+
 def main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
   """Runs the experiment. `objective_fn` replaces the named objective with your own function (same
   signature as rl_jax.objectives.*; `objective_kw` are its keyword arguments)."""
@@ -189,13 +195,12 @@ def main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
 def _main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
   task, model_cfg = build(cfg)
   run_dir = pathlib.Path(cfg.run_dir)
-  run_dir.mkdir(parents=True, exist_ok=True)
-  (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+  settings = to_dict(cfg)
+  if objective_fn is not None:   # a custom objective is part of what the checkpoints were trained with
+    settings["objective_fn"] = f"{objective_fn.__module__}.{objective_fn.__qualname__}"
+  open_run(run_dir, settings, resume=cfg.resume, may_change=RESUMABLE)
   print(f"rl_jax {rl_jax.__version__} | config: {json.dumps(to_dict(cfg))}")
   ckpt = Checkpointer(run_dir / "checkpoints")
-  if not (cfg.resume and ckpt.steps()):
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
-  logger = MetricsLogger(run_dir)
 
   rng = jax.random.PRNGKey(cfg.seed)
   params = init_params(model_cfg, jax.random.fold_in(rng, 1))
@@ -203,6 +208,8 @@ def _main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
   restored = ckpt.restore_latest(init_state(params, rl_opt, rng)) if cfg.resume else None
 
   if restored is None:
+    restart_logs(run_dir, ["metrics.jsonl"])
+    logger = MetricsLogger(run_dir)
     state = warm_up(cfg, task, model_cfg)
     acc = evaluate(state.params, model_cfg, task, cfg.eval_size)
     print(f"after warm-up: greedy accuracy {acc:.3f}")
@@ -214,8 +221,8 @@ def _main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
     template = init_state(params, rl_opt, rng)
     state, ref_params, start = restored.state(template), restored.ref_params(params), restored.position
     print(f"resumed from {restored.path} at RL step {start}")
-    keep = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= start]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    rewrite_rows(run_dir / "metrics.jsonl", lambda r: r["step"] <= start)
+    logger = MetricsLogger(run_dir)
 
   objective = objective_fn or objectives_lib.get(cfg.objective)
   kw = objective_kwargs(cfg) if objective_fn is None else dict(objective_kw or {})
@@ -227,24 +234,25 @@ def _main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
   live = {"state": state, "position": start}
 
   def final_checkpoint():
-    if cfg.checkpoint_every:
+    if cfg.checkpoint_every and ckpt.saved != live["position"]:
       ckpt.save(live["position"], live["state"], ref_params)
       print(f"SIGTERM: saved a final checkpoint at RL step {live['position']}")
 
-  with SaveOnSigterm(final_checkpoint):
+  with SaveOnSigterm(final_checkpoint) as sigterm:
     for step in bar:
       row, state = rl_step_once(cfg, task, model_cfg, state, step, rl_step, logprob_fn, adv_fn, ref_params)
-      live.update(state=state, position=step + 1)
       if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.rl_steps:
         row["accuracy"] = evaluate(state.params, model_cfg, task, cfg.eval_size)
         print(f"RL step {step + 1:4d} | reward {row['reward']:.3f} | greedy accuracy {row['accuracy']:.3f} "
               f"| clip_frac {row['clip_frac']:.3f} | entropy {row['entropy']:.3f}")
       logger.log(step + 1, row)
+      live.update(state=state, position=step + 1)   # a SIGTERM saves a step only once its row is logged
       history.append(row)
       bar.set_postfix(reward=f"{row['reward']:.2f}", clip=f"{row['clip_frac']:.3f}",
                       tok_s=f"{row['tokens_per_s']:.0f}")
       if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl_steps):
-        ckpt.save(step + 1, state, ref_params)
+        with sigterm.deferred():
+          ckpt.save(step + 1, state, ref_params)
   logger.close()
   rows = read_metrics(run_dir / "metrics.jsonl")
   plot = plot_curves(rows, run_dir / "curves.png", keys=("reward", "accuracy", "clip_frac"),

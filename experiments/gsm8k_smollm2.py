@@ -44,9 +44,10 @@ from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
 from rl_jax import machine as machine_lib
 from rl_jax.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, check, from_command_line, to_dict
 from rl_jax.evaluation import evaluate_math, params_digest
-from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
+from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics, rewrite_rows
 from rl_jax.models import init_params, load_gguf, load_hf_folder, load_tokenizer, smollm2_gguf_path, tiny_config
 from rl_jax.progress import progress
+from rl_jax.run_dir import open_run, restart_logs
 from rl_jax.rewards import RewardRunner, dapo_overlong_penalty, format_reward, math_reward
 from rl_jax.train import Timer, dynamic_sampling, init_state, make_logprob_fn, make_rl_step, rl_iteration, rollout
 
@@ -251,18 +252,14 @@ def finished_with_same_settings(previous: dict | None, cfg: Config) -> bool:
   return all(previous.get(k) == v for k, v in mine.items() if k not in ignore)
 
 
+# The run's JSON-lines logs, one row per step (an evaluation row per set at steps 0 and rl_steps).
+LOGS = ("metrics.jsonl", "rewards.jsonl", "samples.jsonl")
+
+
 # Settings a resumed run may change: the evaluation (it is made again, "before" included), the run's
 # length, and bookkeeping. Any other change would continue a checkpoint trained with other settings.
 RESUMABLE = {"rl_steps", "run_dir", "resume", "progress_bar", "checkpoint_every", "before_from", "eval_sets",
              "eval_size", "eval_samples", "eval_max_new_tokens", "eval_batch"}
-
-
-def training_changes(previous: dict | None, cfg: Config) -> dict:
-  """{setting: (previous, now)} for the settings that decide training and differ from the run in the run dir."""
-  if previous is None:
-    return {}
-  mine = to_dict(cfg)
-  return {k: (previous.get(k), v) for k, v in mine.items() if k not in RESUMABLE and previous.get(k) != v}
 
 
 def same_evaluation_settings(previous: dict | None, cfg: Config) -> bool:
@@ -302,32 +299,23 @@ def main(cfg: Config) -> dict:
 
 def _main(cfg: Config) -> dict:
   run_dir = pathlib.Path(cfg.run_dir)
-  run_dir.mkdir(parents=True, exist_ok=True)
-  previous = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
   ckpt = Checkpointer(run_dir / "checkpoints", keep=2)
-  resuming = cfg.resume and bool(ckpt.steps())
-  if resuming:
-    if training_changes(previous, cfg):
-      raise ValueError(f"{run_dir} holds a run trained with other settings (theirs, ours): "
-                       f"{training_changes(previous, cfg)}. Use another run_dir, or --resume=false to start afresh.")
-    if ckpt.steps()[-1] > cfg.rl_steps:
-      raise ValueError(f"{run_dir} has a checkpoint at RL step {ckpt.steps()[-1]}, past rl_steps={cfg.rl_steps}.")
-  (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+  if cfg.resume and ckpt.steps() and ckpt.steps()[-1] > cfg.rl_steps:
+    raise ValueError(f"{run_dir} has a checkpoint at RL step {ckpt.steps()[-1]}, past rl_steps={cfg.rl_steps}.")
+  previous = open_run(run_dir, to_dict(cfg), resume=cfg.resume, may_change=RESUMABLE)
   print(f"rl_jax {rl_jax.__version__} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
         f"config: {json.dumps(to_dict(cfg))}")
   wall = Timer()
   params, mcfg, tok = load_model(cfg)
   train = data_lib.load("gsm8k", "train")
   order = train_order(cfg, len(train))
-  if not resuming:
-    for f in ("metrics.jsonl", "samples.jsonl", "rewards.jsonl"):
-      (run_dir / f).unlink(missing_ok=True)
-  logger = MetricsLogger(run_dir)
-
   rng = jax.random.PRNGKey(cfg.seed)
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(cfg.lr))
   template = init_state(params, opt, rng)
-  restored = ckpt.restore_latest(template) if cfg.resume else None
+  restored = ckpt.restore_latest(template, params) if cfg.resume else None
+  if restored is None:
+    restart_logs(run_dir, LOGS)
+  logger = MetricsLogger(run_dir)
   summary_path = run_dir / "summary.json"
   if restored is None:
     summary = before_summary(cfg, params, mcfg, tok)
@@ -353,11 +341,10 @@ def _main(cfg: Config) -> dict:
     if redo_before:
       summary.pop("before", None)
     summary_path.write_text(json.dumps(summary, indent=2))
-    for f in ("metrics.jsonl", "rewards.jsonl"):
+    for f in LOGS:
       # the "after" evaluation is always made again; "before" when it is redone
-      keep = [r for r in read_metrics(run_dir / f) if r["step"] <= start   # [] for a missing file
-              and not (r.get("phase") == "eval" and (r["step"] > 0 or redo_before))]
-      (run_dir / f).write_text("".join(json.dumps(r) + "\n" for r in keep))
+      rewrite_rows(run_dir / f, lambda r: r["step"] <= start
+                   and not (r.get("phase") == "eval" and (r["step"] > 0 or redo_before)))
     if redo_before:
       summary = before_summary(cfg, params, mcfg, tok)
       summary_path.write_text(json.dumps(summary, indent=2))
@@ -411,12 +398,12 @@ def _main(cfg: Config) -> dict:
   live = {"state": state, "position": start}
 
   def final_checkpoint():
-    if cfg.checkpoint_every:
+    if cfg.checkpoint_every and ckpt.saved != live["position"]:
       ckpt.save(live["position"], live["state"], ref_params)
       print(f"SIGTERM: saved a final checkpoint at RL step {live['position']}")
 
   bar = progress(range(start, cfg.rl_steps), desc=f"RL ({cfg.objective})", enabled=cfg.progress_bar)
-  with SaveOnSigterm(final_checkpoint):
+  with SaveOnSigterm(final_checkpoint) as sigterm:
     for step in bar:
       timer = Timer()
       rng_step = jax.random.fold_in(rng, step)
@@ -443,7 +430,6 @@ def _main(cfg: Config) -> dict:
       state, m = rl_iteration(live["state"], rl_step, logprob_fn, ro, rewards, step_adv_fn, epochs=cfg.epochs,
                               minibatches=cfg.minibatches, ref_params=ref_params,
                               keep_groups="group_size" in inspect.signature(objective).parameters)
-      live.update(state=state, position=step + 1)
       first = infos[0]
       row = {"reward": float(rewards.mean()), "train_accuracy": float(np.mean(first["correct"])),
              "clip_frac": m["clip_frac"], "loss": m["loss"], "entropy": m["entropy"],
@@ -463,8 +449,10 @@ def _main(cfg: Config) -> dict:
                       tok_s=f"{row['tokens_per_s']:.0f}")
       print(f"RL step {step + 1:3d} | reward {row['reward']:.3f} | train acc {row['train_accuracy']:.3f} | "
             f"len {row['response_len']:.0f} | clip {row['clip_frac']:.3f} | {row['step_seconds']:.0f}s")
+      live.update(state=state, position=step + 1)   # a SIGTERM saves a step only once its rows are written
       if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.rl_steps):
-        ckpt.save(step + 1, state, ref_params)
+        with sigterm.deferred():
+          ckpt.save(step + 1, state, ref_params)
   state = live["state"]
   if params_digest(state.params) == initial and summary.get("before"):
     # no step moved a weight (e.g. every group all-wrong: zero advantages, zero gradient, zero Adam update);

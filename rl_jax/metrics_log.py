@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
-from typing import Optional, Sequence
+import warnings
+from typing import Callable, Optional, Sequence
 
 
 class MetricsLogger:
@@ -21,6 +23,8 @@ class MetricsLogger:
     self.run_dir = pathlib.Path(run_dir)
     self.path = self.run_dir / "metrics.jsonl"
     self.enabled = is_main_process() if enabled is None else bool(enabled)
+    if self.enabled and self.path.exists() and not self.path.read_bytes().endswith(b"\n") and self.path.stat().st_size:
+      rewrite_rows(self.path, lambda r: True)   # a half-written last line: drop it, so appends stay rows
     self._tb = None
     self.run_dir.mkdir(parents=True, exist_ok=True)
     if not self.enabled:
@@ -52,10 +56,42 @@ class MetricsLogger:
 
 
 def read_metrics(path) -> list[dict]:
+  """The rows of a JSON-lines log ([] for a missing file). A last line that does not parse (a process killed
+  while writing it) is dropped with a warning; a bad line before it is corruption and raises, naming it."""
   path = pathlib.Path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+  rows = []
+  for k, (i, line) in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if k + 1 < len(lines):
+        raise ValueError(f"{path}, line {i}: not JSON ({e}); only a half-written last line is tolerated.") from e
+      warnings.warn(f"{path}: dropping its half-written last line {i} ({len(line)} characters; the writer was "
+                    "stopped mid-line).")
+  return rows
+
+
+def rewrite_rows(path, keep: Callable[[dict], bool]) -> list[dict]:
+  """Rewrites a JSON-lines log with the rows `keep` accepts (a half-written last line goes too), atomically:
+  the new file replaces the old one in one rename, so a kill meanwhile leaves one or the other whole."""
+  path = pathlib.Path(path)
+  rows = [r for r in read_metrics(path) if keep(r)]
+  atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+  return rows
+
+
+def atomic_write_text(path, text: str) -> None:
+  """Writes `text` to a temporary file next to `path`, flushes it to disk, then renames it over `path`."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  with tmp.open("w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def plot_curves(rows: Sequence[dict], out_path, *, keys: Sequence[str] = ("reward", "accuracy"),
