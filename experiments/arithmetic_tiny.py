@@ -197,7 +197,8 @@ def _main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
   run_dir = pathlib.Path(cfg.run_dir)
   settings = to_dict(cfg)
   if objective_fn is not None:   # a custom objective is part of what the checkpoints were trained with
-    settings["objective_fn"] = f"{objective_fn.__module__}.{objective_fn.__qualname__}"
+    settings["objective_fn"] = ".".join(getattr(objective_fn, a, type(objective_fn).__name__)
+                                        for a in ("__module__", "__qualname__"))
   open_run(run_dir, settings, resume=cfg.resume, may_change=RESUMABLE)
   print(f"rl_jax {rl_jax.__version__} | config: {json.dumps(to_dict(cfg))}")
   ckpt = Checkpointer(run_dir / "checkpoints")
