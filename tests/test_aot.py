@@ -1,0 +1,89 @@
+"""Ahead-of-time compilation for TPU slices on this CPU host (libtpu, deviceless): slice names map to the
+standard topologies, the tiny model's whole GSM8K run compiles for v5p-8 with per-chip memory that adds up,
+and micro-batch sizes are picked from compiled memory."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rl_jax import aot
+from rl_jax.models import tiny_config
+from rl_jax.sharding import MeshConfig, make_mesh
+
+
+@pytest.mark.parametrize("name,topology,chips", [
+    ("v5p-8", "v5p:2x2x1", 4), ("v5p-32", "v5p:2x2x4", 16), ("v5p-64", "v5p:2x4x4", 32), ("v5p-128", "v5p:4x4x4", 64),
+    ("v6e-8", "v6e:2x4", 8), ("v6e-64", "v6e:8x8", 64), ("v5litepod-16", "v5e:4x4", 16), ("v4-32", "v4:2x2x4", 16),
+    ("v5p:4x4x8", "v5p:4x4x8", 128)])
+def test_slice_names_give_standard_topologies(name, topology, chips):
+  assert aot.parse_topology(name)[1:] == (topology, chips)
+
+
+def test_bad_slice_names_are_refused():
+  for bad in ("v5p", "v9-8", "v5p-12", "v5p-7", "tpu:2x2"):
+    with pytest.raises(ValueError):
+      aot.parse_topology(bad)
+
+
+def test_tiny_gsm8k_run_compiles_for_v5p_8(tmp_path):
+  from experiments import gsm8k_smollm2 as exp
+  out = tmp_path / "aot.json"
+  cfg = exp.make_config(["--model=tiny-random", "--aot=v5p-8", f"--aot_json={out}", "--minibatches=2",
+                         "--prompts_per_step=4", "--max_new_tokens=32", "--max_prompt_len=64", "--beta=0.1"])
+  report = exp.main(cfg)
+  assert json.loads(out.read_text())["fits"] is True and report["fits"] is True
+  assert report["chips"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert set(report["functions"]) == {"sampler", "logprobs", "train_step"}
+  model = exp.model_shapes(cfg)
+  n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+      lambda: __import__("rl_jax.models", fromlist=["init_params"]).init_params(model, jax.random.PRNGKey(0)))))
+  res = report["resident"]
+  # float32 parameters split over 4 chips (the small norms are replicated: at most a few KiB more), Adam 2×
+  assert 4 * n_params / 4 <= res["params_gib"] * 2 ** 30 < 4 * n_params / 4 + 8192
+  assert res["opt_state_gib"] == pytest.approx(2 * res["params_gib"], rel=1e-3)
+  assert res["reference_gib"] == res["params_gib"]           # beta > 0
+  for name, f in report["functions"].items():
+    assert f["peak_gib"] == pytest.approx(f["argument_gib"] + f["output_gib"] + f["temp_gib"] - f["alias_gib"])
+    assert f["total_gib"] == pytest.approx(f["peak_gib"] + f["resident_other_gib"])
+  train = report["functions"]["train_step"]
+  assert train["alias_gib"] >= res["params_gib"] + res["opt_state_gib"] - 1e-6      # the state is donated
+  assert train["argument_gib"] >= res["params_gib"] + res["opt_state_gib"]
+  est = report["estimate"]
+  assert 0 < est["mfu"] < 1 and est["step_seconds"] > 0 and est["peak_flops_per_chip"] == 459e12
+  assert "fits=true" in aot.format_report(report)
+
+
+def test_micro_batches_are_picked_from_compiled_memory():
+  """On 8 CPU devices: the picked micro-batch fits the budget and the next larger one, compiled, does not."""
+  model = tiny_config(512, d_model=64, n_layers=2, max_seq_len=256)
+  mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1))
+  state = aot.abstract_state(model, optax.adam(1e-3), mesh)
+  run = aot.RunShapes(sample_rows=64, prompt_len=64, new_tokens=128, train_rows=64, logprob_rows=64)
+  build = lambda k: aot.logprob_function(model, mesh, state.params, run, k)
+  peaks = {k: aot.compile_memory(*aot._unpack(build(k)))["peak_gib"] for k in (8, 2, 1)}  # 1, 4, 8 rows/shard
+  assert peaks[8] < peaks[2] < peaks[1]
+  budget = (peaks[2] + peaks[1]) / 2                          # 4 rows per shard fit, 8 do not
+  chip = dataclasses.replace(aot.CHIPS["v5p"], hbm_gib=budget / aot.HBM_FRACTION)
+  k, mem = aot.pick_micro_batches(build, 8, 0.0, chip, log=lambda *_: None)
+  assert k == 2 and mem["peak_gib"] == pytest.approx(peaks[2])
+  tiny_chip = dataclasses.replace(chip, hbm_gib=peaks[8] / 2)
+  with pytest.raises(ValueError, match="even with 1 row per shard"):
+    aot.pick_micro_batches(build, 8, 0.0, tiny_chip, log=lambda *_: None)
+
+
+def test_roofline_counts_flops_by_hand():
+  m = tiny_config(100, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=4, ffn_dim=16)
+  # per layer: q 8·8, k and v 8·4 each, o 8·8, MLP 3·8·16; plus the 8·100 output projection
+  assert aot.matmul_params(m) == 2 * (64 + 32 + 32 + 64 + 384) + 800
+  run = aot.RunShapes(sample_rows=4, prompt_len=2, new_tokens=2, train_rows=4, logprob_rows=4, old_logp=False)
+  chip = aot.CHIPS["v5p"]
+  est = aot.roofline(m, run, chip, chips=1, tensor=1)
+  n = aot.matmul_params(m)
+  fwd = 2 * n * 4 + 4 * 2 * 2 * 4 * 4 * 2           # one row: 2N·S + 4·L·H·hd·S·(S/2)
+  train = 4 * 3 * fwd                                # no remat, no accumulation
+  assert est["train_seconds"] == pytest.approx(train / chip.peak_flops)
