@@ -14,7 +14,7 @@
 # calls jax.distributed.initialize() with no arguments. Every worker must run the same program.
 # --dry-run prints the command sequence instead of running it.
 set -euo pipefail
-name="" zone="" type="v5p-8" version="v2-alpha-tpuv5" project="" dry=0 install=1 data=""
+name="" zone="" type="v5p-8" version="v2-alpha-tpuv5" project="" dry=0 install=1 data="" aot=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name=*) name="${1#*=}" ;;
@@ -25,13 +25,14 @@ while [[ $# -gt 0 ]]; do
     --skip-install) install=0 ;;
     --data=*) data="${1#*=}" ;;
     --dry-run) dry=1 ;;
+    --no-aot-check) aot=0 ;;
     --) shift; break ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
 [[ -n "$name" && -n "$zone" ]] || {
-  echo "usage: launch/tpu_pod.sh --name=N --zone=Z [--type=T] [--project=P] [--skip-install] [--data=DIR] [--dry-run] -- module [--key=value ...]" >&2
+  echo "usage: launch/tpu_pod.sh --name=N --zone=Z [--type=T] [--project=P] [--skip-install] [--data=DIR] [--dry-run] [--no-aot-check] -- module [--key=value ...]" >&2
   exit 2
 }
 [[ $# -gt 0 ]] || { echo "missing the experiment module after --" >&2; exit 2; }
@@ -50,6 +51,17 @@ on_all="--zone=$zone --worker=all$proj"
 run() {
   if [[ $dry -eq 1 ]]; then printf '%s\n' "$1"; else bash -c "$1"; fi
 }
+
+# Before anything is created: compile the run for the requested slice on this host (rl_jax.aot, libtpu
+# deviceless; the module must accept --aot=TOPOLOGY --aot_json=PATH) and refuse a run that does not fit.
+if [[ $aot -eq 1 ]]; then
+  report="$(mktemp -d)/aot.json"
+  echo "AOT check: ${RL_JAX_PYTHON:-python3} -m $module$args --aot=$type --aot_json=$report" >&2
+  (cd "$here" && ${RL_JAX_PYTHON:-python3} -m $module$args --aot="$type" --aot_json="$report" >&2) || {
+    echo "refused: the AOT check of $module for $type failed (see above)" >&2; exit 3; }
+  fits=$(${RL_JAX_PYTHON:-python3} -c 'import json, sys; print(json.load(open(sys.argv[1]))["fits"] is True)' "$report")
+  [[ "$fits" == "True" ]] || { echo "refused: $module does not fit $type (per-chip memory in $report)" >&2; exit 3; }
+fi
 
 run "$tpu describe $name --zone=$zone$proj >/dev/null 2>&1 || $tpu create $name --zone=$zone --accelerator-type=$type --version=$version$proj"
 run "$tpu ssh $name $on_all --command='mkdir -p ~/$remote_dir'"

@@ -30,7 +30,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rl_jax.models.config import ModelConfig
-from rl_jax.models.llama import init_params
+from rl_jax.models.llama import init_params, sampler_dtype
 from rl_jax.sharding import BATCH, MeshConfig, jit_sharded_generate, jit_sharded_step, make_mesh, param_shardings, \
   state_shardings
 
@@ -167,7 +167,7 @@ def _rows(mesh, shape, dtype):
 def sampler_function(model: ModelConfig, mesh, params, run: RunShapes):
   """The sampler (prefill + KV-cache decode) and its abstract arguments."""
   fn, _ = jit_sharded_generate(mesh, params, cfg=model, max_new_tokens=run.new_tokens, temperature=1.0,
-                               stop_tokens=(run.stop_token,), pad_id=0)
+                               stop_tokens=(run.stop_token,), pad_id=0, dtype=sampler_dtype(model))
   prompts = _rows(mesh, (run.sample_rows, run.prompt_len), jnp.int32)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))
   return fn, (params, prompts, prompts, key)

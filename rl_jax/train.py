@@ -19,6 +19,7 @@ import optax
 
 from rl_jax.logprobs import token_logprobs
 from rl_jax.models.config import ModelConfig
+from rl_jax.models.llama import sampler_dtype
 from rl_jax.sampling import generate
 
 Array = jax.Array
@@ -198,7 +199,7 @@ def rollout(params, cfg: ModelConfig, prompts: np.ndarray, prompt_mask: np.ndarr
   p_rep = np.repeat(prompts, group_size, axis=0)
   m_rep = np.repeat(prompt_mask, group_size, axis=0)
   out = generate(params, cfg, jnp.asarray(p_rep), jnp.asarray(m_rep), rng, max_new_tokens=max_new_tokens,
-                 temperature=temperature, stop_tokens=tuple(stop_tokens), pad_id=pad_id)
+                 temperature=temperature, stop_tokens=tuple(stop_tokens), pad_id=pad_id, dtype=sampler_dtype(cfg))
   comp, cmask, lp = (np.asarray(x) for x in out)
   tokens = np.concatenate([p_rep, comp], axis=1)
   attn = np.concatenate([m_rep, cmask.astype(np.int32)], axis=1)

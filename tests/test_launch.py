@@ -10,7 +10,7 @@ POD = ["bash", str(ROOT / "launch/tpu_pod.sh")]
 
 def dry_run(*extra):
   return subprocess.run(POD + ["--name=rl-v5p", "--zone=us-east5-a", "--type=v5p-64", "--project=proj", "--dry-run",
-                               *extra, "--", "experiments.configs.gsm8k_pod", "--preset=qwen2.5-math-7b",
+                               "--no-aot-check", *extra, "--", "experiments.configs.gsm8k_pod", "--preset=qwen2.5-math-7b",
                                "--smoke_steps=2"], capture_output=True, text=True, check=True).stdout.splitlines()
 
 
@@ -44,13 +44,13 @@ def test_tpu_pod_copies_a_data_folder_to_every_worker(tmp_path):
   assert copy.startswith("gcloud compute tpus tpu-vm scp --recurse") and "--worker=all" in copy
   assert f" {tmp_path} rl-v5p:~/rl_jax_data" in copy
   assert "RL_JAX_DATA_DIR=~/rl_jax_data RL_JAX_MULTIHOST=1" in shlex.split(start)[-1]
-  r = subprocess.run(POD + ["--name=a", "--zone=z", "--dry-run", f"--data={tmp_path}/none", "--", "m"],
+  r = subprocess.run(POD + ["--name=a", "--zone=z", "--dry-run", "--no-aot-check", f"--data={tmp_path}/none", "--", "m"],
                      capture_output=True, text=True)
   assert r.returncode == 2 and "is not a folder" in r.stderr
 
 
 def test_tpu_pod_skip_install_and_no_project():
-  out = subprocess.run(POD + ["--name=a", "--zone=z", "--dry-run", "--skip-install", "--", "m"], capture_output=True,
+  out = subprocess.run(POD + ["--name=a", "--zone=z", "--dry-run", "--no-aot-check", "--skip-install", "--", "m"], capture_output=True,
                        text=True, check=True).stdout.splitlines()
   assert len(out) == 5 and not any("pip install" in line for line in out)
   assert not any("--project" in line for line in out)
@@ -80,9 +80,28 @@ def test_tpu_pod_runs_the_commands_and_reuses_an_existing_vm(tmp_path):
   for rc, creates in (("0", False), ("1", True)):
     log.write_text("")
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "DESCRIBE_RC": rc}
-    subprocess.run(POD + ["--name=a", "--zone=z", "--skip-install", "--", "m", "--k=v"], env=env, check=True)
+    subprocess.run(POD + ["--name=a", "--zone=z", "--skip-install", "--no-aot-check", "--", "m", "--k=v"], env=env, check=True)
     calls = log.read_text().splitlines()
     assert calls[0].startswith("compute tpus tpu-vm describe a")
     assert any(c.startswith("compute tpus tpu-vm create a") for c in calls) == creates
     assert calls[-1].endswith("--command=cd ~/rl_jax && RL_JAX_MULTIHOST=1 PYTHONUNBUFFERED=1 python3 -m m --k=v")
     assert len(calls) == 5 + creates   # describe [create] mkdir scp prepare start
+
+
+def test_tpu_pod_runs_the_aot_check_first_and_refuses_a_run_that_does_not_fit(tmp_path):
+  """A stand-in experiment writes the AOT report: fits → the command sequence; not fits or a crash → exit 3
+  before any gcloud command."""
+  (tmp_path / "stand_in.py").write_text(
+      "import json, sys\n"
+      "args = dict(a[2:].split('=', 1) for a in sys.argv[1:])\n"
+      "assert args['aot'] == 'v5p-64', args\n"
+      "if args.get('crash'): sys.exit(1)\n"
+      "json.dump({'fits': args['fits'] == 'yes'}, open(args['aot_json'], 'w'))\n")
+  env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
+  base = POD + ["--name=a", "--zone=z", "--type=v5p-64", "--dry-run", "--", "stand_in"]
+  ok = subprocess.run(base + ["--fits=yes"], capture_output=True, text=True, env=env)
+  assert ok.returncode == 0 and ok.stdout.startswith("gcloud compute tpus tpu-vm describe a")
+  assert "AOT check" in ok.stderr and "--aot=v5p-64" in ok.stderr
+  for extra, why in ((["--fits=no"], "does not fit v5p-64"), (["--fits=yes", "--crash=1"], "AOT check of stand_in")):
+    r = subprocess.run(base + extra, capture_output=True, text=True, env=env)
+    assert r.returncode == 3 and r.stdout == "" and why in r.stderr

@@ -1,4 +1,4 @@
-"""The pod config: its documented meshes shard every large weight, split the batch evenly and fit v5p HBM;
+"""The pod config: its documented meshes shard every large weight and split the batch evenly;
 the mesh is changed by overrides alone; a sharded smoke step runs on 8 fake CPU devices."""
 
 import jax
@@ -8,7 +8,6 @@ import pytest
 from experiments.configs import gsm8k_pod
 from rl_jax.config import apply_overrides
 
-V5P_HBM = 95e9
 
 
 def hand_count(m):
@@ -21,17 +20,14 @@ def hand_count(m):
 
 @pytest.mark.parametrize("preset,devices,mesh,billions", [("qwen2.5-math-1.5b", 16, (2, 8, 1), 1.54),
                                                           ("qwen2.5-math-7b", 32, (2, 4, 4), 7.62)])
-def test_presets_shard_every_large_weight_and_fit(preset, devices, mesh, billions):
+def test_presets_shard_every_large_weight(preset, devices, mesh, billions):
   cfg = apply_overrides(gsm8k_pod.Config(), [f"--preset={preset}", "--beta=0.04"])
   p = gsm8k_pod.plan(cfg, devices)
   assert tuple(p["mesh"].values()) == mesh and p["devices"] == devices
   assert p["params"] == hand_count(cfg.model) and round(p["params"] / 1e9, 2) == billions  # Qwen2.5 model cards
   assert p["large_replicated"] == []
   assert p["batch_divides"]
-  ideal = 4 * p["params"] / (mesh[1] * mesh[2])  # float32, split over fsdp × tensor, replicated over data
-  assert ideal <= p["param_bytes_per_device"] < 1.01 * ideal
-  assert p["state_bytes_per_device"] == 4 * p["param_bytes_per_device"]  # params, Adam mu and nu, reference
-  assert p["state_bytes_per_device"] < 0.1 * V5P_HBM
+  assert "param_bytes_per_device" not in p   # memory is measured by compiling for the slice (rl_jax.aot)
 
 
 def test_the_mesh_is_a_config_override():

@@ -2,16 +2,18 @@
 
 Presets (JAX sees one device per v5p chip; a v5p-N slice has N/2 chips, 4 chips per host):
 
-| preset            | slice  | chips | hosts | mesh (data, fsdp, tensor) | per chip: params / +Adam / +reference |
-|-------------------|--------|-------|-------|---------------------------|---------------------------------------|
-| qwen2.5-math-1.5b | v5p-32 | 16    | 4     | (2, 8, 1)                 | 0.77 / 2.3 / 3.1 GB                   |
-| qwen2.5-math-7b   | v5p-64 | 32    | 8     | (2, 4, 4)                 | 1.9 / 5.7 / 7.6 GB                    |
+| preset            | slice  | chips | hosts | mesh (data, fsdp, tensor) |
+|-------------------|--------|-------|-------|---------------------------|
+| qwen2.5-math-1.5b | v5p-32 | 16    | 4     | (2, 8, 1)                 |
+| qwen2.5-math-7b   | v5p-64 | 32    | 8     | (2, 4, 4)                 |
 
 Parameters, Adam moments and the frozen reference are float32 and laid out by rl_jax.sharding's
 partition rules (FSDP over `fsdp`, heads / MLP units over `tensor`, replicated over `data`); the
-rollout batch (prompts_per_step × group_size rows) is split over data × fsdp. Activations, KV caches
-and XLA scratch come on top of the table (v5p has 95 GB of HBM per chip). The mesh is config, not
-code: `--mesh_data=-1 --mesh_fsdp=8 --mesh_tensor=2` re-lays the same run out.
+rollout batch (prompts_per_step × group_size rows) is split over data × fsdp. Whether a run fits a
+slice is not counted by hand here: it is compiled for the slice (`python -m experiments.gsm8k_smollm2
+--preset=pod --model=qwen2.5-math-7b --aot=v5p-64`, rl_jax.aot), which measures parameters, optimizer
+state, activations, KV cache and XLA temporaries per chip. The mesh is config, not code:
+`--mesh_data=-1 --mesh_fsdp=8 --mesh_tensor=2` re-lays the same run out.
 
   python -m experiments.configs.gsm8k_pod --preset=qwen2.5-math-7b            # print the plan
   launch/cpu_smoke.sh experiments.configs.gsm8k_pod --preset=tiny --smoke_steps=1 \
@@ -102,23 +104,21 @@ def optimizer(cfg: Config) -> optax.GradientTransformation:
 
 
 def plan(cfg: Config, num_devices: int) -> dict:
-  """Mesh shape and per-device bytes of params, Adam moments and the reference (no devices needed)."""
+  """Mesh shape, parameter count, large replicated weights and whether the batch splits (no devices needed)."""
   shape = cfg.mesh.shape(num_devices)
   mesh = jax.sharding.AbstractMesh(shape, ("data", "fsdp", "tensor"))
   abstract = jax.eval_shape(lambda k: init_params(cfg.model, k), jax.random.PRNGKey(0))
   specs = param_specs(mesh, abstract)
-  per_device, replicated = 0, []
+  replicated = []
   for (path, x), spec in zip(jax.tree_util.tree_leaves_with_path(abstract), jax.tree.leaves(
       specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))):
     split = math.prod(math.prod(mesh.shape[a] for a in (ax if isinstance(ax, tuple) else (ax,)))
                       for ax in spec if ax is not None)
-    per_device += x.size * x.dtype.itemsize // split
     if split == 1 and x.size >= 1 << 20:
       replicated.append(jax.tree_util.keystr(path))
   rows = cfg.prompts_per_step * cfg.group_size
   return {"preset": cfg.preset, "tpu": PRESETS[cfg.preset][0], "devices": num_devices, "mesh": dict(mesh.shape),
           "params": int(sum(x.size for x in jax.tree.leaves(abstract))),
-          "param_bytes_per_device": per_device, "state_bytes_per_device": per_device * (4 if cfg.beta > 0 else 3),
           "batch_rows": rows, "rows_per_batch_shard": rows / (shape[0] * shape[1]),
           "batch_divides": rows % (shape[0] * shape[1]) == 0, "large_replicated": replicated}
 

@@ -111,6 +111,12 @@ def compute_dtype(cfg: ModelConfig):
   return jnp.dtype(cfg.dtype)
 
 
+def sampler_dtype(cfg: ModelConfig):
+  """The `dtype` the sampler (rl_jax.sampling.generate) runs weights and KV cache in: None (the parameters'
+  own) for a float32 model, the compute dtype otherwise (a bfloat16 model keeps a bfloat16 cache)."""
+  return None if cfg.dtype == "float32" else compute_dtype(cfg)
+
+
 def cast_params(params: dict, cfg: ModelConfig) -> dict:
   """Floating-point parameters cast to the compute dtype (mixed precision: float32 master, bfloat16 use).
 
