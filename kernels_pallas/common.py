@@ -21,6 +21,14 @@ def pad_to(x: jax.Array, multiples: tuple[int, ...], value=0) -> jax.Array:
   return jnp.pad(x, pads, constant_values=value) if any(p for _, p in pads) else x
 
 
+def lowering_for_tpu() -> bool:
+  """Whether kernels are being built for a TPU: the default backend is one, or the trace runs under a mesh of
+  TPU devices (`jax.set_mesh`, e.g. rl_jax.aot's deviceless compilation on a CPU host)."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  kind = device.device_kind if device is not None else jax.devices()[0].device_kind
+  return kind.startswith("TPU")
+
+
 def gpu_compiler_params():
   """Triton compiler parameters when the default backend is a GPU, else None (the platform's default).
 

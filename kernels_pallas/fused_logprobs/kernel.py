@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from kernels_pallas.common import gpu_compiler_params, pad_to
+from kernels_pallas.common import lowering_for_tpu, gpu_compiler_params, pad_to
 
 NEG = -1e30
 
@@ -34,7 +34,9 @@ class BlockSizes:
 
   @classmethod
   def get_default(cls) -> "BlockSizes":
-    return cls()
+    """32-row tiles for GPUs; on a TPU 128 rows and 128 of D (Mosaic wants a 1-D row block of at least 128 and
+    2-D blocks whose last two dimensions are multiples of (8, 128))."""
+    return cls(128, 128, 128) if lowering_for_tpu() else cls()
 
 
 def _logits_chunk(h_ref, w_ref, c, nd, blocks):
