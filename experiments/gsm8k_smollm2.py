@@ -40,7 +40,7 @@ from rl_jax import advantages as advantages_lib
 from rl_jax.advantages.stateful import init_reward_stats
 from rl_jax import data as data_lib
 from rl_jax import objectives as objectives_lib
-from rl_jax.chat import MATH_INSTRUCTION, chat_text, decode_completions, encode_prompts
+from rl_jax.chat import MATH_INSTRUCTION, chat_text, check_prompt_lengths, decode_completions, encode_prompts
 from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
 from rl_jax import machine as machine_lib
 from rl_jax.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, check, from_command_line, to_dict
@@ -170,16 +170,23 @@ def make_config(argv) -> Config:
   return from_command_line(base, [a for a in argv if not a.startswith("--preset=")], __doc__)
 
 
-def load_model(cfg: Config):
-  """(params, model config, tokenizer). "tiny-random" is a 2-layer random model with SmolLM2's tokenizer."""
+def tokenizer_path(cfg: Config):
+  """Where load_model reads the tokenizer: the HF folder or GGUF file ("tiny-random" uses SmolLM2's)."""
+  if cfg.model in published_names():
+    return cfg.hf_folder
+  return smollm2_gguf_path() if cfg.model in ("smollm2", "tiny-random") else cfg.model
+
+
+def load_model(cfg: Config, tok=None):
+  """(params, model config, tokenizer). "tiny-random" is a 2-layer random model with SmolLM2's tokenizer.
+  `tok`: the tokenizer of `tokenizer_path(cfg)` when already loaded."""
+  tok = load_tokenizer(tokenizer_path(cfg)) if tok is None else tok
   if cfg.model in published_names():
     params, mcfg = load_hf_folder(cfg.hf_folder)
-    tok = load_tokenizer(cfg.hf_folder)
     if mcfg != published_config(cfg.model):
       raise ValueError(f"{cfg.hf_folder} does not hold {cfg.model}'s shapes: {mcfg} != {published_config(cfg.model)}.")
   elif cfg.model in ("smollm2", "tiny-random"):
     path = smollm2_gguf_path()
-    tok = load_tokenizer(path)
     if cfg.model == "tiny-random":
       mcfg = tiny_config(len(tok), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
                          max_seq_len=2048)
@@ -187,10 +194,8 @@ def load_model(cfg: Config):
     params, mcfg = load_gguf(path)
   elif cfg.model.endswith(".gguf"):
     params, mcfg = load_gguf(cfg.model)
-    tok = load_tokenizer(cfg.model)
   else:
     params, mcfg = load_hf_folder(cfg.model)
-    tok = load_tokenizer(cfg.model)
   return jax.tree.map(jnp.asarray, params), compute_options(cfg, mcfg), tok
 
 
@@ -279,6 +284,23 @@ class Rewarder:
 
 def train_order(cfg: Config, n: int) -> np.ndarray:
   return np.random.default_rng([cfg.seed, 7]).permutation(n)
+
+
+def question_ids(cfg: Config, order: np.ndarray, step: int, attempt: int) -> list[int]:
+  """Train questions of RL step `step`, rollout batch `attempt` (0, or a dynamic-sampling refill)."""
+  if attempt == 0:
+    base = step * cfg.prompts_per_step
+  else:  # dynamic-sampling refills read from the far end of the permutation, never another step's questions
+    base = len(order) // 2 + (step * cfg.max_gen_batches + attempt) * cfg.prompts_per_step
+  return [int(order[(base + i) % len(order)]) for i in range(cfg.prompts_per_step)]
+
+
+def questions_used(cfg: Config, order: np.ndarray) -> list[int]:
+  """Every train question the run can draw (all of them when dynamic-sampling refills are unbounded)."""
+  if cfg.dynamic_sampling and cfg.max_gen_batches <= 0:
+    return sorted(int(i) for i in order)
+  attempts = cfg.max_gen_batches if cfg.dynamic_sampling else 1
+  return sorted({i for s in range(cfg.rl_steps) for a in range(attempts) for i in question_ids(cfg, order, s, a)})
 
 
 def evaluate_all(cfg: Config, params, mcfg, tok, tag: str) -> dict:
@@ -387,9 +409,11 @@ def _main(cfg: Config) -> dict:
   print(f"rl_jax {rl_jax.__version__} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
         f"config: {json.dumps(to_dict(cfg))}")
   wall = Timer()
-  params, mcfg, tok = load_model(cfg)
+  tok = load_tokenizer(tokenizer_path(cfg))
   train = data_lib.load("gsm8k", "train")
   order = train_order(cfg, len(train))
+  check_prompt_lengths(tok, [train[i]["problem"] for i in questions_used(cfg, order)], cfg.max_prompt_len)
+  params, mcfg, tok = load_model(cfg, tok)
   rng = jax.random.PRNGKey(cfg.seed)
   opt = optimizer(cfg)
   template = init_state(params, opt, rng)
@@ -453,15 +477,8 @@ def _main(cfg: Config) -> dict:
                                  make_logprob_fn(mcfg, prompt_len=prompt_len, micro_batches=cfg.logprob_micro_batches))
     return steps_cache[prompt_len]
 
-  def question_ids(step, attempt):
-    if attempt == 0:
-      base = step * cfg.prompts_per_step
-    else:  # dynamic-sampling refills read from the far end of the permutation, never another step's questions
-      base = len(order) // 2 + (step * cfg.max_gen_batches + attempt) * cfg.prompts_per_step
-    return [int(order[(base + i) % len(order)]) for i in range(cfg.prompts_per_step)]
-
   def sample(step, key, attempt, state):
-    recs = [train[i] for i in question_ids(step, attempt)]
+    recs = [train[i] for i in question_ids(cfg, order, step, attempt)]
     # dynamic sampling concatenates batches, so they all get one width
     bucket = cfg.max_prompt_len if cfg.dynamic_sampling else cfg.prompt_bucket
     ids, mask = encode_prompts(tok, [chat_text(tok, r["problem"]) for r in recs], bucket=bucket,
@@ -504,7 +521,7 @@ def _main(cfg: Config) -> dict:
       gen_s = timer.elapsed()
       prompt_len = ro.tokens.shape[1] - ro.completion.shape[1]
       rl_step, logprob_fn = fns(prompt_len)
-      ids = question_ids(step, 0)
+      ids = question_ids(cfg, order, step, 0)
       step_adv_fn = adv_fn
       if cfg.advantage == "dcpo":
         adv, dcpo_stats = adv_fn(jnp.asarray(rewards, jnp.float32), jnp.asarray(ids), dcpo_stats)

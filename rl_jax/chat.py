@@ -54,3 +54,19 @@ def decode_completions(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[
   """Text of each completion row (masked tokens dropped, special tokens skipped)."""
   tokens, mask = np.asarray(tokens), np.asarray(mask)
   return [tokenizer.decode(t[m > 0].tolist(), skip_special_tokens=True) for t, m in zip(tokens, mask)]
+
+
+def check_prompt_lengths(tokenizer, questions: Sequence[str], max_len: int, *,
+                         instruction: Optional[str] = MATH_INSTRUCTION, system: Optional[str] = None) -> int:
+  """The longest chat-templated prompt of `questions`, in tokens; a ValueError naming the first question
+  longer than `max_len` (its index, length and start). Run it on a run's questions before loading a model,
+  so that a too small prompt budget fails at once rather than at the first RL step."""
+  if not questions:
+    return 0
+  texts = [chat_text(tokenizer, q, instruction=instruction, system=system) for q in questions]
+  lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+  for i, n in enumerate(lengths):
+    if n > max_len:
+      raise ValueError(f"question {i} of {len(questions)} ({questions[i][:60]!r}...) is a {n}-token prompt, more "
+                       f"than max_prompt_len={max_len} (the longest is {max(lengths)} tokens).")
+  return max(lengths)
