@@ -484,7 +484,8 @@ def _main(cfg: Config) -> dict:
     ids, mask = encode_prompts(tok, [chat_text(tok, r["problem"]) for r in recs], bucket=bucket,
                                max_len=cfg.max_prompt_len)
     ro = rollout(state.params, mcfg, ids, mask, jax.random.fold_in(key, attempt), group_size=cfg.group_size,
-                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(tok.eos_token_id,))
+                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                 stop_tokens=(tok.eos_token_id,))
     texts = decode_completions(tok, ro.completion, ro.completion_mask)
     lengths = ro.completion_mask.sum(1)
     truncated = ro.completion_mask[:, -1] > 0

@@ -49,3 +49,17 @@ def test_valid_edges_run():
   out = generate(PARAMS, CFG, IDS, MASK, jax.random.PRNGKey(0), max_new_tokens=2, temperature=0.5, top_p=1.0,
                  top_k=0, stop_tokens=(22,), pad_id=0)
   assert out.tokens.shape == (2, 2) and int(jnp.max(out.tokens)) < 23
+
+
+def test_rollout_passes_top_p_to_the_sampler():
+  """A nucleus of (almost) zero mass keeps only the most likely token: sampling at temperature 1 is greedy."""
+  from rl_jax.train import rollout
+  ids, mask = np.asarray(IDS), np.asarray(MASK)
+  greedy = rollout(PARAMS, CFG, ids, mask, jax.random.PRNGKey(3), group_size=2, max_new_tokens=4, temperature=0.0,
+                   stop_tokens=())
+  nucleus = rollout(PARAMS, CFG, ids, mask, jax.random.PRNGKey(3), group_size=2, max_new_tokens=4, temperature=1.0,
+                    top_p=1e-6, stop_tokens=())
+  np.testing.assert_array_equal(nucleus.completion, greedy.completion)
+  free = rollout(PARAMS, CFG, ids, mask, jax.random.PRNGKey(3), group_size=2, max_new_tokens=4, temperature=1.0,
+                 stop_tokens=())
+  assert (free.completion != greedy.completion).any()   # without the nucleus the draws differ
