@@ -498,3 +498,17 @@ def test_advantage_masks_must_be_binary(jit):
   mask[0, 1, 2] = 0.0
   out = run(A.reinforce_pp_baseline, r, jnp.asarray(mask, bool), jit=jit)   # bool and 0/1 floats agree
   np.testing.assert_allclose(out, run(A.reinforce_pp_baseline, r, jnp.asarray(mask), jit=jit))
+
+
+def test_token_level_hyperparameters_are_checked_and_a_traced_rho_is_allowed():
+  r, mask = jnp.array([[1.0, 0.0]]), jnp.ones((1, 2, 3))
+  for kw, match in ((dict(gamma=1.5), "gae: gamma must be <= 1"), (dict(lam=-0.1), "gae: lam must be >= 0"),
+                    (dict(beta=float("nan")), "gae: beta must be finite")):
+    with pytest.raises(ValueError, match=match):
+      A.gae(r, jnp.zeros((1, 2, 3)), mask, **kw)
+  h, m = jnp.arange(6.0).reshape(2, 3), jnp.ones((2, 3))
+  for rho, match in ((0.0, "rho must be > 0"), (1.5, "rho must be <= 1"), (float("nan"), "rho must be finite")):
+    with pytest.raises(ValueError, match=match):
+      A.forking_tokens(h, m, rho=rho)
+  traced = jax.jit(lambda rho: A.forking_tokens(h, m, rho=rho))(0.5)   # no concretization error
+  np.testing.assert_array_equal(traced, A.forking_tokens(h, m, rho=0.5))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from rl_jax.advantages.core import register
-from rl_jax.checks import check_binary_mask
+from rl_jax.checks import check_binary_mask, check_hparam
 
 Array = jax.Array
 
@@ -31,8 +31,7 @@ def forking_tokens(entropy, mask, *, rho: float = 0.2, keep: str = "top", roundi
     raise ValueError(f"Unknown keep {keep!r}; expected top, bottom or all.")
   if rounding not in ("ceil", "floor"):
     raise ValueError(f"Unknown rounding {rounding!r}; expected ceil or floor.")
-  if not 0.0 < rho <= 1.0:
-    raise ValueError(f"rho must be in (0, 1], got {rho}.")
+  check_hparam("rho", rho, low=0.0, high=1.0, strict=True, method="forking_tokens")
   h = jnp.asarray(entropy, jnp.float32)
   check_binary_mask("mask", mask, method="forking_tokens")
   valid = jnp.asarray(mask) > 0

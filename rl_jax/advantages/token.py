@@ -143,6 +143,8 @@ def gae(rewards, values, mask, *, kl=None, beta: float = 0.0, gamma: float = 1.0
   Schulman et al., arXiv 1506.02438. Defaults follow verl's config (γ = λ = 1). Masked tokens inside a
   response are skipped: the next value and the running advantage are carried across them.
   """
+  for name, value, high in (("beta", beta, None), ("gamma", gamma, 1.0), ("lam", lam, 1.0)):
+    check_hparam(name, value, low=0.0, high=high, method="gae")
   r = check_rewards(rewards, method="gae")
   _, m = check_tokens(jnp.zeros(jnp.shape(mask), jnp.int32), mask, r.shape, method="gae")
   v = jnp.asarray(values, jnp.float32) * m
