@@ -17,8 +17,10 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from rl_jax.checks import check_sampling_args
 from rl_jax.decode import DecodeCache, decode_step, decode_weights
 from rl_jax.models.config import ModelConfig
+from rl_jax.models.llama import sampler_dtype
 from rl_jax.sampling import Samples, prefill, row_uniforms, sample_tokens
 
 Array = jax.Array
@@ -77,6 +79,8 @@ def generate_continuous_raw(params: dict, cfg: ModelConfig, prompts: Array, prom
                             top_p: float = 1.0, stop_tokens: Sequence[int] = (), pad_id: int = 0, dtype=None) -> Samples:
   """`rl_jax.sampling.generate` for N prompts [N, P] (left-padded) through `slots` decode rows, refilled as rows
   finish. Returns the same [N, max_new_tokens] Samples as the static sampler with the same rng."""
+  check_sampling_args(cfg.vocab_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      stop_tokens=stop_tokens, pad_id=pad_id)
   n, p = prompts.shape
   if p + max_new_tokens > cfg.max_seq_len:
     raise ValueError(f"prompt length {p} + max_new_tokens {max_new_tokens} exceeds the model's cache/context "
@@ -84,6 +88,7 @@ def generate_continuous_raw(params: dict, cfg: ModelConfig, prompts: Array, prom
   if slots < 1:
     raise ValueError(f"slots must be >= 1, got {slots}.")
   slots = min(slots, n)
+  dtype = sampler_dtype(cfg) if dtype is None else dtype
   cast = params if dtype is None else jax.tree.map(lambda a: a.astype(dtype), params)
   w = decode_weights(cast, cfg)
   row_keys = jnp.concatenate([jax.random.split(rng, n), jax.random.split(rng, 1)])

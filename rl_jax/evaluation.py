@@ -82,12 +82,14 @@ def _read_batches(path: pathlib.Path, header: dict) -> dict:
 def sample_texts(params, cfg, tokenizer, prompts: Sequence[str], rng, *, samples: int = 1, temperature: float = 0.0,
                  max_new_tokens: int = 256, batch_size: int = 32, bucket: int = 64, stop_tokens: Sequence[int] = (),
                  top_p: float = 1.0, progress_bar: bool = False, desc: str = "sampling",
-                 cache: Optional[str | pathlib.Path] = None) -> list[list[str]]:
+                 cache: Optional[str | pathlib.Path] = None, refill: int = 0) -> list[list[str]]:
   """`samples` completions (text) for each chat-templated prompt string, batched with fixed shapes.
 
   Prompts are sorted by length and cut into batches of `batch_size` rows (each prompt repeated
   `samples` times); the last batch is padded with copies, so every batch has the same shape and
   jitted sampling compiles once per length bucket. Batch b samples with `fold_in(rng, b)`.
+  `refill` > 0: a batch holds `refill · batch_size` rows decoded through `batch_size` continuous-batching
+  slots (`rl_jax.continuous_sampling`): a row that stops early hands its slot to the next row.
 
   `cache`: a JSONL file that receives each finished batch's texts. A call that finds the file written
   with the same prompts, settings, key and parameters (its first line) samples only the missing
@@ -100,12 +102,16 @@ def sample_texts(params, cfg, tokenizer, prompts: Sequence[str], rng, *, samples
 
   from rl_jax.chat import decode_completions, encode_prompts
   from rl_jax.progress import progress
+  from rl_jax.continuous_sampling import generate_continuous
   from rl_jax.sampling import generate
 
-  if samples < 1:
-    raise ValueError(f"samples must be >= 1, got {samples}.")
+  if samples < 1 or refill < 0:
+    raise ValueError(f"samples must be >= 1 and refill >= 0, got {samples}, {refill}.")
   order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
   rows = [(i, s) for i in order for s in range(samples)]
+  slots = batch_size
+  if refill:
+    batch_size = min(batch_size * refill, -(-len(rows) // slots) * slots)
   out: list[list[str]] = [[] for _ in prompts]
   stops = tuple(stop_tokens) or (tokenizer.eos_token_id,)
   batches = range(0, len(rows), batch_size)
@@ -114,7 +120,7 @@ def sample_texts(params, cfg, tokenizer, prompts: Sequence[str], rng, *, samples
     cache = pathlib.Path(cache)
     header = {"prompts": hashlib.sha256("\x00".join(prompts).encode()).hexdigest(), "samples": samples,
               "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-              "bucket": bucket, "stops": [int(t) for t in stops],
+              "bucket": bucket, "stops": [int(t) for t in stops], "refill": refill,
               "rng": np.asarray(jax.random.key_data(rng)).ravel().tolist(), "params": params_fingerprint(params)}
     done = _read_batches(cache, header)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -132,8 +138,12 @@ def sample_texts(params, cfg, tokenizer, prompts: Sequence[str], rng, *, samples
       ids, mask = encode_prompts(tokenizer, [prompts[i] for i, _ in chunk], bucket=bucket)
       if ids.shape[1] + max_new_tokens > cfg.max_seq_len:
         raise ValueError(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) > max_seq_len {cfg.max_seq_len}.")
-      res = generate(params, cfg, jnp.asarray(ids), jnp.asarray(mask), jax.random.fold_in(rng, b),
-                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop_tokens=stops)
+      kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop_tokens=stops)
+      if refill:
+        res = generate_continuous(params, cfg, jnp.asarray(ids), jnp.asarray(mask), jax.random.fold_in(rng, b),
+                                  slots=slots, **kw)
+      else:
+        res = generate(params, cfg, jnp.asarray(ids), jnp.asarray(mask), jax.random.fold_in(rng, b), **kw)
       texts = decode_completions(tokenizer, np.asarray(res.tokens), np.asarray(res.mask))
       real = texts[:len(rows[start:start + batch_size])]
       for (i, _), text in zip(chunk, real):
@@ -151,13 +161,14 @@ def evaluate_math(params, cfg, tokenizer, records: Sequence[dict], rng, *, sampl
                   ks: Sequence[int] = (1, 8), temperature: float = 0.6, top_p: float = 0.95,
                   max_new_tokens: int = 256, batch_size: int = 32, bucket: int = 64, instruction=None,
                   reward_fn: Optional[Callable[[str, str], float]] = None, progress_bar: bool = False,
-                  cache_dir: Optional[str | pathlib.Path] = None, grade_timeout: float = 5.0) -> dict:
+                  cache_dir: Optional[str | pathlib.Path] = None, grade_timeout: float = 5.0, refill: int = 4) -> dict:
   """Greedy accuracy, and with `samples` > 0 also pass@k, maj@k and avg@k, on math records.
 
   Records are {problem, answer} dicts (rl_jax.data). A completion is correct when
   `reward_fn(text, answer)` (default `rl_jax.rewards.math_reward`) is 1; maj@k votes over the
   normalised extracted answers. Returns {"n", "greedy", "pass@k", "maj@k", "avg@k", "greedy_texts"}.
   `cache_dir`: greedy.jsonl and sampled.jsonl there let an interrupted evaluation resume (`sample_texts`).
+  `refill`: rows per batch as a multiple of `batch_size` decode slots (continuous batching; 0: static batches).
   Every grading call runs under `RewardRunner` (`grade_timeout` seconds, a failure scores 0);
   "grading_failures" counts them.
   """
@@ -175,7 +186,8 @@ def evaluate_math(params, cfg, tokenizer, records: Sequence[dict], rng, *, sampl
   grade = RewardRunner(reward_fn or math_reward, timeout=grade_timeout)
   instruction = MATH_INSTRUCTION if instruction is None else instruction
   prompts = [chat_text(tokenizer, r["problem"], instruction=instruction) for r in records]
-  common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, bucket=bucket, progress_bar=progress_bar)
+  common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, bucket=bucket, progress_bar=progress_bar,
+                refill=refill)
   cached = lambda f: None if cache_dir is None else pathlib.Path(cache_dir) / f
   greedy = sample_texts(params, cfg, tokenizer, prompts, jax.random.fold_in(rng, 0), temperature=0.0,
                         desc="eval greedy", cache=cached("greedy.jsonl"), **common)

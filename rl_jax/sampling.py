@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from rl_jax.checks import check_sampling_args, check_token_ids
 from rl_jax.models.config import ModelConfig
 from rl_jax.decode import DecodeCache, decode_cache_from, decode_step, decode_weights, grow_cache, repeat_rows
-from rl_jax.models.llama import default_positions, forward_with_cache, init_cache
+from rl_jax.models.llama import default_positions, forward_with_cache, init_cache, sampler_dtype
 
 Array = jax.Array
 
@@ -198,8 +198,8 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
     group_size: G samples per prompt: the output has B·G rows (prompt i → rows i·G … i·G + G − 1); each
       prompt is prefilled once and its cache shared by its G rows.
     decode_block: the cache grows by this many slots at a time (attention reads the filled prefix rounded up).
-    dtype: weights and KV cache dtype of the sampler (None: the parameters' own, e.g. float32; jnp.bfloat16
-      halves the memory traffic); logits, attention softmax and sampling stay float32.
+    dtype: weights and KV cache dtype of the sampler (None: cfg.dtype when it is bfloat16, else the parameters'
+      own); logits, attention softmax and sampling stay float32.
   Row r's randomness is `jax.random.split(rng, B·G)[r]` folded with the step index (see `row_uniforms`).
   """
   check_sampling_args(cfg.vocab_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -211,6 +211,7 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
   if group_size < 1 or decode_block < 1:
     raise ValueError(f"group_size and decode_block must be >= 1, got {group_size}, {decode_block}.")
   prompt_mask = prompt_mask.astype(jnp.int32)
+  dtype = sampler_dtype(cfg) if dtype is None else dtype
   cast = params if dtype is None else jax.tree.map(lambda a: a.astype(dtype), params)
   logits, cache = repeat_rows(prefill(cast, cfg, prompts, prompt_mask, dtype), group_size)
   prompt_mask = repeat_rows(prompt_mask, group_size)

@@ -196,12 +196,13 @@ class Rollouts(NamedTuple):
 def rollout(params, cfg: ModelConfig, prompts: np.ndarray, prompt_mask: np.ndarray, rng: Array, *, group_size: int,
             max_new_tokens: int, temperature: float, stop_tokens: tuple, pad_id: int = 0,
             top_p: float = 1.0) -> Rollouts:
-  """Samples `group_size` completions per prompt (rows grouped contiguously: prompt i → rows i·G..i·G+G−1)."""
+  """Samples `group_size` completions per prompt (rows grouped contiguously: prompt i → rows i·G..i·G+G−1); each
+  prompt is prefilled once and its KV cache shared by its G rows."""
   p_rep = np.repeat(prompts, group_size, axis=0)
   m_rep = np.repeat(prompt_mask, group_size, axis=0)
-  out = generate(params, cfg, jnp.asarray(p_rep), jnp.asarray(m_rep), rng, max_new_tokens=max_new_tokens,
+  out = generate(params, cfg, jnp.asarray(prompts), jnp.asarray(prompt_mask), rng, max_new_tokens=max_new_tokens,
                  temperature=temperature, top_p=top_p, stop_tokens=tuple(stop_tokens), pad_id=pad_id,
-                 dtype=sampler_dtype(cfg))
+                 group_size=group_size, dtype=sampler_dtype(cfg))
   comp, cmask, lp = (np.asarray(x) for x in out)
   tokens = np.concatenate([p_rep, comp], axis=1)
   attn = np.concatenate([m_rep, cmask.astype(np.int32)], axis=1)

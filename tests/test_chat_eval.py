@@ -52,6 +52,11 @@ def test_sample_texts_pads_the_last_batch_and_keeps_prompt_order(tok, model):
   greedy = sample_texts(params, cfg, tok, prompts, jax.random.PRNGKey(0), max_new_tokens=6, batch_size=3)
   alone = [sample_texts(params, cfg, tok, [p], jax.random.PRNGKey(5), max_new_tokens=6, batch_size=1)[0] for p in prompts]
   assert greedy == alone                                              # greedy text does not depend on batching
+  refilled = sample_texts(params, cfg, tok, prompts, jax.random.PRNGKey(0), max_new_tokens=6, batch_size=2, refill=2)
+  assert refilled == greedy                                           # nor on continuous batching
+  again = sample_texts(params, cfg, tok, prompts, jax.random.PRNGKey(0), samples=2, temperature=1.0,
+                       max_new_tokens=6, batch_size=2, refill=3)
+  assert [len(g) for g in again] == [2, 2, 2, 2]
 
 
 def _pass_at_k_enumerated(correct, k):
@@ -68,9 +73,9 @@ def test_evaluate_math_aggregates_per_sample_correctness(tok, model):
   # recompute from the same samples (same rng stream and batching as evaluate_math)
   prompts = [chat_text(tok, r["problem"]) for r in recs]
   sampled = sample_texts(params, cfg, tok, prompts, jax.random.fold_in(jax.random.PRNGKey(1), 1), samples=4,
-                         temperature=1.0, max_new_tokens=5, batch_size=4)
+                         temperature=1.0, max_new_tokens=5, batch_size=4, refill=4)
   greedy = sample_texts(params, cfg, tok, prompts, jax.random.fold_in(jax.random.PRNGKey(1), 0), max_new_tokens=5,
-                        batch_size=4)
+                        batch_size=4, refill=4)
   correct = [[reward(t, r["answer"]) > 0 for t in ts] for ts, r in zip(sampled, recs)]
   assert res["greedy"] == pytest.approx(np.mean([reward(g[0], r["answer"]) for g, r in zip(greedy, recs)]))
   for k in (1, 2, 4):

@@ -1,0 +1,68 @@
+"""The GSM8K sampling workload for `decode_bench`: useful tokens/s of transformers' `generate` and rl_jax's
+static and continuous-batching samplers on the same model, prompts and sampling settings."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rl_jax.chat import chat_text, encode_prompts
+from rl_jax.continuous_sampling import generate_continuous
+from rl_jax.sampling import generate
+
+SETTINGS = [("T = 1.0", dict(temperature=1.0, top_p=1.0)), ("T = 0.6, top-p 0.95", dict(temperature=0.6, top_p=0.95))]
+
+
+def useful_tokens(tokens: np.ndarray, eos: int) -> int:
+  """Tokens per row up to and including the first EOS, summed."""
+  hit = tokens == eos
+  first = np.where(hit.any(1), hit.argmax(1) + 1, tokens.shape[1])
+  return int(first.sum())
+
+
+def torch_run(model, ids, mask, n_new, eos, pad, kw):
+  import torch
+  torch.manual_seed(0)
+  with torch.no_grad():
+    t0 = time.perf_counter()
+    out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=n_new, do_sample=True,
+                         top_k=0, eos_token_id=eos, pad_token_id=pad, **kw)
+    dt = time.perf_counter() - t0
+  return useful_tokens(out[:, ids.shape[1]:].numpy(), eos), dt
+
+
+def jax_run(fn, n_rows):
+  jax.block_until_ready(fn(jax.random.PRNGKey(1)))          # compile
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn(jax.random.PRNGKey(2)))
+  dt = time.perf_counter() - t0
+  return int(np.asarray(out.mask).sum()), dt
+
+
+def workload_table(params, cfg, tok, path, questions: int, n_new: int, slots: int):
+  import torch
+  from transformers import AutoModelForCausalLM
+
+  from rl_jax import data
+  recs = [data.load("gsm8k", "test", limit=questions)[i] for i in range(questions)]
+  ids, mask = encode_prompts(tok, [chat_text(tok, r["problem"]) for r in recs], bucket=16)
+  eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else 0
+  model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+  model.generate(torch.tensor(ids[:2]), attention_mask=torch.tensor(mask[:2]), max_new_tokens=2, pad_token_id=pad)
+  j_ids, j_mask = jnp.asarray(ids), jnp.asarray(mask)
+  print(f"\nGSM8K sampling, {questions} questions (prompt width {ids.shape[1]}), up to {n_new} new tokens, stop at "
+        f"EOS; useful tokens/s (tokens up to the stop); torch {torch.__version__}, {torch.get_num_threads()} threads")
+  print("| sampling | transformers | rl_jax static | rl_jax continuous "
+        f"({slots} slots) | static / transformers | continuous / transformers |")
+  print("|---|---|---|---|---|---|")
+  for name, kw in SETTINGS:
+    common = dict(max_new_tokens=n_new, stop_tokens=(eos,), pad_id=pad, **kw)
+    static = jax_run(lambda k: generate(params, cfg, j_ids, j_mask, k, **common), questions)
+    cont = jax_run(lambda k: generate_continuous(params, cfg, j_ids, j_mask, k, slots=slots, **common), questions)
+    ref = torch_run(model, ids, mask, n_new, eos, pad, kw)
+    rate = lambda r: r[0] / r[1]
+    print(f"| {name} | {rate(ref):.1f} | {rate(static):.1f} | {rate(cont):.1f} | {rate(static) / rate(ref):.2f} | "
+          f"{rate(cont) / rate(ref):.2f} |", flush=True)
