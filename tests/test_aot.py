@@ -110,3 +110,20 @@ def test_every_pallas_kernel_compiles_for_tpu():
     with jax.set_mesh(mesh):
       hlo = jax.jit(fn).lower(*args).compile().as_text()
     assert "tpu_custom_call" in hlo, name
+
+
+def test_pod_recipe_and_its_refusals(tmp_path):
+  from experiments import gsm8k_smollm2 as exp
+  from rl_jax.models.published import published_config
+  cfg = exp.make_config(["--preset=pod", "--model=qwen2.5-math-7b", f"--run_dir={tmp_path}/run"])
+  assert (cfg.prompts_per_step, cfg.group_size, cfg.max_prompt_len, cfg.max_new_tokens) == (128, 8, 1024, 3072)
+  assert cfg.objective == "dapo" and cfg.dtype == "bfloat16" and cfg.attention == "chunked" and cfg.micro_batches == 0
+  model = exp.model_shapes(cfg)
+  assert dataclasses.replace(model, dtype="float32", remat=False, attention="full") == published_config(
+      "qwen2.5-math-7b")
+  assert model.max_seq_len >= cfg.max_prompt_len + cfg.max_new_tokens and model.remat
+  with pytest.raises(ValueError, match="picked from compiled memory"):
+    exp.main(cfg)                                   # a real run needs explicit micro-batch counts
+  with pytest.raises(ValueError, match="hf_folder"):
+    exp.main(dataclasses.replace(cfg, micro_batches=4, logprob_micro_batches=4))
+  assert not (tmp_path / "run").exists()            # refused before anything was written
