@@ -64,6 +64,7 @@ class Config:
   remat_policy: str = "full"        # "full" or "dots" (keep matmul outputs)
   attention: str = "full"           # "chunked": query blocks of attn_chunk (no float32 [B, H, S, S] scores)
   attn_chunk: int = 512
+  decode_block: int = 64            # the sampler's KV cache grows by this many slots (one compiled decode loop per block)
   micro_batches: int = 1            # gradient accumulation: micro-batches per update (0 = picked from compiled memory, with --aot)
   logprob_micro_batches: int = 1    # micro-batches of the π_old / reference forward (0 = picked like micro_batches)
   mesh_data: int = 1                # the mesh --aot compiles for (data, fsdp, tensor); -1 fills the slice
@@ -157,7 +158,7 @@ def replay_dcpo_stats(log_rows: list, num_questions: int):
 # The pod-sized run: DAPO-style recipe on the whole train set, full test sets, pass@8. Meant for a
 # TPU slice (launch/tpu_pod.sh); every field can still be overridden on the command line.
 POD = dict(rl_steps=400, prompts_per_step=128, group_size=8, max_prompt_len=1024, max_new_tokens=3072, lr=1e-6,
-           epochs=1, minibatches=4, dtype="bfloat16", attention="chunked", micro_batches=0, logprob_micro_batches=0,
+           epochs=1, minibatches=4, decode_block=3072, dtype="bfloat16", attention="chunked", micro_batches=0, logprob_micro_batches=0,
            objective="dapo", dynamic_sampling=True, overlong_buffer=128, eval_sets="gsm8k,svamp,math500",
            eval_size=0, eval_samples=8, eval_max_new_tokens=512, eval_batch=256, checkpoint_every=20,
            run_dir="results/gsm8k_smollm2_pod")
@@ -239,7 +240,7 @@ def aot_main(cfg: Config) -> dict:
                          train_rows=rows // cfg.minibatches, logprob_rows=rows, micro_batches=max(cfg.micro_batches, 1),
                          logprob_micro_batches=max(cfg.logprob_micro_batches, 1),
                          old_logp=cfg.epochs * cfg.minibatches > 1, reference=cfg.beta > 0,
-                         updates=cfg.epochs * cfg.minibatches)
+                         updates=cfg.epochs * cfg.minibatches, decode_block=cfg.decode_block)
   report = aot.aot_report(cfg.aot, model_shapes(cfg), MeshConfig(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor),
                           optimizer(cfg), objectives_lib.get(cfg.objective), objective_kwargs(cfg), shapes,
                           auto_micro_batches=cfg.micro_batches == 0 or cfg.logprob_micro_batches == 0)
@@ -485,7 +486,7 @@ def _main(cfg: Config) -> dict:
                                max_len=cfg.max_prompt_len)
     ro = rollout(state.params, mcfg, ids, mask, jax.random.fold_in(key, attempt), group_size=cfg.group_size,
                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                 stop_tokens=(tok.eos_token_id,))
+                 stop_tokens=(tok.eos_token_id,), decode_block=cfg.decode_block)
     texts = decode_completions(tok, ro.completion, ro.completion_mask)
     lengths = ro.completion_mask.sum(1)
     truncated = ro.completion_mask[:, -1] > 0

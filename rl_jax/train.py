@@ -20,7 +20,7 @@ import optax
 from rl_jax.logprobs import token_logprobs
 from rl_jax.models.config import ModelConfig
 from rl_jax.models.llama import sampler_dtype
-from rl_jax.sampling import generate
+from rl_jax.sampling import DECODE_BLOCK, generate
 
 Array = jax.Array
 
@@ -195,14 +195,15 @@ class Rollouts(NamedTuple):
 
 def rollout(params, cfg: ModelConfig, prompts: np.ndarray, prompt_mask: np.ndarray, rng: Array, *, group_size: int,
             max_new_tokens: int, temperature: float, stop_tokens: tuple, pad_id: int = 0,
-            top_p: float = 1.0) -> Rollouts:
+            top_p: float = 1.0, decode_block: int = DECODE_BLOCK) -> Rollouts:
   """Samples `group_size` completions per prompt (rows grouped contiguously: prompt i → rows i·G..i·G+G−1); each
-  prompt is prefilled once and its KV cache shared by its G rows."""
+  prompt is prefilled once and its KV cache shared by its G rows. `decode_block`: the sampler's cache growth
+  step (rl_jax.sampling.generate)."""
   p_rep = np.repeat(prompts, group_size, axis=0)
   m_rep = np.repeat(prompt_mask, group_size, axis=0)
   out = generate(params, cfg, jnp.asarray(prompts), jnp.asarray(prompt_mask), rng, max_new_tokens=max_new_tokens,
                  temperature=temperature, top_p=top_p, stop_tokens=tuple(stop_tokens), pad_id=pad_id,
-                 group_size=group_size, dtype=sampler_dtype(cfg))
+                 group_size=group_size, dtype=sampler_dtype(cfg), decode_block=decode_block)
   comp, cmask, lp = (np.asarray(x) for x in out)
   tokens = np.concatenate([p_rep, comp], axis=1)
   attn = np.concatenate([m_rep, cmask.astype(np.int32)], axis=1)
