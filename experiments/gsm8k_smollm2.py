@@ -240,7 +240,8 @@ def aot_main(cfg: Config) -> dict:
                          train_rows=rows // cfg.minibatches, logprob_rows=rows, micro_batches=max(cfg.micro_batches, 1),
                          logprob_micro_batches=max(cfg.logprob_micro_batches, 1),
                          old_logp=cfg.epochs * cfg.minibatches > 1, reference=cfg.beta > 0,
-                         updates=cfg.epochs * cfg.minibatches, decode_block=cfg.decode_block)
+                         updates=cfg.epochs * cfg.minibatches, decode_block=cfg.decode_block,
+                         temperature=cfg.temperature, top_p=cfg.top_p)
   report = aot.aot_report(cfg.aot, model_shapes(cfg), MeshConfig(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor),
                           optimizer(cfg), objectives_lib.get(cfg.objective), objective_kwargs(cfg), shapes,
                           auto_micro_batches=cfg.micro_batches == 0 or cfg.logprob_micro_batches == 0)

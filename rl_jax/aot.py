@@ -151,6 +151,8 @@ class RunShapes:
   reference: bool = False       # a frozen reference model is resident and run (β > 0)
   updates: int = 1              # optimizer updates per RL step (epochs × mini-batches)
   decode_block: int = 64        # the sampler's cache growth step (rl_jax.sampling.generate)
+  temperature: float = 1.0      # sampling settings (top-p < 1 compiles the nucleus path)
+  top_p: float = 1.0
   stop_token: int = 0
 
 
@@ -167,7 +169,8 @@ def _rows(mesh, shape, dtype):
 
 def sampler_function(model: ModelConfig, mesh, params, run: RunShapes):
   """The sampler (prefill + KV-cache decode) and its abstract arguments."""
-  fn, _ = jit_sharded_generate(mesh, params, cfg=model, max_new_tokens=run.new_tokens, temperature=1.0,
+  fn, _ = jit_sharded_generate(mesh, params, cfg=model, max_new_tokens=run.new_tokens, temperature=run.temperature,
+                               top_p=run.top_p,
                                stop_tokens=(run.stop_token,), pad_id=0, dtype=sampler_dtype(model),
                                decode_block=run.decode_block)
   prompts = _rows(mesh, (run.sample_rows, run.prompt_len), jnp.int32)
