@@ -236,7 +236,7 @@ def aot_main(cfg: Config) -> dict:
   from rl_jax import aot
   from rl_jax.sharding import MeshConfig
   rows = cfg.prompts_per_step * cfg.group_size
-  shapes = aot.RunShapes(sample_rows=rows, prompt_len=cfg.max_prompt_len, new_tokens=cfg.max_new_tokens,
+  shapes = aot.RunShapes(sample_rows=rows, group_size=cfg.group_size, prompt_len=cfg.max_prompt_len, new_tokens=cfg.max_new_tokens,
                          train_rows=rows // cfg.minibatches, logprob_rows=rows, micro_batches=max(cfg.micro_batches, 1),
                          logprob_micro_batches=max(cfg.logprob_micro_batches, 1),
                          old_logp=cfg.epochs * cfg.minibatches > 1, reference=cfg.beta > 0,

@@ -145,6 +145,7 @@ class RunShapes:
   new_tokens: int               # tokens sampled per row (KV cache = prompt_len + new_tokens)
   train_rows: int               # rows per optimizer update (one mini-batch)
   logprob_rows: int             # rows per old / reference log-prob call
+  group_size: int = 1           # samples per prompt: each prompt is prefilled once for its group
   micro_batches: int = 1        # micro-batches of one update (gradient accumulation)
   logprob_micro_batches: int = 1
   old_logp: bool = True         # a no-gradient π_old pass runs (several updates per rollout batch)
@@ -172,8 +173,8 @@ def sampler_function(model: ModelConfig, mesh, params, run: RunShapes):
   fn, _ = jit_sharded_generate(mesh, params, cfg=model, max_new_tokens=run.new_tokens, temperature=run.temperature,
                                top_p=run.top_p,
                                stop_tokens=(run.stop_token,), pad_id=0, dtype=sampler_dtype(model),
-                               decode_block=run.decode_block)
-  prompts = _rows(mesh, (run.sample_rows, run.prompt_len), jnp.int32)
+                               decode_block=run.decode_block, group_size=run.group_size)
+  prompts = _rows(mesh, (run.sample_rows // run.group_size, run.prompt_len), jnp.int32)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))
   return fn, (params, prompts, prompts, key)
 
@@ -310,10 +311,11 @@ def aot_report(topology: str, model: ModelConfig, mesh_config: MeshConfig, optim
   chip, jax_topology, chips = parse_topology(topology)
   mesh = make_mesh(mesh_config, topology_devices(jax_topology))
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  for name in ("sample_rows", "train_rows", "logprob_rows"):
-    if getattr(run, name) % shards:
-      raise ValueError(f"{name}={getattr(run, name)} does not split over the {shards} batch shards of mesh "
-                       f"{dict(mesh.shape)}.")
+  counts = {"prompts": run.sample_rows // run.group_size, "train_rows": run.train_rows,
+            "logprob_rows": run.logprob_rows}
+  for name, n in counts.items():
+    if n % shards:
+      raise ValueError(f"{name}={n} does not split over the {shards} batch shards of mesh {dict(mesh.shape)}.")
   log(f"AOT {topology} ({jax_topology}, {chips} chips, {chip.hbm_gib} GiB HBM each), mesh {dict(mesh.shape)}")
   state = abstract_state(model, optimizer, mesh)
   params, opt = per_chip_bytes(state.params) / GIB, per_chip_bytes(state.opt_state) / GIB
