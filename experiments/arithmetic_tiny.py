@@ -209,7 +209,7 @@ def _main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
   restored = ckpt.restore_latest(init_state(params, rl_opt, rng)) if cfg.resume else None
 
   if restored is None:
-    restart_logs(run_dir, ["metrics.jsonl"])
+    restart_logs(run_dir, ["metrics.jsonl", "tb"])
     logger = MetricsLogger(run_dir)
     state = warm_up(cfg, task, model_cfg)
     acc = evaluate(state.params, model_cfg, task, cfg.eval_size)
@@ -223,7 +223,7 @@ def _main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
     state, ref_params, start = restored.state(template), restored.ref_params(params), restored.position
     print(f"resumed from {restored.path} at RL step {start}")
     rewrite_rows(run_dir / "metrics.jsonl", lambda r: r["step"] <= start)
-    logger = MetricsLogger(run_dir)
+    logger = MetricsLogger(run_dir, purge_step=start + 1)
 
   objective = objective_fn or objectives_lib.get(cfg.objective)
   kw = objective_kwargs(cfg) if objective_fn is None else dict(objective_kw or {})

@@ -421,8 +421,8 @@ def _main(cfg: Config) -> dict:
   template = init_state(params, opt, rng)
   restored = ckpt.restore_latest(template, params) if cfg.resume else None
   if restored is None:
-    restart_logs(run_dir, LOGS)
-  logger = MetricsLogger(run_dir)
+    restart_logs(run_dir, (*LOGS, "tb"))
+  logger = MetricsLogger(run_dir, purge_step=None if restored is None else restored.position + 1)
   summary_path = run_dir / "summary.json"
   if restored is None:
     summary = before_summary(cfg, params, mcfg, tok)

@@ -18,7 +18,8 @@ class MetricsLogger:
   global metrics, so the other processes' loggers are no-ops and the run dir gets one copy.
   """
 
-  def __init__(self, run_dir, *, tensorboard: bool = True, enabled: Optional[bool] = None):
+  def __init__(self, run_dir, *, tensorboard: bool = True, enabled: Optional[bool] = None,
+               purge_step: Optional[int] = None):
     from rl_jax.distributed import is_main_process
     self.run_dir = pathlib.Path(run_dir)
     self.path = self.run_dir / "metrics.jsonl"
@@ -35,7 +36,8 @@ class MetricsLogger:
       except ImportError:
         pass
       else:
-        self._tb = tensorboardX.SummaryWriter(str(self.run_dir / "tb"))
+        # purge_step: a resumed run logs again from this step; TensorBoard hides the earlier events from it on
+        self._tb = tensorboardX.SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
 
   def log(self, step: int, metrics: dict, *, phase: str = "rl") -> None:
     if not self.enabled:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import warnings
 from typing import Iterable, Optional
 
@@ -110,7 +111,10 @@ def restart_logs(run_dir, names: Iterable[str]) -> None:
   run_dir = pathlib.Path(run_dir)
   dropped = [name for name in names if (run_dir / name).exists()]
   for name in dropped:
-    (run_dir / name).unlink(missing_ok=True)
+    if (run_dir / name).is_dir():
+      shutil.rmtree(run_dir / name, ignore_errors=True)
+    else:
+      (run_dir / name).unlink(missing_ok=True)
   if dropped:
     warnings.warn(f"{run_dir}: no complete checkpoint, so the run restarts from step 0; the earlier attempt's "
                   f"{', '.join(dropped)} are started afresh.")

@@ -42,6 +42,36 @@ def test_process_zero_writes_jsonl_and_tensorboard(tmp_path):
   assert "rl/bad" not in scalars and "rl/note" not in scalars       # non-finite and non-numeric stay out
 
 
+def _tb_view(folder, tag):
+  """(step, value) of `tag` as TensorBoard shows them: a session START event at step s (what purge_step
+  writes) hides the events logged before it with step >= s."""
+  from tensorboardX.proto import event_pb2
+  shown = []
+  for path in sorted(folder.glob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        shown = [(s, v) for s, v in shown if s < event.step]
+      shown += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
+  return shown
+
+
+def test_a_resumed_logger_hides_the_steps_it_logs_again_from_tensorboard(tmp_path):
+  pytest.importorskip("tensorboardX")
+  first = MetricsLogger(tmp_path)
+  for step in (1, 2, 3):                    # steps 1-2 checkpointed, step 3 logged before a kill
+    first.log(step, {"reward": float(step)})
+  first.close()
+  resumed = MetricsLogger(tmp_path, purge_step=3)
+  resumed.log(3, {"reward": 30.0})
+  resumed.log(4, {"reward": 40.0})
+  resumed.close()
+  assert _tb_view(tmp_path / "tb", "rl/reward") == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+
+
 def test_other_processes_write_nothing(tmp_path, monkeypatch):
   monkeypatch.setattr(distributed.jax, "process_index", lambda: 3)
   log = MetricsLogger(tmp_path / "run")
