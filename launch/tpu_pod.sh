@@ -2,7 +2,7 @@
 # Run an rl_jax experiment on every worker of a Cloud TPU pod slice.
 #
 #   launch/tpu_pod.sh --name=rl-v5p --zone=us-east5-a --type=v5p-64 [--version=v2-alpha-tpuv5] \
-#       [--project=P] [--skip-install] [--data=DIR] [--dry-run] -- experiments.configs.gsm8k_pod --preset=qwen2.5-math-7b
+#       [--project=P] [--skip-install] [--data=DIR] [--dry-run] -- rl_jax.experiments.configs.gsm8k_pod --preset=qwen2.5-math-7b
 #
 # Steps: create the TPU VM unless it already exists (describe || create), copy this checkout to
 # every worker, install it with its tpu extra at the versions of constraints.txt, put the data on
@@ -65,7 +65,7 @@ fi
 
 run "$tpu describe $name --zone=$zone$proj >/dev/null 2>&1 || $tpu create $name --zone=$zone --accelerator-type=$type --version=$version$proj"
 run "$tpu ssh $name $on_all --command='mkdir -p ~/$remote_dir'"
-code="$here/rl_jax $here/experiments $here/kernels_pallas $here/launch $here/pyproject.toml $here/constraints.txt"
+code="$here/rl_jax $here/launch $here/pyproject.toml $here/constraints.txt"
 code+=" $here/README.md $here/LICENSE $here/DATA_LICENSES.md"
 run "$tpu scp --recurse $on_all $code $name:~/$remote_dir/"
 if [[ $install -eq 1 ]]; then

@@ -61,14 +61,14 @@ def token_logprobs(params: dict, tokens: Array, cfg: ModelConfig, *, prompt_len:
 
   tokens: [B, P + T] (prompt then completion); the logit at position j predicts token j + 1.
   `attn_mask` [B, P + T] marks real tokens (left-padded prompts, padded completions).
-  `use_kernel=True` uses the fused Pallas log-prob kernel (kernels_pallas.fused_logprobs) if present.
+  `use_kernel=True` uses the fused Pallas log-prob kernel (rl_jax.kernels.fused_logprobs) if present.
   """
   h = hidden_states(params, tokens, cfg, attn_mask=attn_mask)[:, prompt_len - 1:-1]          # [B, T, D]
   targets = tokens[:, prompt_len:]
   b, t, d = h.shape
   w = lm_head_weight(cast_params(params, cfg), cfg)
   if use_kernel:
-    from kernels_pallas.fused_logprobs.ops import fused_logprobs
+    from rl_jax.kernels.fused_logprobs.ops import fused_logprobs
     impl = "auto" if use_kernel is True else str(use_kernel)
     logp, ent = fused_logprobs(h.reshape(b * t, d), w, targets.reshape(-1).astype(jnp.int32), impl=impl)
   else:

@@ -31,7 +31,7 @@ def test_bad_slice_names_are_refused():
 
 
 def test_tiny_gsm8k_run_compiles_for_v5p_8(tmp_path):
-  from experiments import gsm8k_smollm2 as exp
+  from rl_jax.experiments import gsm8k_smollm2 as exp
   out = tmp_path / "aot.json"
   cfg = exp.make_config(["--model=tiny-random", "--aot=v5p-8", f"--aot_json={out}", "--minibatches=2",
                          "--prompts_per_step=4", "--max_new_tokens=32", "--max_prompt_len=64", "--beta=0.1"])
@@ -93,9 +93,9 @@ def test_every_pallas_kernel_compiles_for_tpu():
   """Each kernel's forward and backward lowers through Mosaic (a tpu_custom_call) for one v5p chip, with its
   default (TPU-legal) block shapes."""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-  from kernels_pallas.fused_logprobs.ops import fused_logprobs
-  from kernels_pallas.ratio_clip.ops import ratio_clip_loss
-  from kernels_pallas.tree_prefix.ops import tree_prefix_values
+  from rl_jax.kernels.fused_logprobs.ops import fused_logprobs
+  from rl_jax.kernels.ratio_clip.ops import ratio_clip_loss
+  from rl_jax.kernels.tree_prefix.ops import tree_prefix_values
   mesh = Mesh(np.asarray(aot.topology_devices("v5p:2x2x1")[:1]), ("x",))
   arg = lambda shape, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(mesh, P()))
   cases = {
@@ -113,7 +113,7 @@ def test_every_pallas_kernel_compiles_for_tpu():
 
 
 def test_pod_recipe_and_its_refusals(tmp_path):
-  from experiments import gsm8k_smollm2 as exp
+  from rl_jax.experiments import gsm8k_smollm2 as exp
   from rl_jax.models.published import published_config
   cfg = exp.make_config(["--preset=pod", "--model=qwen2.5-math-7b", f"--run_dir={tmp_path}/run"])
   assert (cfg.prompts_per_step, cfg.group_size, cfg.max_prompt_len, cfg.max_new_tokens) == (128, 8, 1024, 3072)

@@ -8,7 +8,7 @@ from typing import ClassVar, Optional
 
 import pytest
 
-from experiments import arithmetic_tiny, gsm8k_smollm2
+from rl_jax.experiments import arithmetic_tiny, gsm8k_smollm2
 from rl_jax.config import apply_overrides, check, in_interval
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_gsm8k_config_rejects_bad_values(argv, key):
 
 def test_the_command_line_fails_before_any_compute(tmp_path):
   run_dir = tmp_path / "run"
-  proc = subprocess.run([sys.executable, "-m", "experiments.arithmetic_tiny", "--lr=nan", f"--run_dir={run_dir}"],
+  proc = subprocess.run([sys.executable, "-m", "rl_jax.experiments.arithmetic_tiny", "--lr=nan", f"--run_dir={run_dir}"],
                         cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "--lr must be a finite number" in proc.stderr

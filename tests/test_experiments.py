@@ -33,7 +33,7 @@ TINY = {  # experiment module -> overrides that make it a seconds-long run
 
 
 def test_every_experiment_has_a_tiny_config():
-  modules = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if p.stem != "__init__")
+  modules = sorted(p.stem for p in (ROOT / "rl_jax" / "experiments").glob("*.py") if p.stem != "__init__")
   assert modules == sorted(TINY), f"add a tiny config for {set(modules) ^ set(TINY)}"
 
 
@@ -41,7 +41,7 @@ def test_every_experiment_has_a_tiny_config():
 def test_experiment_runs_two_steps(name, tmp_path):
   if name == "gsm8k_smollm2":
     _need_smollm2()
-  mod = importlib.import_module(f"experiments.{name}")
+  mod = importlib.import_module(f"rl_jax.experiments.{name}")
   cfg = mod.Config(run_dir=str(tmp_path), **TINY[name])
   mod.main(cfg)
   rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["phase"] == "rl"]
@@ -53,7 +53,7 @@ def test_experiment_runs_two_steps(name, tmp_path):
 @pytest.fixture
 def gsm8k():
   _need_smollm2()
-  from experiments import gsm8k_smollm2
+  from rl_jax.experiments import gsm8k_smollm2
   return gsm8k_smollm2
 
 
@@ -254,7 +254,7 @@ def test_single_update_skips_the_old_logprob_pass_and_equals_recomputing():
 
 def test_arithmetic_tiny_keeps_whole_groups_in_mini_batches_for_gtpo(tmp_path, monkeypatch):
   """GTPO reads the group layout of a mini-batch (group_size), so its mini-batches must hold whole groups."""
-  from experiments import arithmetic_tiny
+  from rl_jax.experiments import arithmetic_tiny
   assert arithmetic_tiny.needs_groups("gtpo") and not arithmetic_tiny.needs_groups("grpo")
   seen = []
   real = arithmetic_tiny.rl_iteration

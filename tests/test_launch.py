@@ -10,7 +10,7 @@ POD = ["bash", str(ROOT / "launch/tpu_pod.sh")]
 
 def dry_run(*extra):
   return subprocess.run(POD + ["--name=rl-v5p", "--zone=us-east5-a", "--type=v5p-64", "--project=proj", "--dry-run",
-                               "--no-aot-check", *extra, "--", "experiments.configs.gsm8k_pod", "--preset=qwen2.5-math-7b",
+                               "--no-aot-check", *extra, "--", "rl_jax.experiments.configs.gsm8k_pod", "--preset=qwen2.5-math-7b",
                                "--smoke_steps=2"], capture_output=True, text=True, check=True).stdout.splitlines()
 
 
@@ -27,14 +27,14 @@ def test_tpu_pod_dry_run_prints_the_command_sequence():
     assert "--worker=all" in line and "--project=proj" in line and "--zone=us-east5-a" in line
   assert "mkdir -p ~/rl_jax" in mkdir
   assert scp.startswith("gcloud compute tpus tpu-vm scp --recurse") and scp.endswith("rl-v5p:~/rl_jax/")
-  for path in ("rl_jax", "experiments", "kernels_pallas", "pyproject.toml", "constraints.txt", "LICENSE"):
+  for path in ("rl_jax", "pyproject.toml", "constraints.txt", "LICENSE"):
     assert f"{ROOT}/{path}" in scp and (ROOT / path).exists()
   assert "pip install" in install and '".[tpu]"' in install and "-c constraints.txt" in install
   assert start.startswith("gcloud compute tpus tpu-vm ssh rl-v5p")
   command = shlex.split(start)[-1]  # what every worker runs
   assert command.startswith("--command=cd ~/rl_jax && ")
   assert "RL_JAX_MULTIHOST=1" in command
-  assert command.endswith("python3 -m experiments.configs.gsm8k_pod --preset=qwen2.5-math-7b --smoke_steps=2")
+  assert command.endswith("python3 -m rl_jax.experiments.configs.gsm8k_pod --preset=qwen2.5-math-7b --smoke_steps=2")
 
 
 def test_tpu_pod_copies_a_data_folder_to_every_worker(tmp_path):

@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_edit_objective_notebook_executes():
-  nb = nbformat.read(ROOT / "experiments" / "edit_objective.ipynb", as_version=4)
+  nb = nbformat.read(ROOT / "rl_jax" / "experiments" / "edit_objective.ipynb", as_version=4)
   env_path = os.environ.get("PYTHONPATH", "")
   os.environ["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env_path}" if env_path else str(ROOT)
   client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})

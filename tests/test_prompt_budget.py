@@ -2,7 +2,7 @@
 
 import pytest
 
-from experiments import gsm8k_smollm2 as gsm
+from rl_jax.experiments import gsm8k_smollm2 as gsm
 from rl_jax.chat import MATH_INSTRUCTION, check_prompt_lengths
 
 

@@ -7,7 +7,7 @@ pytest.importorskip("torch", reason="the RL-step benchmark compares against TRL,
 pytest.importorskip("trl", reason="TRL is not installed (pip install trl): the RL-step benchmark's peer")
 pytest.importorskip("datasets", reason="TRL's GRPOTrainer needs the datasets package")
 
-from experiments.benchmarks import rl_step_bench  # noqa: E402
+from rl_jax.experiments.benchmarks import rl_step_bench  # noqa: E402
 
 
 def _cells(line):

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("tunix.rl.grpo.grpo_learner", reason="tunix is not installed (pip install google-tunix): "
                     "the peer of this benchmark")
 
-from experiments.benchmarks import rl_step_bench_tunix as bench  # noqa: E402
+from rl_jax.experiments.benchmarks import rl_step_bench_tunix as bench  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import arithmetic_tiny as exp
+from rl_jax.experiments import arithmetic_tiny as exp
 from rl_jax import checkpoint as ckpt_lib
 from rl_jax.checkpoint import Checkpointer, CorruptCheckpoints, SaveOnSigterm, stale_steps
 from rl_jax.metrics_log import MetricsLogger, read_metrics, rewrite_rows

@@ -28,7 +28,7 @@ KEYS = ("reward", "loss", "clip_frac", "entropy", "accuracy")
 def start(run_dir, cache, *extra):
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  return subprocess.Popen([sys.executable, "-m", "experiments.arithmetic_tiny", *SETTINGS, f"--run_dir={run_dir}",
+  return subprocess.Popen([sys.executable, "-m", "rl_jax.experiments.arithmetic_tiny", *SETTINGS, f"--run_dir={run_dir}",
                            *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -1,5 +1,5 @@
 """The nucleus-filter benchmark runs in its --quick mode, and both of its paths agree (it raises otherwise)."""
-from experiments.benchmarks import sampling_filter_bench
+from rl_jax.experiments.benchmarks import sampling_filter_bench
 
 
 def test_quick_mode_prints_a_row_per_case(capsys):

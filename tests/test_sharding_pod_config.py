@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import gsm8k_pod
+from rl_jax.experiments.configs import gsm8k_pod
 from rl_jax.config import apply_overrides
 
 

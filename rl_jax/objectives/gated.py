@@ -34,7 +34,7 @@ def sapo(logp, old_logp, advantages, mask, *, ref_logp=None, tau_pos=1.0, tau_ne
               max_len=max_len)
   ratio = jnp.exp(ratios.token_log_ratio(inp.logp, inp.old_logp))
   if use_kernel:
-    from kernels_pallas.ratio_clip.ops import ratio_clip_loss
+    from rl_jax.kernels.ratio_clip.ops import ratio_clip_loss
     per_token, clipped = ratio_clip_loss(inp.logp, inp.old_logp, inp.adv, inp.mask, mode="sapo", tau_pos=tau_pos,
                                          tau_neg=tau_neg, impl=_impl(use_kernel))
   else:
@@ -62,7 +62,7 @@ def cispo(logp, old_logp, advantages, mask, *, ref_logp=None, eps_low=10.0, eps_
   ratio = jnp.exp(ratios.token_log_ratio(inp.logp, inp.old_logp))
   weight = trust_regions.cispo_weight(ratio, eps_low=eps_low, eps_high=eps_high, cap_mode=cap_mode)
   if use_kernel and cap_mode == "relative":
-    from kernels_pallas.ratio_clip.ops import ratio_clip_loss
+    from rl_jax.kernels.ratio_clip.ops import ratio_clip_loss
     per_token, clipped = ratio_clip_loss(inp.logp, inp.old_logp, inp.adv, inp.mask, mode="cispo", eps_low=eps_low,
                                          eps_high=eps_high, impl=_impl(use_kernel))
   else:

@@ -22,12 +22,12 @@ def token_clip_terms(inp: PolicyInputs, *, eps_low, eps_high, dual_clip_c=None, 
   """Per-token PPO-clip loss (and dual clip) with token ratios: returns (ℓ, clipped, r).
 
   `use_kernel=True` computes ℓ and the clip indicator with the fused Pallas ratio/clip kernel
-  (kernels_pallas.ratio_clip), which is exact to this jnp path.
+  (rl_jax.kernels.ratio_clip), which is exact to this jnp path.
   """
   log_ratio = ratios.token_log_ratio(inp.logp, inp.old_logp)
   ratio = jnp.exp(log_ratio)
   if use_kernel:
-    from kernels_pallas.ratio_clip.ops import ratio_clip_loss
+    from rl_jax.kernels.ratio_clip.ops import ratio_clip_loss
     per_token, clipped = ratio_clip_loss(inp.logp, inp.old_logp, inp.adv, inp.mask, mode="clip", eps_low=eps_low,
                                          eps_high=eps_high, dual_clip_c=dual_clip_c,
                                          impl=_impl(use_kernel))

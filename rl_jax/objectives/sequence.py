@@ -28,7 +28,7 @@ def _gspo_like(logp, old_logp, advantages, mask, ref_logp, *, token_level, eps_l
     log_s = jnp.broadcast_to(seq_log_ratio[:, None], inp.mask.shape)
   ratio = jnp.exp(log_s) * inp.mask
   if use_kernel and not token_level:
-    from kernels_pallas.ratio_clip.ops import ratio_clip_loss
+    from rl_jax.kernels.ratio_clip.ops import ratio_clip_loss
     per_token, clipped = ratio_clip_loss(inp.logp, inp.old_logp, inp.adv, inp.mask, mode="seq", eps_low=eps_low,
                                          eps_high=eps_high, impl=_impl(use_kernel))
   else:

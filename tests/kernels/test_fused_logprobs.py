@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels_pallas.fused_logprobs.kernel import BlockSizes
-from kernels_pallas.fused_logprobs.ops import fused_logprobs
-from kernels_pallas.fused_logprobs.reference import logprobs_naive
+from rl_jax.kernels.fused_logprobs.kernel import BlockSizes
+from rl_jax.kernels.fused_logprobs.ops import fused_logprobs
+from rl_jax.kernels.fused_logprobs.reference import logprobs_naive
 from rl_jax.logprobs import token_logprobs
 from rl_jax.models import init_params, tiny_config
 

@@ -1,7 +1,7 @@
 """Every Pallas kernel lowers to Triton IR for a CUDA GPU (lowering only, no device needed).
 
 This JAX lowers `pl.pallas_call` on GPU to Mosaic GPU unless the call carries Triton compiler
-parameters; the kernels ask for Triton through `kernels_pallas.common.gpu_compiler_params`, which
+parameters; the kernels ask for Triton through `rl_jax.kernels.common.gpu_compiler_params`, which
 returns them only when the default backend is a GPU. Here the CPU host stands in for a GPU host by
 patching that function, then lowers for the "cuda" platform. Triton's own compilation passes (and the
 kernels' speed) need a real GPU and are covered by the `gpu`-marked compiled tests.
@@ -19,7 +19,7 @@ def _lower_cuda(fn, *args):
 
 
 def test_fused_logprobs_lowers_for_triton_without_padding_d(monkeypatch):
-  from kernels_pallas.fused_logprobs import kernel
+  from rl_jax.kernels.fused_logprobs import kernel
   monkeypatch.setattr(kernel, "gpu_compiler_params", pltriton.CompilerParams)
   b = kernel.BlockSizes()
   h, w, t = jnp.zeros((64, 576)), jnp.zeros((576, 1024)), jnp.zeros((64,), jnp.int32)   # D = 9 × 64, not 2^k
@@ -30,7 +30,7 @@ def test_fused_logprobs_lowers_for_triton_without_padding_d(monkeypatch):
 
 
 def test_ratio_clip_lowers_for_triton(monkeypatch):
-  from kernels_pallas.ratio_clip import kernel
+  from rl_jax.kernels.ratio_clip import kernel
   monkeypatch.setattr(kernel, "gpu_compiler_params", pltriton.CompilerParams)
   b = kernel.BlockSizes()
   x = jnp.zeros((16, 1024))
@@ -41,7 +41,7 @@ def test_ratio_clip_lowers_for_triton(monkeypatch):
 
 
 def test_without_a_gpu_backend_the_platform_default_is_kept():
-  from kernels_pallas.common import gpu_compiler_params
+  from rl_jax.kernels.common import gpu_compiler_params
   if jax.default_backend() == "gpu":
     assert isinstance(gpu_compiler_params(), pltriton.CompilerParams)
   else:

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels_pallas.ratio_clip.kernel import BlockSizes
-from kernels_pallas.ratio_clip.ops import ratio_clip_loss
+from rl_jax.kernels.ratio_clip.kernel import BlockSizes
+from rl_jax.kernels.ratio_clip.ops import ratio_clip_loss
 from rl_jax import objectives
 
 # Tolerances per input dtype (values upcast to float32 before comparing).

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels_pallas.tree_prefix.ops import tree_prefix_values
-from kernels_pallas.tree_prefix.reference import next_values_dense, next_values_scan
+from rl_jax.kernels.tree_prefix.ops import tree_prefix_values
+from rl_jax.kernels.tree_prefix.reference import next_values_dense, next_values_scan
 from rl_jax import advantages as A
 
 JIT = [False, True]
@@ -130,7 +130,7 @@ class TestTreePrefixInterpret(TreePrefixTest):
   def test_lowers_for_triton_and_mosaic(self, platform, monkeypatch):
     """Lowering only (Triton IR / Mosaic MLIR), no device: the backend compilers' own passes are not run."""
     from jax.experimental.pallas import triton as pltriton
-    from kernels_pallas.tree_prefix import kernel
+    from rl_jax.kernels.tree_prefix import kernel
     if platform == "cuda":   # what kernel.compiler_params() returns when the default backend is a GPU
       monkeypatch.setattr(kernel, "compiler_params", pltriton.CompilerParams)
     tok, mask, r, _ = case("random_g5_t37")

@@ -1,1 +1,0 @@
-from kernels_pallas.fused_logprobs.ops import fused_logprobs

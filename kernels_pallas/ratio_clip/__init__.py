@@ -1,1 +1,0 @@
-from kernels_pallas.ratio_clip.ops import ratio_clip_loss

@@ -1,1 +1,0 @@
-from kernels_pallas.tree_prefix.ops import tree_prefix_values

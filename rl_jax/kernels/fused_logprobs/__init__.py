@@ -1,0 +1,1 @@
+from rl_jax.kernels.fused_logprobs.ops import fused_logprobs

@@ -1,0 +1,1 @@
+from rl_jax.kernels.ratio_clip.ops import ratio_clip_loss
