@@ -8,7 +8,6 @@ One jit-compiled pure function per kind of update, `(state, batch) -> (state, me
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rl_jax import registry
 from rl_jax.logprobs import token_logprobs
 from rl_jax.models.config import ModelConfig
 from rl_jax.models.llama import sampler_dtype
@@ -50,6 +50,7 @@ class RLBatch(NamedTuple):
   old_logp: Optional[Array]  # [B, T] log π_old (recomputed by the trainer); None: one on-policy update
   advantages: Array        # [B] or [B, T]
   ref_logp: Optional[Array] = None   # [B, T] when the objective has β > 0
+  rollout_logp: Optional[Array] = None   # [B, T] sampler log-probs μ (TIS / MIS corrections)
 
 
 def _apply(optimizer, state, grads):
@@ -76,7 +77,7 @@ def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation) -> 
 
 
 def _named_param(fn: Callable, name: str) -> bool:
-  return name in inspect.signature(fn).parameters
+  return registry.takes(fn, name)
 
 
 def split_micro(x: Array, k: int) -> Array:
@@ -123,7 +124,9 @@ def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, obje
 
   The objective is called as objective(logp, old_logp, advantages, completion_mask, ref_logp=...,
   **objective_kwargs); if it takes `entropy` (HAPO, GTPO, DHPO, ...) the current policy's token
-  entropies are passed too, and `token_ids` likewise. `jit=False` returns the raw function, to be
+  entropies are passed too, `token_ids` and `rollout_logp` (the batch's sampler log-probs, TIS / MIS)
+  likewise, and `rng` (Clip-Cov's random selection) gets a fresh key every update:
+  fold_in(state.rng, state.step). `jit=False` returns the raw function, to be
   jitted with explicit shardings (rl_jax.sharding.jit_sharded_step). `micro_batches` > 1 accumulates the
   exact full-batch gradient over that many micro-batches (`accumulated_value_and_grad`): activation memory
   is set by the micro-batch, the update is the same (one extra forward pass).
@@ -133,16 +136,24 @@ def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, obje
   kwargs = dict(objective_kwargs or {})
   wants_entropy = _named_param(objective, "entropy") and "entropy" not in kwargs
   wants_ids = _named_param(objective, "token_ids") and "token_ids" not in kwargs
+  wants_mu = _named_param(objective, "rollout_logp") and "rollout_logp" not in kwargs
+  wants_rng = _named_param(objective, "rng") and "rng" not in kwargs
 
   def logp_fn(params, tokens, attn_mask):
     return token_logprobs(params, tokens, cfg, prompt_len=prompt_len, attn_mask=attn_mask)
 
-  def loss_of_logp(logp, entropy, batch: RLBatch):
+  def loss_of_logp(logp, entropy, batch: RLBatch, key=None):
     extra = dict(kwargs)
     if wants_entropy:
       extra["entropy"] = entropy
     if wants_ids:
       extra["token_ids"] = batch.tokens[:, prompt_len:]
+    if wants_mu:
+      if batch.rollout_logp is None:
+        raise ValueError("the objective takes rollout_logp (sampler log-probs); the batch holds none.")
+      extra["rollout_logp"] = batch.rollout_logp
+    if wants_rng:
+      extra["rng"] = key
     # old_logp None = a single on-policy update: π_old is the current policy, ratio ≡ 1 in value.
     old_logp = jax.lax.stop_gradient(logp) if batch.old_logp is None else batch.old_logp
     loss, metrics = objective(logp, old_logp, batch.advantages, batch.completion_mask, ref_logp=batch.ref_logp,
@@ -155,14 +166,14 @@ def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, obje
                    token_ratio_std=jnp.sqrt(jnp.sum(jnp.square(ratio - ratio_mean) * m) / n))
     return loss, metrics
 
-  def loss_fn(params, batch: RLBatch):
-    return loss_of_logp(*logp_fn(params, batch.tokens, batch.attn_mask), batch)
-
   def step(state: TrainState, batch: RLBatch):
+    key = jax.random.fold_in(state.rng, state.step)
+    loss_of = lambda logp, entropy, b: loss_of_logp(logp, entropy, b, key)
     if micro_batches == 1:
+      loss_fn = lambda params, b: loss_of(*logp_fn(params, b.tokens, b.attn_mask), b)
       (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     else:
-      (loss, metrics), grads = accumulated_value_and_grad(logp_fn, loss_of_logp, state.params, batch.tokens,
+      (loss, metrics), grads = accumulated_value_and_grad(logp_fn, loss_of, state.params, batch.tokens,
                                                           batch.attn_mask, batch, micro_batches)
     return _apply(optimizer, state, grads), dict(metrics, grad_norm=optax.global_norm(grads))
 
@@ -251,7 +262,8 @@ def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rol
       idx = order[k * size:(k + 1) * size]
       batch = RLBatch(tokens[idx], attn[idx], jnp.asarray(cmask[idx]),
                       None if old_logp is None else jnp.asarray(old_logp[idx]),
-                      jnp.asarray(adv[idx]), None if ref_logp is None else jnp.asarray(ref_logp[idx]))
+                      jnp.asarray(adv[idx]), None if ref_logp is None else jnp.asarray(ref_logp[idx]),
+                      jnp.asarray(rollouts.rollout_logp[idx], jnp.float32))
       state, metrics = rl_step(state, batch)
       history.append(metrics)
   mean = {k: float(np.mean([float(m[k]) for m in history])) for k in history[0]}

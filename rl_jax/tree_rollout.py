@@ -27,10 +27,12 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rl_jax.models.config import ModelConfig
 from rl_jax.models.llama import KVCache, default_positions, forward_with_cache, init_cache
 from rl_jax.sampling import filter_logits
+from rl_jax.train import Rollouts
 
 Array = jax.Array
 
@@ -211,3 +213,45 @@ def tree_rollout_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask
 
 tree_rollout = jax.jit(tree_rollout_raw, static_argnames=TREE_STATIC_ARGS)
 tree_rollout.__doc__ = tree_rollout_raw.__doc__
+
+
+# ------------------------------------------------------------------ tree rollouts as training rows
+
+def tree_to_rollouts(prompts: np.ndarray, prompt_mask: np.ndarray, tr) -> tuple[Rollouts, np.ndarray]:
+  """Flattens a TreeRollout [P, G, T] into Rollouts rows (prompt i → rows i·G..) and the valid-row mask."""
+  p, g, t = tr.tokens.shape
+  comp = np.asarray(tr.tokens).reshape(p * g, t)
+  cmask = np.asarray(tr.mask).reshape(p * g, t)
+  p_rep, m_rep = np.repeat(prompts, g, axis=0), np.repeat(prompt_mask, g, axis=0)
+  tokens = np.concatenate([p_rep, comp], axis=1)
+  attn = np.concatenate([m_rep, (cmask > 0).astype(np.int32)], axis=1)
+  ro = Rollouts(tokens, attn, comp, cmask, np.asarray(tr.logp).reshape(p * g, t))
+  return ro, np.asarray(tr.valid).reshape(p * g)
+
+
+def impute_empty_rows(rewards: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """Rewards [P, G] with each empty tree row (valid False) set to its group's mean over valid rows.
+
+  Empty rows are masked out of the loss; giving them the valid mean leaves every group mean, and so
+  every valid row's centred reward, as if the group held only its valid rows (empty rows share path
+  −1, a subtree of their own, so they never enter a valid row's subtree averages).
+  """
+  cnt = valid.sum(1, keepdims=True)
+  mean = np.where(cnt > 0, (rewards * valid).sum(1, keepdims=True) / np.maximum(cnt, 1), 0.0)
+  return np.where(valid, rewards, mean).astype(np.float32)
+
+
+def masked_group_stats(rewards: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and unbiased std [P, 1] of each group's valid rows (std 0 with fewer than two)."""
+  cnt = valid.sum(1, keepdims=True)
+  mu = (rewards * valid).sum(1, keepdims=True) / np.maximum(cnt, 1)
+  var = (np.square(rewards - mu) * valid).sum(1, keepdims=True) / np.maximum(cnt - 1, 1)
+  return mu, np.where(cnt > 1, np.sqrt(var), 0.0)
+
+
+def first_width(group: int, depth: int) -> int:
+  """Smallest power-of-two first width that reaches `group` leaves with fork factor 2 in `depth` segments."""
+  w = group
+  while w % 2 == 0 and w // 2 * 2 ** (depth - 1) >= group:
+    w //= 2
+  return w

@@ -110,7 +110,8 @@ def test_gsm8k_resume_with_other_evaluation_settings_evaluates_both_ends_again_w
   gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **tiny))
   rl_rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["phase"] == "rl"]
   fresh = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "fresh"), **dict(tiny, eval_size=2)))
-  monkeypatch.setattr(gsm8k, "rl_iteration", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+  from rl_jax import loop
+  monkeypatch.setattr(loop, "rl_iteration", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
   again = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path), **dict(tiny, eval_size=2)))
   assert again["before"]["gsm8k"]["n"] == again["after"]["gsm8k"]["n"] == 2      # both ends with the new settings
   assert again["before"]["gsm8k"]["greedy"] == fresh["before"]["gsm8k"]["greedy"]
@@ -255,15 +256,16 @@ def test_single_update_skips_the_old_logprob_pass_and_equals_recomputing():
 def test_arithmetic_tiny_keeps_whole_groups_in_mini_batches_for_gtpo(tmp_path, monkeypatch):
   """GTPO reads the group layout of a mini-batch (group_size), so its mini-batches must hold whole groups."""
   from rl_jax.experiments import arithmetic_tiny
-  assert arithmetic_tiny.needs_groups("gtpo") and not arithmetic_tiny.needs_groups("grpo")
+  from rl_jax import loop, objectives
+  assert loop.needs_groups(objectives.get("gtpo")) and not loop.needs_groups(objectives.get("grpo"))
   seen = []
-  real = arithmetic_tiny.rl_iteration
+  real = loop.rl_iteration
 
   def spy(*args, **kw):
     seen.append(kw.get("keep_groups", False))
     return real(*args, **kw)
 
-  monkeypatch.setattr(arithmetic_tiny, "rl_iteration", spy)
+  monkeypatch.setattr(loop, "rl_iteration", spy)
   for objective in ("gtpo", "grpo"):
     cfg = arithmetic_tiny.Config(run_dir=str(tmp_path / objective), objective=objective,
                                  **dict(TINY["arithmetic_tiny"], minibatches=2))
@@ -275,17 +277,18 @@ def test_gsm8k_dcpo_advantage_carries_per_question_statistics_and_resumes_exactl
   """--advantage=dcpo: each step's advantages are DCPO's SAS over the question's earlier groups (float64 loop
   reference), and a resumed run rebuilds the statistics from rewards.jsonl, so it equals the uninterrupted one."""
   from reference import advantages_np as ref
+  from rl_jax import loop
 
   _varied_rewards(gsm8k, monkeypatch)
   monkeypatch.setattr(gsm8k, "train_order", lambda cfg, n: np.array([11, 42]))   # the same two questions each step
   fed = []
-  real = gsm8k.rl_iteration
+  real = loop.rl_iteration
 
   def recording(state, rl_step, logprob_fn, ro, rewards, adv_fn, **kw):
     fed.append(np.asarray(adv_fn(rewards)))
     return real(state, rl_step, logprob_fn, ro, rewards, adv_fn, **kw)
 
-  monkeypatch.setattr(gsm8k, "rl_iteration", recording)
+  monkeypatch.setattr(loop, "rl_iteration", recording)
   tiny = dict(GSM8K_TINY, rl_steps=3, group_size=4, advantage="dcpo", objective="dcpo", eval_sets="")
   gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "full"), **tiny))
   log = read_metrics(tmp_path / "full" / "rewards.jsonl")
@@ -295,7 +298,7 @@ def test_gsm8k_dcpo_advantage_carries_per_question_statistics_and_resumes_exactl
     expected, state = ref.dcpo(np.array(row["rewards"]), row["question_ids"], state)
     np.testing.assert_allclose(adv, expected, rtol=1e-5, atol=1e-6)
   assert any(np.ptp(r["rewards"], axis=1).max() > 0 for r in log[1:])   # the history had something to act on
-  stats = gsm8k.replay_dcpo_stats(log, 50)
+  stats = loop.replay_dcpo_stats(log, 50)
   for q, (n, mu, sd) in state.items():
     assert (int(stats.count[q]), float(stats.mean[q]), float(stats.std[q])) == pytest.approx((n, mu, sd), abs=1e-6)
 
@@ -311,9 +314,11 @@ def test_gsm8k_dcpo_advantage_carries_per_question_statistics_and_resumes_exactl
 
 
 def test_gsm8k_advantage_choices(gsm8k):
-  assert {"grpo", "dr_grpo", "rloo", "ngrpo"} <= set(gsm8k.reward_advantages())
-  assert "tempo" not in gsm8k.reward_advantages()                  # needs the tokens, not only the rewards
-  with pytest.raises(ValueError, match="cannot run here"):
-    gsm8k.Config(advantage="tempo")
+  from rl_jax import loop
+  assert {"grpo", "dr_grpo", "rloo", "ngrpo"} <= set(loop.reward_advantages())
+  assert "tempo" not in loop.reward_advantages()                   # needs the tokens, not only the rewards
+  assert gsm8k.Config(advantage="tempo").advantage == "tempo"      # ... which the loop supplies
+  with pytest.raises(ValueError, match="cannot run here: it needs .*'paths'"):
+    gsm8k.Config(advantage="treepo")
   with pytest.raises(ValueError, match="dynamic_sampling"):
     gsm8k.Config(advantage="dcpo", dynamic_sampling=True)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from rl_jax.experiments.tables import common
+from rl_jax import tree_rollout
+from rl_jax.advantages import process
 from rl_jax import advantages
 from rl_jax.train import advantage_stats
 
@@ -59,9 +61,9 @@ def test_advantage_stats_by_hand():
 def test_impute_empty_rows_keeps_valid_group_statistics():
   r = np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]], np.float32)
   valid = np.array([[True, True, False, False], [True, True, True, True]])
-  out = common.impute_empty_rows(r, valid)
+  out = tree_rollout.impute_empty_rows(r, valid)
   np.testing.assert_allclose(out, [[1.0, 0.0, 0.5, 0.5], [1.0, 1.0, 0.0, 0.0]])
-  mu, sd = common.masked_group_stats(r, valid)
+  mu, sd = tree_rollout.masked_group_stats(r, valid)
   np.testing.assert_allclose(mu[:, 0], [0.5, 0.5])
   np.testing.assert_allclose(sd[:, 0], [np.std([1.0, 0.0], ddof=1), np.std([1, 1, 0, 0], ddof=1)], rtol=1e-6)
 
@@ -71,7 +73,7 @@ def test_spo_tree_token_advantages_on_a_hand_tree():
   paths = np.array([[[0, 0], [0, 1], [1, 2], [1, 3]]])
   rewards = np.array([[1.0, 0.0, 1.0, 1.0]])
   mask = np.ones((1, 4, 2))
-  adv, keep = common.spo_tree_token_advantages(rewards, paths, mask)
+  adv, keep = process.spo_tree_token_advantages(rewards, paths, mask)
   # V(A) = 0.5, V(B) = 1, V(root) = mean of children = 0.75 (SPO-tree's node values, rloo edges).
   np.testing.assert_allclose(adv[0, :, 0], [-0.25, -0.25, 0.25, 0.25], atol=1e-6)
   np.testing.assert_allclose(adv[0, :, 1], [0.5, -0.5, 0.0, 0.0], atol=1e-6)
@@ -87,7 +89,7 @@ def test_spo_tree_token_advantages_on_a_hand_tree():
 
 def test_first_width_reaches_the_group():
   for g, depth in [(8, 3), (4, 3), (16, 3), (8, 4)]:
-    w = common._first_width(g, depth)
+    w = tree_rollout.first_width(g, depth)
     assert w * 2 ** (depth - 1) >= g and (w == 1 or (w // 2) * 2 ** (depth - 1) < g)
 
 

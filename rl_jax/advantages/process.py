@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rl_jax.advantages.core import register
 
@@ -200,3 +201,45 @@ def gtpo_conflict(tokens, mask, advantages, entropy, *, ent_threshold: float = 0
   mean_h = jnp.sum(h * mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1.0)
   return delta.reshape(p, g, t), jax.lax.stop_gradient(entropy_filter(a, mean_h, threshold=ent_threshold,
                                                                          scale=ent_scale))
+
+
+def spo_tree_token_advantages(rewards: np.ndarray, paths: np.ndarray, mask: np.ndarray):
+  """SPO-tree on TreePO tree rollouts with one-token segments: token d of a leaf gets V(node_{d+1}) − V(node_d).
+
+  Nodes are the distinct path prefixes of each prompt (node 0 the prompt); V is `tree_node_values`
+  (a leaf its reward, an inner node the mean of its children) and the edge advantage and keep mask are
+  `rl_jax.advantages.spo_tree` (official defaults: rloo mode, best-of-4 keep rule). Empty rows (path −1
+  at depth 1) are not part of the tree. Returns (advantages, keep) [P, G, T].
+  """
+  p, g, depth = paths.shape
+  n_max = 1 + g * depth
+  parent = np.full((p, n_max), -1, np.int32)
+  is_leaf = np.zeros((p, n_max), bool)
+  leaf_val = np.zeros((p, n_max), np.float32)
+  node_of = np.full((p, g, depth), -1, np.int32)                     # node id of leaf g at depth d + 1
+  for i in range(p):
+    ids = {(): 0}
+    for j in range(g):
+      if paths[i, j, 0] < 0:
+        continue
+      for d in range(depth):
+        if paths[i, j, d] < 0:
+          break
+        key = tuple(paths[i, j, :d + 1])
+        if key not in ids:
+          ids[key] = len(ids)
+          parent[i, ids[key]] = ids[key[:-1]]
+        node_of[i, j, d] = ids[key]
+      leaf = node_of[i, j][node_of[i, j] >= 0][-1]
+      is_leaf[i, leaf], leaf_val[i, leaf] = True, rewards[i, j]
+  values = tree_node_values(leaf_val, parent, is_leaf)
+  edge, keep = (np.asarray(x) for x in spo_tree(values, parent))
+  t = mask.shape[-1]
+  adv, kp = np.zeros((p, g, t), np.float32), np.zeros((p, g, t), np.float32)
+  for d in range(min(depth, t)):                                      # segment_len = 1: token d ↔ depth d + 1
+    node = node_of[:, :, d]
+    ok = node >= 0
+    adv[:, :, d] = np.where(ok, np.take_along_axis(edge, np.maximum(node, 0), 1), 0.0)
+    kp[:, :, d] = np.where(ok, np.take_along_axis(keep, np.maximum(node, 0), 1), 0.0)
+  m = (mask > 0).astype(np.float32)
+  return adv * m, kp * m

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import pathlib
 import sys
@@ -22,10 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_jax import advantages as advantages_lib
+from rl_jax import loop
 from rl_jax import objectives as objectives_lib
 from rl_jax.advantages.stateful import init_reward_stats
 from rl_jax.train import Rollouts, init_state, make_logprob_fn, make_rl_step, rl_iteration, rollout
-from rl_jax.tree_rollout import tree_rollout
+from rl_jax.advantages.process import spo_tree_token_advantages
+from rl_jax.mc_values import SPO_CHAIN_INTERVAL, SPO_CHAIN_SAMPLES, SPO_CHAIN_THRESHOLD, spo_chain_mc_values  # noqa: F401
+from rl_jax.tree_rollout import first_width, impute_empty_rows, masked_group_stats, tree_rollout, tree_to_rollouts
 
 from rl_jax.experiments.tables.report import (RESULTS, Args, Report, curve_style, extra_value, machine,  # noqa: F401
                                        markdown_table, mean_std, paired_difference, parse_args, plot_curves,
@@ -96,24 +98,11 @@ def warm_start(seed: int, budget: Budget):
 
 def objective_kwargs(recipe: Recipe, cfg) -> dict:
   """The config's keywords for a named objective (β, group size, ...) plus the recipe's own."""
-  from rl_jax.experiments import arithmetic_tiny
   if callable(recipe.objective):
     return recipe.kw
-  kw = arithmetic_tiny.objective_kwargs(dataclasses.replace(cfg, objective=recipe.objective))
+  kw = loop.objective_kwargs(dataclasses.replace(cfg, objective=recipe.objective), 8)
   kw.update(recipe.kw)
   return kw
-
-
-def tree_to_rollouts(prompts: np.ndarray, prompt_mask: np.ndarray, tr) -> tuple[Rollouts, np.ndarray]:
-  """Flattens a TreeRollout [P, G, T] into Rollouts rows (prompt i → rows i·G..) and the valid-row mask."""
-  p, g, t = tr.tokens.shape
-  comp = np.asarray(tr.tokens).reshape(p * g, t)
-  cmask = np.asarray(tr.mask).reshape(p * g, t)
-  p_rep, m_rep = np.repeat(prompts, g, axis=0), np.repeat(prompt_mask, g, axis=0)
-  tokens = np.concatenate([p_rep, comp], axis=1)
-  attn = np.concatenate([m_rep, (cmask > 0).astype(np.int32)], axis=1)
-  ro = Rollouts(tokens, attn, comp, cmask, np.asarray(tr.logp).reshape(p * g, t))
-  return ro, np.asarray(tr.valid).reshape(p * g)
 
 
 def run_recipe(recipe: Recipe, seed: int, budget: Budget) -> dict:
@@ -127,7 +116,7 @@ def run_recipe(recipe: Recipe, seed: int, budget: Budget) -> dict:
   task, model_cfg = arithmetic_tiny.build(cfg)
   warm, acc0 = warm_start(seed, budget)
   t0 = time.perf_counter()
-  opt = arithmetic_tiny.rl_optimizer(cfg)
+  opt = loop.rl_optimizer(cfg.lr)
   state = init_state(warm.params, opt, jax.random.fold_in(jax.random.PRNGKey(seed), 3))
   objective = recipe.objective if callable(recipe.objective) else objectives_lib.get(recipe.objective)
   rl_step = make_rl_step(model_cfg, opt, objective, objective_kwargs(recipe, cfg), prompt_len=task.prompt_len)
@@ -143,7 +132,7 @@ def run_recipe(recipe: Recipe, seed: int, budget: Budget) -> dict:
     if recipe.rollout == "tree":
       depth = task.answer_len
       tr = tree_rollout(state.params, model_cfg, jnp.asarray(p_ids), jnp.asarray(p_mask), key,
-                        group_size=budget.group, segment_len=1, max_depth=depth, first_width=_first_width(budget.group, depth),
+                        group_size=budget.group, segment_len=1, max_depth=depth, first_width=first_width(budget.group, depth),
                         branch_factor=2, branch_by="entropy", temperature=1.0, stop_tokens=(task.vocab.EOS,))
       ro, valid = tree_to_rollouts(p_ids, p_mask, tr)
       paths = tr.paths
@@ -157,15 +146,16 @@ def run_recipe(recipe: Recipe, seed: int, budget: Budget) -> dict:
       rewards = impute_empty_rows(rewards, valid.reshape(rewards.shape))
     mc = None
     if recipe.advantage == "spo_chain":
-      mc = spo_chain_mc_values(state.params, model_cfg, task, p_ids, p_mask, ro, answers,
-                               jax.random.fold_in(key, 7), group=budget.group)
+      mc = spo_chain_mc_values(state.params, model_cfg, p_ids, p_mask, ro,
+                               lambda ids, row: task.reward(ids, answers[row]), jax.random.fold_in(key, 7),
+                               group=budget.group, stop_tokens=(task.vocab.EOS,))
     adv_fn, extra = advantage_for(recipe, ro, rewards, problems, valid, paths if recipe.rollout == "tree" else None,
                                   dcpo_ids, dcpo_state, mc=mc)
     if recipe.advantage == "dcpo":
       dcpo_state = extra.pop("dcpo_state")
     if "loss_mask" in extra:   # SPO-chain's probability mask drops confident tokens from the loss
       ro = ro._replace(completion_mask=extra.pop("loss_mask"))
-    keep_groups = "group_size" in inspect.signature(objective).parameters
+    keep_groups = loop.needs_groups(objective)
     state, metrics = rl_iteration(state, rl_step, logprob_fn, ro, rewards, adv_fn, epochs=budget.epochs,
                                   minibatches=budget.minibatches, valid_rows=valid, keep_groups=keep_groups)
     reward = rewards.mean() if valid is None else rewards.reshape(-1)[valid].mean()
@@ -242,125 +232,11 @@ def advantage_for(recipe: Recipe, ro: Rollouts, rewards: np.ndarray, problems, v
   return advantages_lib.get(name), extra
 
 
-SPO_CHAIN_INTERVAL, SPO_CHAIN_THRESHOLD = 5, 0.9     # official defaults ("int5", p < 0.9)
-SPO_CHAIN_SAMPLES = 9                                 # MC rollouts per cut point (official GSM8K config)
-
-
-def spo_chain_mc_values(params, model_cfg, task, prompts: np.ndarray, prompt_mask: np.ndarray, ro: Rollouts,
-                        answers: Sequence[str], key, *, group: int, samples: int = SPO_CHAIN_SAMPLES):
-  """SPO-chain's Monte-Carlo values: V(c) = mean reward of `samples` continuations from prompt + y_{≤c}.
-
-  Only the cut points of `rl_jax.advantages.spo_chain_cut_points` are sampled (the prompt state c = −1
-  included). Continuations use the current policy at temperature 1 and stop at EOS or at the task's answer
-  length, as the rollouts did. Returns (values [P, G, T], prompt_values [P, G], token_probs [P, G, T]),
-  the token probabilities being those of the sampler (temperature 1, so the actor's).
-  """
-  n, t = ro.completion.shape
-  p = n // group
-  probs = np.exp(np.asarray(ro.rollout_logp, np.float64)) * (ro.completion_mask > 0)
-  cut, prompt_cut = (np.asarray(x) for x in advantages_lib.spo_chain_cut_points(
-      probs.reshape(p, group, t), ro.completion_mask.reshape(p, group, t), interval=SPO_CHAIN_INTERVAL,
-      threshold=SPO_CHAIN_THRESHOLD))
-  cut, prompt_cut = cut.reshape(n, t), prompt_cut.reshape(n)
-  values, prompt_values = np.zeros((n, t), np.float32), np.zeros(n, np.float32)
-  row_prompt = np.repeat(prompts, group, axis=0)
-  row_pmask = np.repeat(prompt_mask, group, axis=0)
-  for c in range(-1, t - 1):
-    rows = np.nonzero(prompt_cut if c < 0 else cut[:, c])[0]
-    if rows.size == 0:
-      continue
-    padded = np.concatenate([rows, np.full(n - rows.size, rows[0])])   # one shape per c: compiled once
-    ids = np.concatenate([row_prompt[padded], ro.completion[padded, :c + 1]], 1)
-    msk = np.concatenate([row_pmask[padded], (ro.completion_mask[padded, :c + 1] > 0).astype(row_pmask.dtype)], 1)
-    cont = rollout(params, model_cfg, ids, msk, jax.random.fold_in(key, c + 1), group_size=samples,
-                   max_new_tokens=t - c - 1, temperature=1.0, stop_tokens=(task.vocab.EOS,))
-    for k, row in enumerate(rows):
-      head = ro.completion[row, :c + 1]
-      total = 0.0
-      for s in range(samples):
-        tail = cont.completion[k * samples + s][cont.completion_mask[k * samples + s] > 0]
-        total += task.reward(np.concatenate([head, tail]), answers[row])
-      if c < 0:
-        prompt_values[row] = total / samples
-      else:
-        values[row, c] = total / samples
-  return (jnp.asarray(values.reshape(p, group, t)), jnp.asarray(prompt_values.reshape(p, group)),
-          jnp.asarray(probs.reshape(p, group, t), jnp.float32))
-
-
-def masked_group_stats(rewards: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and unbiased std [P, 1] of each group's valid rows (std 0 with fewer than two)."""
-  cnt = valid.sum(1, keepdims=True)
-  mu = (rewards * valid).sum(1, keepdims=True) / np.maximum(cnt, 1)
-  var = (np.square(rewards - mu) * valid).sum(1, keepdims=True) / np.maximum(cnt - 1, 1)
-  return mu, np.where(cnt > 1, np.sqrt(var), 0.0)
-
-
-def spo_tree_token_advantages(rewards: np.ndarray, paths: np.ndarray, mask: np.ndarray):
-  """SPO-tree on TreePO tree rollouts with one-token segments: token d of a leaf gets V(node_{d+1}) − V(node_d).
-
-  Nodes are the distinct path prefixes of each prompt (node 0 the prompt); V is `tree_node_values`
-  (a leaf its reward, an inner node the mean of its children) and the edge advantage and keep mask are
-  `rl_jax.advantages.spo_tree` (official defaults: rloo mode, best-of-4 keep rule). Empty rows (path −1
-  at depth 1) are not part of the tree. Returns (advantages, keep) [P, G, T].
-  """
-  p, g, depth = paths.shape
-  n_max = 1 + g * depth
-  parent = np.full((p, n_max), -1, np.int32)
-  is_leaf = np.zeros((p, n_max), bool)
-  leaf_val = np.zeros((p, n_max), np.float32)
-  node_of = np.full((p, g, depth), -1, np.int32)                     # node id of leaf g at depth d + 1
-  for i in range(p):
-    ids = {(): 0}
-    for j in range(g):
-      if paths[i, j, 0] < 0:
-        continue
-      for d in range(depth):
-        if paths[i, j, d] < 0:
-          break
-        key = tuple(paths[i, j, :d + 1])
-        if key not in ids:
-          ids[key] = len(ids)
-          parent[i, ids[key]] = ids[key[:-1]]
-        node_of[i, j, d] = ids[key]
-      leaf = node_of[i, j][node_of[i, j] >= 0][-1]
-      is_leaf[i, leaf], leaf_val[i, leaf] = True, rewards[i, j]
-  values = advantages_lib.tree_node_values(leaf_val, parent, is_leaf)
-  edge, keep = (np.asarray(x) for x in advantages_lib.spo_tree(values, parent))
-  t = mask.shape[-1]
-  adv, kp = np.zeros((p, g, t), np.float32), np.zeros((p, g, t), np.float32)
-  for d in range(min(depth, t)):                                      # segment_len = 1: token d ↔ depth d + 1
-    node = node_of[:, :, d]
-    ok = node >= 0
-    adv[:, :, d] = np.where(ok, np.take_along_axis(edge, np.maximum(node, 0), 1), 0.0)
-    kp[:, :, d] = np.where(ok, np.take_along_axis(keep, np.maximum(node, 0), 1), 0.0)
-  m = (mask > 0).astype(np.float32)
-  return adv * m, kp * m
 
 
 def _nonzero_frac(x, mask) -> float:
   m = np.asarray(mask) > 0
   return float(((np.abs(np.asarray(x)) > 1e-6) & m).sum() / max(m.sum(), 1))
-
-
-def impute_empty_rows(rewards: np.ndarray, valid: np.ndarray) -> np.ndarray:
-  """Rewards [P, G] with each empty tree row (valid False) set to its group's mean over valid rows.
-
-  Empty rows are masked out of the loss; giving them the valid mean leaves every group mean, and so
-  every valid row's centred reward, as if the group held only its valid rows (empty rows share path
-  −1, a subtree of their own, so they never enter a valid row's subtree averages).
-  """
-  cnt = valid.sum(1, keepdims=True)
-  mean = np.where(cnt > 0, (rewards * valid).sum(1, keepdims=True) / np.maximum(cnt, 1), 0.0)
-  return np.where(valid, rewards, mean).astype(np.float32)
-
-
-def _first_width(group: int, depth: int) -> int:
-  """Smallest power-of-two first width that reaches `group` leaves with fork factor 2 in `depth` segments."""
-  w = group
-  while w % 2 == 0 and w // 2 * 2 ** (depth - 1) >= group:
-    w //= 2
-  return w
 
 
 def summarize(run: dict, budget: Budget) -> dict:

@@ -66,7 +66,7 @@ def main(argv=()) -> dict:
   notes = [f"Task: 1-digit addition, 2-layer d=64 transformer, {budget.sft_steps} supervised warm-up steps "
            f"(greedy accuracy after warm-up {common.mean_std(acc0)}), then {budget.rl_steps} RL steps × "
            f"{budget.prompts} prompts × {budget.group} samples (tree rollouts: one-token segments, first width "
-           f"{common._first_width(budget.group, 3)}, fork factor 2, forking at the highest-entropy open nodes), "
+           f"{common.first_width(budget.group, 3)}, fork factor 2, forking at the highest-entropy open nodes), "
            f"GRPO loss, {budget.epochs} epochs × {budget.minibatches} mini-batches; mean ± std over seeds "
            f"{list(args.seeds)}.",
            "Δ vs grpo (paired): final accuracy minus GRPO's (group rollouts) on the same seed, mean ± std over "

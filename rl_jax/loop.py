@@ -1,0 +1,561 @@
+"""The RL run loop behind every experiment: one place for what a run is and how it proceeds.
+
+An experiment supplies a `Task` (its prompts and verifier), its model, its evaluation and its config
+(a subclass of `RLConfig`); the loop owns the rest:
+
+  RunDir   the run directory: lock (one live process), settings guard (a resumed run must train as
+           the stored one), config.json, fresh-run cleanup of the logs, checkpoints, metrics logger;
+  Run      everything the run compiles, built before any compute: the device mesh, the optimizer,
+           the objective and advantage estimator (checked), and the sampler, log-prob forward and
+           train step jitted with explicit shardings from `rl_jax.sharding`;
+  train    the RL steps: prompts → rollouts (dynamic sampling: DAPO, arXiv 2503.14476) → rewards →
+           advantages (stateful estimators carry their per-question state, rebuilt from
+           rewards.jsonl on resume) → epochs × mini-batches of updates (`rl_iteration`, reference
+           model when β > 0) → metrics → checkpoint; SIGTERM saves a final checkpoint.
+
+Multi-host: every process runs the same steps on its devices; the run dir's files are written by
+process 0 only (each process holds its own lock file), checkpoints by Orbax on every process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+from typing import Callable, ClassVar, NamedTuple, Optional, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import rl_jax
+from rl_jax import advantages as advantages_lib
+from rl_jax import objectives as objectives_lib
+from rl_jax import registry, sharding
+from rl_jax.advantages.stateful import init_reward_stats
+from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
+from rl_jax.distributed import is_main_process
+from rl_jax.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, check, from_command_line, to_dict
+from rl_jax.metrics_log import MetricsLogger, read_metrics, rewrite_rows
+from rl_jax.progress import progress
+from rl_jax.run_dir import open_run, restart_logs
+from rl_jax.models.llama import sampler_dtype
+from rl_jax.sampling import DECODE_BLOCK, Samples, generate_raw
+from rl_jax.train import (RLBatch, Rollouts, Timer, TrainState, dynamic_sampling, init_state, make_logprob_fn,
+                          make_rl_step, rl_iteration)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RLConfig:
+  """The settings every RL experiment shares; an experiment's Config subclasses it (and may change defaults)."""
+  seed: int = 0
+  rl_steps: int = 8                 # RL iterations
+  prompts_per_step: int = 8         # P questions per step
+  group_size: int = 4               # G samples per question
+  temperature: float = 1.0          # rollout sampling temperature
+  top_p: float = 1.0                # rollout nucleus sampling
+  lr: float = 5e-6                  # Adam, global-norm clip 1.0
+  epochs: int = 1                   # optimizer passes per rollout batch (1 and minibatches 1: on-policy, no π_old pass)
+  minibatches: int = 1              # mini-batches per pass
+  objective: str = "grpo"           # any name in rl_jax.objectives.names() the loop can feed (see check_methods)
+  advantage: str = "grpo"           # group-reward estimators, "tempo" (token-level), "dcpo" (per-question state)
+  objective_args: str = ""          # the objective's keywords k=v,k2=v2 (or --objective.k=v), e.g. eps_high=0.3
+  advantage_args: str = ""          # the estimator's keywords (or --advantage.k=v), e.g. scale_by_std=false
+  beta: float = 0.0                 # KL to the reference (the initial policy); > 0 runs a reference forward
+  dynamic_sampling: bool = False    # DAPO: drop groups whose rewards all agree, refill from fresh prompts
+  max_gen_batches: int = 4          # DAPO: rollout batches tried per step before giving up (<= 0: unlimited)
+  checkpoint_every: int = 4         # RL steps between checkpoints (0 = never)
+  mesh: str = "1,1,1"               # device mesh data,fsdp,tensor (-1 = the remaining devices; 1,1,1 = one device)
+  run_dir: str = "results/run"
+  resume: bool = True               # continue from the latest checkpoint in run_dir
+  progress_bar: bool = True
+
+  BOUNDS: ClassVar[dict] = dict(
+      rl_steps=NON_NEGATIVE, prompts_per_step=AT_LEAST_ONE, group_size=AT_LEAST_ONE, temperature=POSITIVE, top_p=UNIT,
+      lr=POSITIVE, epochs=AT_LEAST_ONE, minibatches=AT_LEAST_ONE, beta=NON_NEGATIVE, checkpoint_every=NON_NEGATIVE)
+
+  def __post_init__(self):
+    check(self)            # the subclass's BOUNDS (which extend these)
+    if (self.prompts_per_step * self.group_size) % self.minibatches:
+      raise ValueError("prompts_per_step * group_size must be divisible by minibatches.")
+    mesh_config(self.mesh)
+    check_methods(self.objective, self.advantage, dynamic_sampling=self.dynamic_sampling)
+    objective_kwargs(self, 1)
+    advantage_kwargs(self)
+
+
+# Settings a resumed run may change: its length and bookkeeping. Any other change would continue a
+# checkpoint trained with other settings. Experiments add their evaluation settings.
+RESUMABLE = frozenset({"rl_steps", "run_dir", "resume", "progress_bar", "checkpoint_every"})
+
+
+def mesh_config(text: str) -> sharding.MeshConfig:
+  """'data,fsdp,tensor' (e.g. '2,2,2', '-1,1,1') -> MeshConfig; errors name the option."""
+  parts = text.split(",")
+  try:
+    sizes = [int(p) for p in parts]
+  except ValueError:
+    sizes = []
+  if len(sizes) != 3 or any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+    raise ValueError(f"--mesh expects three sizes data,fsdp,tensor (positive, at most one -1), got {text!r}.")
+  return sharding.MeshConfig(*sizes)
+
+
+# ------------------------------------------------------------------------------------------ methods
+
+# What the loop can feed an objective's keyword-only arguments without a default.
+OBJECTIVE_INPUTS = {"entropy": "the policy's token entropies", "token_ids": "the completion tokens",
+                    "group_size": "the group layout", "rng": "a fresh key per update",
+                    "rollout_logp": "the sampler's log-probs"}
+# Keywords the run sets from its own config (not through --objective.KEY=VALUE).
+LOOP_KEYWORDS = ("beta", "group_size", "rng", "rollout_logp", "entropy", "token_ids")
+# Advantage estimators beyond the ones that read only the group rewards [P, G].
+TOKEN_ADVANTAGES = ("tempo",)        # (tokens [P, G, T], mask, rewards)
+STATEFUL_ADVANTAGES = ("dcpo",)      # (rewards, question ids, per-question state)
+
+
+def reward_advantages() -> list[str]:
+  """Registered advantages computed from the group rewards [P, G] alone (one required argument, `rewards`)."""
+  return [n for n in advantages_lib.names() if registry.positional(advantages_lib.get(n)) == ["rewards"]
+          and not registry.needs(advantages_lib.get(n))]
+
+
+def check_methods(objective: str, advantage: str, *, dynamic_sampling: bool = False) -> None:
+  """Raises a ValueError naming what is missing when the loop cannot run `objective` with `advantage`."""
+  if objective not in objectives_lib.names():
+    raise ValueError(f"Unknown objective {objective!r}; choose from {objectives_lib.names()}.")
+  if advantage not in advantages_lib.names():
+    raise ValueError(f"Unknown advantage {advantage!r}; choose from {advantages_lib.names()}.")
+  missing = [n for n in registry.needs(objectives_lib.get(objective)) if n not in OBJECTIVE_INPUTS]
+  if missing:
+    raise ValueError(f"objective={objective} needs {missing}, which the RL loop does not provide (it provides "
+                     f"{sorted(OBJECTIVE_INPUTS)}).")
+  runnable = reward_advantages() + list(TOKEN_ADVANTAGES) + list(STATEFUL_ADVANTAGES)
+  if advantage not in runnable:
+    fn = advantages_lib.get(advantage)
+    raise ValueError(f"Advantage {advantage!r} cannot run here: it needs {registry.positional(fn) + registry.needs(fn)},"
+                     f" which the RL loop does not provide; choose one of {sorted(runnable)}.")
+  if advantage in STATEFUL_ADVANTAGES and dynamic_sampling:
+    raise ValueError(f"advantage={advantage} keeps per-question statistics; it does not run with "
+                     "dynamic_sampling (which drops and refills groups).")
+
+
+def parse_keywords(fn: Callable, text: str, what: str, *, reserved: Sequence[str] = ()) -> dict:
+  """'k=v,k2=v2' -> keywords for `fn`, each value parsed as the type of the keyword's default; unknown
+  keywords, reserved ones (set by the run itself) and unparsable values are ValueErrors naming them."""
+  out = {}
+  defaults = registry.hyperparameters(fn)
+  for item in filter(None, text.split(",")):
+    key, eq, value = item.partition("=")
+    key = key.strip()
+    if not eq or not key:
+      raise ValueError(f"{what} keywords look like key=value, got {item!r}.")
+    if key in reserved:
+      raise ValueError(f"{what}: {key} is set by the run (--{key} or the task), not as a keyword.")
+    out[key] = _parse_value(defaults.get(key), value.strip(), f"{what}.{key}")
+  registry.check_keywords(fn, out, what)
+  return out
+
+
+def _parse_value(default, text: str, name: str):
+  kind = type(default)
+  try:
+    if kind is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError
+      return text.lower() in ("true", "1")
+    if kind in (int, float, str):
+      return kind(text)
+  except ValueError:
+    raise ValueError(f"--{name} expects {kind.__name__}, got {text!r}.") from None
+  for parse in (int, float):   # no typed default (None): a number if it reads as one
+    try:
+      return parse(text)
+    except ValueError:
+      pass
+  return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def objective_kwargs(cfg: RLConfig, max_new_tokens: int) -> dict:
+  """The named objective's keywords: β, the group size, the constant length normaliser (max_new_tokens
+  when it has no default), then --objective.KEY=VALUE (cfg.objective_args)."""
+  fn = objectives_lib.get(cfg.objective)
+  defaults, kw = registry.hyperparameters(fn), {}
+  if registry.takes(fn, "beta") or registry.accepts_any_keyword(fn):   # TIS / MIS pass it to their base
+    kw["beta"] = cfg.beta
+  if registry.takes(fn, "group_size"):
+    kw["group_size"] = cfg.group_size
+  if "max_len" in defaults and defaults["max_len"] is None:
+    kw["max_len"] = max_new_tokens
+  kw.update(parse_keywords(fn, cfg.objective_args, f"objective {cfg.objective}", reserved=LOOP_KEYWORDS))
+  return kw
+
+
+def advantage_kwargs(cfg: RLConfig) -> dict:
+  """--advantage.KEY=VALUE (cfg.advantage_args) for the named estimator."""
+  return parse_keywords(advantages_lib.get(cfg.advantage), cfg.advantage_args, f"advantage {cfg.advantage}")
+
+
+def needs_groups(objective: Callable) -> bool:
+  """Whether the objective reads the group layout of a mini-batch (GTPO's `group_size`): then mini-batches
+  hold whole groups in order."""
+  return registry.takes(objective, "group_size")
+
+
+def command_line(config, argv: Sequence[str], doc: str = ""):
+  """`rl_jax.config.from_command_line`, where --objective.KEY=VALUE and --advantage.KEY=VALUE are the
+  chosen method's keywords (collected into objective_args / advantage_args, checked before compute)."""
+  rest, methods = [], {"objective": [], "advantage": []}
+  for arg in argv:
+    head = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+    kind, dot, _ = head.partition(".")
+    if dot and kind in methods:
+      methods[kind].append(arg[len(kind) + 3:])
+    else:
+      rest.append(arg)
+  rest += [f"--{kind}_args=" + ",".join(items) for kind, items in methods.items() if items]
+  return from_command_line(config, rest, doc)
+
+
+# --------------------------------------------------------------------------------------------- task
+
+class Prompts(NamedTuple):
+  ids: np.ndarray            # [P, L] int32, left-padded
+  mask: np.ndarray           # [P, L]
+  answers: list              # per prompt, whatever the verifier reads
+  question_ids: np.ndarray   # [P] int, stable ids (keys of per-question state)
+
+
+class Scored(NamedTuple):
+  rewards: np.ndarray        # [P, G] float32
+  row: dict                  # scalars for the step's metrics row (e.g. train_accuracy)
+  sample: Optional[dict] = None   # one example for samples.jsonl (None: not written)
+
+
+class Task(Protocol):
+  """What an experiment supplies to the loop."""
+  max_new_tokens: int
+  stop_tokens: tuple
+  num_questions: int         # size of the question-id space (per-question state)
+
+  def prompts(self, step: int, attempt: int) -> Prompts:
+    """The prompts of data position (step, attempt); attempt > 0 are dynamic-sampling refills, which must
+    never reuse another step's prompts."""
+
+  def score(self, rollouts: Rollouts, prompts: Prompts) -> Scored:
+    """Rewards of the rows of `rollouts` (prompt i → rows i·G..i·G+G−1)."""
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+def rl_optimizer(lr: float) -> optax.GradientTransformation:
+  """Adam with global-norm clipping 1.0."""
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
+
+
+class Run:
+  """Everything a run compiles, built before any compute (so it can also be compiled ahead of time).
+
+  `params` may be abstract (jax.ShapeDtypeStruct leaves): only shapes decide the layout. The mesh is
+  `cfg.mesh`; parameters, optimizer state and reference parameters are laid out by
+  `rl_jax.sharding.state_shardings`, rollout rows over data × fsdp. `sampler`, `logprob_fn` and
+  `train_step` are jax.jit functions with explicit in/out shardings, one per input shape.
+  """
+
+  def __init__(self, cfg: RLConfig, model_cfg, params, task: Task, *, objective: Optional[Callable] = None,
+               objective_kw: Optional[dict] = None, devices: Optional[Sequence] = None, micro_batches: int = 1,
+               logprob_micro_batches: int = 1, decode_block: int = DECODE_BLOCK):
+    self.cfg, self.model_cfg, self.task = cfg, model_cfg, task
+    self.micro_batches, self.logprob_micro_batches = micro_batches, logprob_micro_batches
+    self.decode_block = decode_block
+    self.mesh = make_mesh(cfg.mesh, devices)
+    self.optimizer = rl_optimizer(cfg.lr)
+    self.objective = objective or objectives_lib.get(cfg.objective)
+    self.objective_kw = dict(objective_kw or {}) if objective else objective_kwargs(cfg, task.max_new_tokens)
+    self.advantage, self.advantage_kw = cfg.advantage, advantage_kwargs(cfg)
+    abstract = jax.eval_shape(lambda p: init_state(p, self.optimizer, jax.random.PRNGKey(0)), params)
+    self.state_sharding = sharding.state_shardings(self.mesh, abstract, self.optimizer)
+    self.param_sharding = self.state_sharding.params
+    try:
+      self._kw_key = tuple(sorted(self.objective_kw.items()))
+      hash(self._kw_key)
+    except TypeError:   # keywords holding arrays: this run's own compile
+      self._kw_key = object()
+
+  def rows(self, n: int, ndim: int = 2) -> NamedSharding:
+    """Sharding of an array whose leading axis holds `n` rollout rows (data × fsdp when they divide)."""
+    return NamedSharding(self.mesh, sharding.fit_spec(self.mesh, P(sharding.BATCH), (n,) + (1,) * (ndim - 1)))
+
+  def place_state(self, state: TrainState) -> TrainState:
+    return jax.device_put(state, self.state_sharding)
+
+  def place_params(self, params):
+    return None if params is None else jax.device_put(params, self.param_sharding)
+
+  def init_state(self, params, rng) -> TrainState:
+    return self.place_state(init_state(params, self.optimizer, rng))
+
+  def _cached(self, key, build):
+    """One jitted function per key, shared by every Run of the same model and mesh (a grid of runs, or a
+    test over many methods, compiles each function once)."""
+    kind = key[0]
+    settings = {"sample": (self.cfg.temperature, self.cfg.top_p, self.task.max_new_tokens,
+                           tuple(self.task.stop_tokens), self.decode_block),
+                "logp": (), "step": (self.cfg.lr, self.objective, self._kw_key)}[kind]
+    full = (self.model_cfg, self.mesh, settings) + tuple(key)
+    if full not in _COMPILED:
+      _COMPILED[full] = build()
+    return _COMPILED[full]
+
+  def sampler(self, n: int, prompt_len: int) -> Callable:
+    """Jitted (params, prompts [n, L], mask, rng) -> Samples with the run's sampling settings."""
+    t = self.task
+
+    def build():
+      fn = lambda params, prompts, mask, rng: generate_raw(
+          params, self.model_cfg, prompts, mask, rng, max_new_tokens=t.max_new_tokens,
+          temperature=self.cfg.temperature, top_p=self.cfg.top_p, stop_tokens=tuple(t.stop_tokens),
+          dtype=sampler_dtype(self.model_cfg), decode_block=self.decode_block)
+      rows = self.rows(n)
+      return jax.jit(fn, in_shardings=(self.param_sharding, rows, rows, NamedSharding(self.mesh, P())),
+                     out_shardings=Samples(rows, rows, rows))
+    return self._cached(("sample", n, prompt_len), build)
+
+  def logprob_fn(self, prompt_len: int) -> Callable:
+    """(params, tokens [B, L + T], attn) -> completion log-probs [B, T], jitted per batch size."""
+    raw = make_logprob_fn(self.model_cfg, prompt_len=prompt_len, micro_batches=self.logprob_micro_batches, jit=False)
+
+    def fn(params, tokens, attn):
+      rows = self.rows(tokens.shape[0])
+      jitted = self._cached(("logp", prompt_len, tokens.shape[0]), lambda: jax.jit(
+          raw, in_shardings=(self.param_sharding, rows, rows), out_shardings=rows))
+      return jitted(params, tokens, attn)
+    return fn
+
+  def train_step(self, prompt_len: int) -> Callable:
+    """(state, RLBatch) -> (state, metrics), jitted per batch layout with the state's shardings."""
+    raw = make_rl_step(self.model_cfg, self.optimizer, self.objective, self.objective_kw, prompt_len=prompt_len,
+                       jit=False, micro_batches=self.micro_batches)
+
+    def fn(state, batch: RLBatch):
+      shapes = tuple(None if x is None else x.shape for x in batch)
+      batch_sh = jax.tree.map(lambda x: self.rows(x.shape[0], x.ndim), batch)
+      jitted = self._cached(("step", prompt_len, shapes), lambda: jax.jit(
+          raw, in_shardings=(self.state_sharding, batch_sh), out_shardings=(self.state_sharding, None)))
+      return jitted(state, batch)
+    return fn
+
+  def rollout(self, params, prompts: Prompts, key) -> Rollouts:
+    """`group_size` samples per prompt (prompt i → rows i·G..i·G+G−1) from the run's sampler."""
+    g = self.cfg.group_size
+    p_rep, m_rep = np.repeat(prompts.ids, g, axis=0), np.repeat(prompts.mask, g, axis=0)
+    out = self.sampler(*p_rep.shape)(params, jnp.asarray(p_rep), jnp.asarray(m_rep), key)
+    comp, cmask, lp = (np.asarray(x) for x in out)
+    tokens = np.concatenate([p_rep, comp], axis=1)
+    attn = np.concatenate([m_rep, cmask.astype(np.int32)], axis=1)
+    return Rollouts(tokens, attn, comp, cmask, lp)
+
+
+_COMPILED: dict = {}   # Run._cached
+
+
+def make_mesh(text: str, devices: Optional[Sequence] = None):
+  """The run's mesh: with no −1 axis, the first data·fsdp·tensor devices (so '1,1,1' is one device)."""
+  config = mesh_config(text)
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = (config.data, config.fsdp, config.tensor)
+  if -1 not in sizes:
+    need = int(np.prod(sizes))
+    if need > len(devices):
+      raise ValueError(f"--mesh={text} needs {need} devices, have {len(devices)}.")
+    devices = devices[:need]
+  return sharding.make_mesh(config, devices)
+
+
+# ------------------------------------------------------------------------------------------ run dir
+
+LOGS = ("metrics.jsonl", "rewards.jsonl", "samples.jsonl")
+
+
+class RunDir:
+  """Context manager: a run directory held by this process (RunLock) for the length of a run.
+
+  On entry: takes the lock before anything is written; refuses a checkpoint past cfg.rl_steps; then
+  `rl_jax.run_dir.open_run`: a resumed run must not change any setting outside `resumable`
+  (SettingsChanged, nothing written), resume=false moves an earlier run aside; config.json holds the
+  settings (cfg, plus `extra_settings` such as a custom objective's name). `restore` then chooses the
+  checkpoint (or restarts the logs of a run with none) and opens `logger` (metrics.jsonl, process 0).
+  """
+
+  def __init__(self, cfg: RLConfig, *, resumable=RESUMABLE, keep: int = 3, extra_settings: Optional[dict] = None):
+    self.cfg, self.resumable, self.keep = cfg, frozenset(resumable), keep
+    self.settings = dict(to_dict(cfg), **(extra_settings or {}))
+    self.path = pathlib.Path(cfg.run_dir)
+    self.primary = is_main_process()
+    self.logger = None
+    self._lock = RunLock(cfg.run_dir, process=jax.process_index())
+
+  def __enter__(self) -> "RunDir":
+    self._lock.__enter__()
+    try:
+      self._open()
+    except BaseException:
+      self._lock.__exit__(None, None, None)
+      raise
+    return self
+
+  def __exit__(self, *exc):
+    if self.logger is not None:
+      self.logger.close()
+    return self._lock.__exit__(*exc)
+
+  def _open(self):
+    cfg = self.cfg
+    self.ckpt = Checkpointer(self.path / "checkpoints", keep=self.keep)
+    if cfg.resume and self.ckpt.steps() and self.ckpt.steps()[-1] > cfg.rl_steps:
+      raise ValueError(f"{self.path} has a checkpoint at RL step {self.ckpt.steps()[-1]}, past rl_steps={cfg.rl_steps}.")
+    self.previous = open_run(self.path, self.settings, resume=cfg.resume, may_change=self.resumable)
+    print(f"rl_jax {rl_jax.__version__} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
+          f"config: {json.dumps(to_dict(cfg))}")
+
+  def restore(self, run: "Run", params, rng):
+    """(state, reference params, position) from the newest checkpoint all of whose items restore (laid out on
+    the run's mesh), or None: a fresh run (also when cfg.resume is false), whose logs start afresh."""
+    template = init_state(params, run.optimizer, rng)
+    restored = self.ckpt.restore_latest(template, params) if self.cfg.resume else None
+    if restored is None:
+      restart_logs(self.path, (*LOGS, "tb"))
+      self.logger = MetricsLogger(self.path)
+      return None
+    self.logger = MetricsLogger(self.path, purge_step=restored.position + 1)
+    ref = restored.ref_params(params) if self.cfg.beta > 0 else None
+    print(f"resumed from {restored.path} at RL step {restored.position}")
+    return run.place_state(restored.state(template)), run.place_params(ref), restored.position
+
+  def trim(self, position: int, *, drop_initial_eval: bool = False) -> None:
+    """Logs cut back to `position` for a resumed run: RL rows after it go (they are made again), so do
+    evaluation rows after step 0 (and the step-0 ones with `drop_initial_eval`)."""
+    if self.primary:
+      for name in LOGS:
+        if (self.path / name).exists():
+          rewrite_rows(self.path / name, lambda r: r["step"] <= position
+                       and not (r.get("phase") == "eval" and (r["step"] > 0 or drop_initial_eval)))
+
+  def append(self, name: str, row: dict) -> None:
+    if self.primary:
+      with open(self.path / name, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+def replay_dcpo_stats(log_rows: list, num_questions: int):
+  """DCPO's SAS statistics after the logged steps: a pure function of the reward history, so a resumed run
+  rebuilds them exactly from rewards.jsonl (rows {"step", "question_ids", "rewards"}) instead of a checkpoint."""
+  stats = init_reward_stats(num_questions)
+  for row in sorted(log_rows, key=lambda r: r["step"]):
+    _, stats = advantages_lib.dcpo(jnp.asarray(row["rewards"], jnp.float32), jnp.asarray(row["question_ids"]), stats)
+  return stats
+
+
+def advantage_state(run: Run, rd: RunDir, position: int):
+  """The stateful estimator's state at `position` (None for stateless ones), rebuilt from rewards.jsonl."""
+  if run.advantage not in STATEFUL_ADVANTAGES:
+    return None
+  log = read_metrics(rd.path / "rewards.jsonl")   # [] for a missing file
+  if len({r["step"] for r in log}) != position:
+    raise RuntimeError(f"rewards.jsonl holds {len(log)} steps, the checkpoint {position}: cannot rebuild "
+                       f"{run.advantage}'s statistics; start the run afresh (--resume=false).")
+  return replay_dcpo_stats(log, run.task.num_questions)
+
+
+def advantages(run: Run, ro: Rollouts, rewards: np.ndarray, question_ids: np.ndarray, adv_state):
+  """(advantages_fn for rl_iteration, the estimator's new state) for this step's rollouts."""
+  name, r = run.advantage, jnp.asarray(rewards, jnp.float32)
+  fn = functools.partial(advantages_lib.get(name), **run.advantage_kw)
+  if name in STATEFUL_ADVANTAGES:
+    adv, adv_state = fn(r, jnp.asarray(question_ids), adv_state)
+    return (lambda _, a=adv: a), adv_state
+  if name in TOKEN_ADVANTAGES:
+    p, g = rewards.shape
+    adv = fn(jnp.asarray(ro.completion.reshape(p, g, -1)), jnp.asarray(ro.completion_mask.reshape(p, g, -1)), r)
+    return (lambda _, a=adv: a), adv_state
+  return fn, adv_state
+
+
+def rl_step(run: Run, state: TrainState, step: int, ref_params, adv_state):
+  """One RL step on data position `step`: rollouts (with dynamic-sampling refills), rewards, advantages,
+  epochs × mini-batches of updates. Returns (state, metrics row, estimator state, rewards record, sample)."""
+  cfg, task, timer = run.cfg, run.task, Timer()
+  rng, key = jax.random.split(state.rng)
+  state = state._replace(rng=rng)
+  scored = []
+
+  def sample(attempt):
+    prompts = task.prompts(step, attempt)
+    ro = run.rollout(state.params, prompts, key if attempt == 0 else jax.random.fold_in(key, attempt))
+    scored.append((prompts, task.score(ro, prompts)))
+    return ro, scored[-1][1].rewards
+
+  if cfg.dynamic_sampling:
+    ro, rewards, ds = dynamic_sampling(sample, cfg.prompts_per_step, cfg.group_size, max_batches=cfg.max_gen_batches)
+  else:
+    (ro, rewards), ds = sample(0), {"gen_batches": 1, "short": 0}
+  gen_s = timer.elapsed()
+  prompts, first = scored[0]
+  adv_fn, adv_state = advantages(run, ro, rewards, prompts.question_ids, adv_state)
+  prompt_len = ro.tokens.shape[1] - ro.completion.shape[1]
+  state, m = rl_iteration(state, run.train_step(prompt_len), run.logprob_fn(prompt_len), ro, rewards, adv_fn,
+                          epochs=cfg.epochs, minibatches=cfg.minibatches, ref_params=ref_params,
+                          keep_groups=needs_groups(run.objective))
+  row = dict(m, reward=float(rewards.mean()), **first.row, gen_batches=ds["gen_batches"], gen_seconds=gen_s,
+             step_seconds=timer.elapsed(), tokens_per_s=float(ro.completion_mask.sum()) / timer.elapsed())
+  # the question ids of a dynamically sampled batch are not tracked
+  record = None if cfg.dynamic_sampling else {"question_ids": [int(i) for i in prompts.question_ids],
+                                              "rewards": np.asarray(rewards).tolist()}
+  return state, row, adv_state, record, first.sample
+
+
+def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,
+          evaluate: Optional[Callable[[dict], dict]] = None, eval_every: int = 0) -> tuple[TrainState, list]:
+  """RL steps start..cfg.rl_steps: each logs its row (metrics.jsonl, rewards.jsonl, samples.jsonl), is
+  evaluated every `eval_every` steps and at the last (`evaluate(params)` -> scalars merged into the row),
+  and checkpointed every cfg.checkpoint_every steps and at the last; SIGTERM saves a final checkpoint
+  and exits with status 143. Returns (final state, the rows of these steps)."""
+  cfg = run.cfg
+  adv_state = advantage_state(run, rd, start)
+  live = {"state": state, "position": start}
+
+  def final_checkpoint():
+    if cfg.checkpoint_every and rd.ckpt.saved != live["position"]:
+      rd.ckpt.save(live["position"], live["state"], ref_params)
+      print(f"SIGTERM: saved a final checkpoint at RL step {live['position']}")
+
+  history = []
+  bar = progress(range(start, cfg.rl_steps), desc=f"RL ({cfg.objective})", enabled=cfg.progress_bar)
+  with SaveOnSigterm(final_checkpoint) as sigterm:
+    for step in bar:
+      state, row, adv_state, record, sample = rl_step(run, live["state"], step, ref_params, adv_state)
+      last = step + 1 == cfg.rl_steps
+      if evaluate is not None and ((eval_every and (step + 1) % eval_every == 0) or last):
+        row.update(evaluate(state.params))
+      rd.logger.log(step + 1, row)
+      if record is not None:
+        rd.append("rewards.jsonl", dict(step=step + 1, **record))
+      if sample is not None:
+        rd.append("samples.jsonl", dict(step=step + 1, **sample))
+      history.append(row)
+      bar.set_postfix(reward=f"{row['reward']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
+      print(f"RL step {step + 1:4d} | " + " | ".join(f"{k} {row[k]:.3f}" for k in STEP_PRINT if k in row)
+            + f" | {row['step_seconds']:.1f}s")
+      live.update(state=state, position=step + 1)   # a SIGTERM saves a step only once its rows are written
+      if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or last):
+        with sigterm.deferred():
+          rd.ckpt.save(step + 1, state, ref_params)
+  return live["state"], history
+
+
+STEP_PRINT = ("reward", "train_accuracy", "accuracy", "clip_frac", "entropy", "response_len")
