@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pathlib
+import time
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -37,7 +38,10 @@ class MetricsLogger:
         pass
       else:
         # purge_step: a resumed run logs again from this step; TensorBoard hides the earlier events from it on
-        self._tb = tensorboardX.SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
+        # the suffix keeps two writers opened within one second (a quick resume) from sharing, and so
+        # truncating, one event file: tensorboardX names files by the second and the host only
+        self._tb = tensorboardX.SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step,
+                                              filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
   def log(self, step: int, metrics: dict, *, phase: str = "rl") -> None:
     if not self.enabled:
