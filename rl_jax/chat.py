@@ -42,6 +42,11 @@ def encode_prompts(tokenizer, texts: Sequence[str], *, bucket: int = 64, max_len
   width = round_up(longest, bucket)
   if max_len is not None:
     width = min(width, max_len)
+  return left_pad(rows, width, pad_id)
+
+
+def left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Token rows right-aligned in a [len(rows), width] int32 array (`pad_id` on the left) and their 0/1 mask."""
   ids = np.full((len(rows), width), pad_id, np.int32)
   mask = np.zeros((len(rows), width), np.int32)
   for i, r in enumerate(rows):

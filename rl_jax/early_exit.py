@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rl_jax.chat import left_pad
+
 
 def sample_exit_positions(rng: np.random.Generator, length: int, num_exits: int) -> list[int]:
   """S-GRPO exit positions: `num_exits − 1` distinct cut points drawn uniformly from 1..length−1, sorted,
@@ -45,10 +47,4 @@ def truncated_prompts(prompt_ids, prompt_mask, thought_ids, cuts: Sequence[int],
     raise ValueError(f"cuts must lie in [0, {len(thought)}], got {list(cuts)}.")
   prompt = p_ids[p_mask].tolist()
   rows = [prompt + thought[:c].tolist() + list(trigger_ids) for c in cuts]
-  width = max(len(r) for r in rows)
-  ids = np.full((len(rows), width), pad_id, np.int32)
-  mask = np.zeros((len(rows), width), np.int32)
-  for i, r in enumerate(rows):
-    ids[i, width - len(r):] = r
-    mask[i, width - len(r):] = 1
-  return ids, mask
+  return left_pad(rows, max(len(r) for r in rows), pad_id)
