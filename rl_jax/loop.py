@@ -231,7 +231,8 @@ class Prompts(NamedTuple):
 
 class Scored(NamedTuple):
   rewards: np.ndarray        # [P, G] float32
-  row: dict                  # scalars for the step's metrics row (e.g. train_accuracy)
+  row: dict                  # scalars for the step's metrics row: means over the rows (float, e.g. train_accuracy)
+                             # or counts (int, e.g. reward_failures); see batch_rows
   sample: Optional[dict] = None   # one example for samples.jsonl (None: not written)
 
 
@@ -311,18 +312,20 @@ class Run:
     return _COMPILED[full]
 
   def sampler(self, n: int, prompt_len: int) -> Callable:
-    """Jitted (params, prompts [n, L], mask, rng) -> Samples with the run's sampling settings."""
-    t = self.task
+    """Jitted (params, prompts [n, L], mask, rng) -> Samples [n·G, T] with the run's sampling settings: each
+    prompt is prefilled once and its KV cache shared by its G = cfg.group_size rows (prompt i → rows
+    i·G..i·G+G−1; row keys as for the n·G repeated prompts)."""
+    t, g = self.task, self.cfg.group_size
 
     def build():
       fn = lambda params, prompts, mask, rng: generate_raw(
           params, self.model_cfg, prompts, mask, rng, max_new_tokens=t.max_new_tokens,
           temperature=self.cfg.temperature, top_p=self.cfg.top_p, stop_tokens=tuple(t.stop_tokens),
-          dtype=sampler_dtype(self.model_cfg), decode_block=self.decode_block)
-      rows = self.rows(n)
+          dtype=sampler_dtype(self.model_cfg), decode_block=self.decode_block, group_size=g)
+      rows, out = self.rows(n), self.rows(n * g)
       return jax.jit(fn, in_shardings=(self.param_sharding, rows, rows, NamedSharding(self.mesh, P())),
-                     out_shardings=Samples(rows, rows, rows))
-    return self._cached(("sample", n, prompt_len), build)
+                     out_shardings=Samples(out, out, out))
+    return self._cached(("sample", n, prompt_len, g), build)
 
   def logprob_fn(self, prompt_len: int) -> Callable:
     """(params, tokens [B, L + T], attn) -> completion log-probs [B, T], jitted per batch size."""
@@ -351,9 +354,9 @@ class Run:
   def rollout(self, params, prompts: Prompts, key) -> Rollouts:
     """`group_size` samples per prompt (prompt i → rows i·G..i·G+G−1) from the run's sampler."""
     g = self.cfg.group_size
-    p_rep, m_rep = np.repeat(prompts.ids, g, axis=0), np.repeat(prompts.mask, g, axis=0)
-    out = self.sampler(*p_rep.shape)(params, jnp.asarray(p_rep), jnp.asarray(m_rep), key)
+    out = self.sampler(*prompts.ids.shape)(params, jnp.asarray(prompts.ids), jnp.asarray(prompts.mask), key)
     comp, cmask, lp = (np.asarray(x) for x in out)
+    p_rep, m_rep = np.repeat(prompts.ids, g, axis=0), np.repeat(prompts.mask, g, axis=0)
     tokens = np.concatenate([p_rep, comp], axis=1)
     attn = np.concatenate([m_rep, cmask.astype(np.int32)], axis=1)
     return Rollouts(tokens, attn, comp, cmask, lp)
@@ -486,6 +489,18 @@ def advantages(run: Run, ro: Rollouts, rewards: np.ndarray, question_ids: np.nda
   return fn, adv_state
 
 
+def batch_rows(rows: Sequence[dict]) -> dict:
+  """The step's task metrics from the `Scored.row` of each of its rollout batches (several under dynamic
+  sampling): integer values are counts, summed over the batches (e.g. reward_failures); other values are
+  means over a batch's P·G rows, so their mean over the batches is the mean over every sampled row."""
+  out = {}
+  for key in rows[0]:
+    values = [r[key] for r in rows]
+    counts = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
+    out[key] = int(sum(values)) if counts else float(np.mean(values))
+  return out
+
+
 def rl_step(run: Run, state: TrainState, step: int, ref_params, adv_state):
   """One RL step on data position `step`: rollouts (with dynamic-sampling refills), rewards, advantages,
   epochs × mini-batches of updates. Returns (state, metrics row, estimator state, rewards record, sample)."""
@@ -506,12 +521,13 @@ def rl_step(run: Run, state: TrainState, step: int, ref_params, adv_state):
     (ro, rewards), ds = sample(0), {"gen_batches": 1, "short": 0}
   gen_s = timer.elapsed()
   prompts, first = scored[0]
+  task_row = batch_rows([sc.row for _, sc in scored])
   adv_fn, adv_state = advantages(run, ro, rewards, prompts.question_ids, adv_state)
   prompt_len = ro.tokens.shape[1] - ro.completion.shape[1]
   state, m = rl_iteration(state, run.train_step(prompt_len), run.logprob_fn(prompt_len), ro, rewards, adv_fn,
                           epochs=cfg.epochs, minibatches=cfg.minibatches, ref_params=ref_params,
                           keep_groups=needs_groups(run.objective))
-  row = dict(m, reward=float(rewards.mean()), **first.row, gen_batches=ds["gen_batches"], gen_seconds=gen_s,
+  row = dict(m, reward=float(rewards.mean()), **task_row, gen_batches=ds["gen_batches"], gen_seconds=gen_s,
              step_seconds=timer.elapsed(), tokens_per_s=float(ro.completion_mask.sum()) / timer.elapsed())
   # the question ids of a dynamically sampled batch are not tracked
   record = None if cfg.dynamic_sampling else {"question_ids": [int(i) for i in prompts.question_ids],
