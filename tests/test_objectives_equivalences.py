@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rl_jax import objectives
+from rl_jax import objectives, registry
 from objective_cases import as_f32, make_batch, method_kwargs
 
 JIT = [False, True]
@@ -81,10 +81,9 @@ def test_on_policy_gradient_is_plain_policy_gradient(name, jit):
   fn = objectives.get(name)
   lp, a, m = as_f32(logp, adv, mask)
   _, grad = value_and_grad(fn, lp, lp, a, m, jit=jit, **kw)
-  import inspect
-  params = inspect.signature(fn).parameters
-  agg = AGG_OF.get(name, kw.get("agg", params["agg"].default if "agg" in params else "seq-mean-token-mean"))
-  max_len = kw.get("max_len", params["max_len"].default if "max_len" in params else None)
+  defaults = registry.hyperparameters(fn)
+  agg = AGG_OF.get(name, kw.get("agg", defaults.get("agg", "seq-mean-token-mean")))
+  max_len = kw.get("max_len", defaults.get("max_len"))
 
   def plain(lp_):
     per_token = -a[:, None] * lp_
