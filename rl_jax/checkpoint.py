@@ -1,11 +1,26 @@
-"""Orbax checkpoints of a training run: state (params, optimizer, step, RNG), reference params and
-the data position, one directory per RL step. Restoring needs a template pytree of the same
-structure (shapes and dtypes), so optimizer states and NamedTuples come back as they were saved.
+"""Checkpoints of a training run through orbax's `CheckpointManager`: one folder per saved RL step,
+`<directory>/<step>/`, holding composite items
 
-A checkpoint is chosen only after every item in it (state, reference params, extra arrays) restored: one
-that is half-written (no COMPLETE marker) or corrupt is skipped with a warning and the previous one is
-used; when every complete checkpoint fails, `restore_latest` raises `CorruptCheckpoints` instead of
-letting the run restart silently.
+  state       the TrainState: params, optimizer state, update counter, RNG key         (StandardSave)
+  ref_params  the reference policy's parameters, in runs with β > 0                     (StandardSave)
+  estimator   a stateful advantage estimator's per-question state (DCPO's statistics)   (StandardSave)
+  meta        {"format": 2, "position": RL step = data position, "items": [...]}        (JsonSave)
+
+Saves are asynchronous: `save` returns once the arrays are copied to host memory and a background thread
+writes them; the next `save`, `wait` and `close` wait for that write. A step folder gets its final name only
+when it is complete (orbax writes a temporary folder and renames it; on GCS a commit file marks it), so a
+kill mid-save leaves nothing that is read later, and the temporary folder is removed at the next start.
+Retention (the `keep` newest, plus every step divisible by `keep_every`) and deletion are the manager's: on
+several processes its primary process deletes, between barriers of all of them.
+
+`directory` goes through orbax's path layer (etils.epath): a local path or `gs://bucket/...` (no `os.path`).
+
+A checkpoint is chosen only once every item in it restored (with the caller's abstract templates, shardings
+included, so arrays come back laid out on the run's mesh): a corrupt newest one is skipped with a warning
+naming it and the previous one is used; when every checkpoint fails, `restore_latest` raises
+`CorruptCheckpoints`. The files are data, never code: tensorstore arrays and JSON, checked before use.
+`step_<n>/` folders are rl_jax's earlier layout (format 1: orbax StandardCheckpointer items and a COMPLETE
+marker); they are refused with `OldCheckpointLayout`, not read.
 """
 
 from __future__ import annotations
@@ -13,157 +28,188 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import re
-import shutil
 import signal
 import warnings
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+FORMAT = 2
+ITEMS = ("state", "ref_params", "estimator")
+_OLD_STEP_DIR = re.compile(r"^step_\d+$")
 
 
 class CorruptCheckpoints(RuntimeError):
-  """Checkpoints marked complete exist, and none of them restores."""
+  """Checkpoints exist, and none of them restores."""
+
+
+class OldCheckpointLayout(ValueError):
+  """The directory holds checkpoints in rl_jax's earlier layout (format 1)."""
 
 
 class Restored(NamedTuple):
-  path: pathlib.Path
-  position: int
-  checkpointer: "Checkpointer"
-  verified: dict = {}   # item -> the pytree restored while verifying (with the caller's template)
-
-  def state(self, template):
-    if "state" in self.verified:
-      return self.verified["state"]
-    return self.checkpointer._restore(self.path / "state", template)
-
-  def ref_params(self, template):
-    if "ref_params" in self.verified:
-      return self.verified["ref_params"]
-    path = self.path / "ref_params"
-    return self.checkpointer._restore(path, template) if path.exists() else None
-
-  def extra(self) -> dict:
-    path = self.path / "extra.npz"
-    return _load_npz(path) if path.exists() else {}
+  position: int            # the RL step saved, which is also the data position
+  state: Any
+  ref_params: Any = None
+  estimator: Any = None
 
 
-def _load_npz(path) -> dict:
-  with np.load(path, allow_pickle=False) as f:
-    return {k: f[k] for k in f.files}      # reads every array: a truncated file fails here
+def check_layout(directory) -> None:
+  """Raises OldCheckpointLayout when `directory` holds format-1 checkpoints (`step_<n>/` folders)."""
+  directory = epath.Path(directory)
+  old = sorted(p.name for p in directory.iterdir() if _OLD_STEP_DIR.match(p.name)) if directory.exists() else []
+  if old:
+    raise OldCheckpointLayout(
+        f"{directory} holds checkpoints in rl_jax's checkpoint format 1 ({', '.join(old)}: step_<n>/ folders with a "
+        f"COMPLETE marker); this rl_jax reads and writes only format {FORMAT} (orbax CheckpointManager, <step>/ "
+        "folders). Finish that run with the rl_jax release that wrote it, or start afresh with --resume=false "
+        "(the run dir's checkpoints and logs move to previous_runs/).")
 
 
-class Checkpointer:
-  """step_<position>/ directories under `directory`; after each save the `keep` newest up to the one just
-  written stay (older ones, and any past it, are removed). `saved` is the position whose complete checkpoint
-  this object last wrote or chose (None before), so a final save can be skipped when it would repeat it."""
+def saved_steps(directory) -> list[int]:
+  """The complete checkpoints' steps in `directory`, read without a manager (nothing is created)."""
+  directory = epath.Path(directory)
+  if not directory.exists():
+    return []
+  return sorted(m.step for m in ocp.path.step.standard_name_format().find_all(directory))
 
-  def __init__(self, directory, *, keep: int = 3):
+
+def abstract(tree, shardings=None):
+  """The restore template of `tree` (arrays or ShapeDtypeStructs): jax.ShapeDtypeStruct leaves with
+  `shardings` (a matching tree of jax.sharding.Sharding), or each leaf's own sharding when None."""
+  if shardings is None:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
+
+
+def all_processes(ok: bool) -> bool:
+  """Whether `ok` holds on every process (one all-gather on several; `ok` itself on one)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def check_meta(meta, step: int, wanted: list[str]) -> None:
+  """Raises ValueError unless `meta` (read from the checkpoint: untrusted) is this format's record of `step`
+  holding every item in `wanted`."""
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+    raise ValueError(f"meta: expected checkpoint format {FORMAT}, found {found!r}")
+  position, items = meta.get("position"), meta.get("items")
+  if type(position) is not int or position != step:
+    raise ValueError(f"meta: position {position!r} is not the step folder's {step}")
+  if not isinstance(items, list) or not set(items) <= set(ITEMS) or not all(isinstance(i, str) for i in items):
+    raise ValueError(f"meta: items {items!r} are not a list of {ITEMS}")
+  missing = sorted(set(wanted) - set(items))
+  if missing:
+    raise ValueError(f"the checkpoint holds no {missing}")
+
+
+class Checkpoints:
+  """The run's checkpoints: an `ocp.CheckpointManager` on `directory` with asynchronous saves, the `keep`
+  newest kept (and every step divisible by `keep_every` > 0). `saved` is the step this object last saved or
+  restored (None before), so a final save can be skipped when it would repeat it. Use as a context manager,
+  or `close()`: both wait for a save still being written."""
+
+  def __init__(self, directory, *, keep: int = 3, keep_every: int = 0, async_save: bool = True):
     if keep < 1:
       raise ValueError(f"keep must be >= 1 (the checkpoint just written is always kept), got {keep}.")
-    self.directory = pathlib.Path(directory).absolute()
-    self.keep = keep
+    if keep_every < 0:
+      raise ValueError(f"keep_every must be >= 0 (0: none kept beyond the newest), got {keep_every}.")
+    self.directory = epath.Path(directory)
+    check_layout(self.directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None,
+                                           enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
     self.saved: Optional[int] = None
-    self._ckpt = ocp.StandardCheckpointer()
+
+  def __enter__(self) -> "Checkpoints":
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+    return False
 
   def steps(self) -> list[int]:
-    if not self.directory.exists():
-      return []
-    found = [int(m.group(1)) for p in self.directory.iterdir() if (m := _STEP_DIR.match(p.name))]
-    return sorted(found)
+    return sorted(self._manager.all_steps())
 
-  def latest_path(self) -> Optional[pathlib.Path]:
-    steps = self.steps()
-    return self.directory / f"step_{steps[-1]}" if steps else None
-
-  def save(self, position: int, state, ref_params=None, extra: Optional[dict] = None) -> pathlib.Path:
-    """Writes step_<position>/ (state, ref_params, extra arrays) and marks it complete last."""
-    path = self.directory / f"step_{position}"
-    if path.exists():
-      shutil.rmtree(path)
-    path.mkdir(parents=True)
-    self._ckpt.save(path / "state", state)
-    if ref_params is not None:
-      self._ckpt.save(path / "ref_params", ref_params)
-    self._ckpt.wait_until_finished()
-    if extra:
-      np.savez(path / "extra.npz", **{k: np.asarray(v) for k, v in extra.items()})
-    (path / "COMPLETE").write_text(str(position))
+  def save(self, position: int, state, ref_params=None, estimator=None) -> None:
+    """Starts writing checkpoint `position` (returns once the arrays are on the host). Checkpoints numbered
+    from `position` on go first: left by an abandoned continuation, e.g. a corrupt newer checkpoint the run
+    fell back from (the manager deletes them on its primary process)."""
+    for step in self.steps():
+      if step >= position:
+        self._manager.delete(step)
+    items = {k: v for k, v in zip(ITEMS, (state, ref_params, estimator)) if v is not None}
+    meta = {"format": FORMAT, "position": position, "items": sorted(items)}
+    args = ocp.args.Composite(meta=ocp.args.JsonSave(meta),
+                              **{k: ocp.args.StandardSave(v) for k, v in items.items()})
+    self._manager.save(position, args=args, force=True)
     self.saved = position
-    for old in stale_steps(self.steps(), position, self.keep):
-      shutil.rmtree(self.directory / f"step_{old}", ignore_errors=True)
-    return path
 
-  def _restore(self, path, template):
-    if template is None:
-      return self._ckpt.restore(path)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    return self._ckpt.restore(path, abstract)
+  def wait(self) -> None:
+    """Blocks until the save being written (if any) is complete, raising its error if it failed."""
+    self._manager.wait_until_finished()
+    self._manager.check_for_errors()
 
-  def verify(self, path, template=None, ref_template=None) -> dict:
-    """Restores every item of the checkpoint at `path` (raises on the first that fails); returns
-    {item: pytree} for the items restored with a template. `ref_template` defaults to template.params."""
-    if ref_template is None:
-      ref_template = getattr(template, "params", None)
-    verified = {}
-    state = self._restore(path / "state", template)
-    if template is not None:
-      verified["state"] = state
-    if (path / "ref_params").exists():
-      ref = self._restore(path / "ref_params", ref_template)
-      if ref_template is not None:
-        verified["ref_params"] = ref
-    if (path / "extra.npz").exists():
-      _load_npz(path / "extra.npz")
-    return verified
+  def close(self) -> None:
+    self._manager.close()
 
-  def restore_latest(self, template=None, ref_template=None) -> Optional[Restored]:
-    """The newest complete checkpoint all of whose items restore; older ones are tried after a failure.
-    None when no checkpoint is complete; CorruptCheckpoints when complete ones exist and none restores."""
+  def reached_preemption(self, step: int) -> bool:
+    """Whether every process reached the preemption sync point at `step` (a multi-host run told to stop,
+    e.g. a TPU maintenance event: all save at this step). False without jax.distributed's preemption service."""
+    return self._manager.reached_preemption(step)
+
+  def restore(self, step: int, state, ref_params=None, estimator=None) -> Restored:
+    """Checkpoint `step` restored with abstract templates (see `abstract`; None: the item is not read); raises
+    on the first item that fails, and when the checkpoint lacks a requested item."""
+    templates = {k: v for k, v in zip(ITEMS, (state, ref_params, estimator)) if v is not None}
+    meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    check_meta(meta, step, sorted(templates))
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        **{k: ocp.args.StandardRestore(v) for k, v in templates.items()}))
+    return Restored(step, *(out[k] if k in templates else None for k in ITEMS))
+
+  def restore_latest(self, state, ref_params=None, estimator=None) -> Optional[Restored]:
+    """The newest checkpoint all of whose requested items restore on every process; older ones are tried after
+    a failure (a warning names it). None when there is no checkpoint; CorruptCheckpoints when none restores."""
     failures = []
     for step in reversed(self.steps()):
-      path = self.directory / f"step_{step}"
-      if not (path / "COMPLETE").exists():
-        warnings.warn(f"checkpoint {path} is incomplete; falling back to the previous one.")
-        continue
       try:
-        verified = self.verify(path, template, ref_template)
-      except Exception as e:  # corrupt or truncated files
-        failures.append(f"{path.name}: {type(e).__name__}: {str(e)[:200]}")
-        warnings.warn(f"checkpoint {path} could not be restored ({type(e).__name__}: {e}); "
-                      "falling back to the previous one.")
-        continue
-      self.saved = step
-      return Restored(path, step, self, verified)
+        restored, error = self.restore(step, state, ref_params, estimator), None
+      except Exception as e:  # corrupt or truncated files, a missing item
+        restored, error = None, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+      if all_processes(error is None):
+        self.saved = step
+        return restored
+      error = error or "failed on another process"
+      failures.append(f"step {step}: {error}")
+      warnings.warn(f"checkpoint at RL step {step} ({self.directory / str(step)}) could not be restored ({error}); "
+                    "falling back to the previous one.")
     if failures:
       raise CorruptCheckpoints(
-          f"every complete checkpoint in {self.directory} failed to restore ({'; '.join(failures)}). Nothing was "
-          "changed; to start afresh, run with --resume=false (the run dir's files are moved aside) or use "
-          "another run_dir.")
+          f"every checkpoint in {self.directory} failed to restore ({'; '.join(failures)}). Nothing was changed; to "
+          "start afresh, run with --resume=false (the run dir's files are moved aside) or use another run_dir.")
     return None
-
-
-def stale_steps(steps: list[int], written: int, keep: int) -> list[int]:
-  """Checkpoints to remove after writing `written`: those past it (left by an abandoned continuation, e.g.
-  a corrupt newer checkpoint that the run fell back from) and all but the `keep` newest up to it. The one
-  just written is never among them."""
-  upto = [s for s in steps if s <= written]
-  return [s for s in steps if s > written] + upto[:max(len(upto) - keep, 0)]
 
 
 class SaveOnSigterm:
   """Context manager: on SIGTERM, call `save_fn()` (a final checkpoint), then exit with status 143.
 
-  A SIGTERM that arrives inside `deferred()` (a regular checkpoint being written) waits for the block to end,
-  so the final save never writes into a directory that is being written; a second SIGTERM while the final
-  save runs is ignored.
+  A SIGTERM that arrives inside `deferred()` (a regular checkpoint being started) waits for the block to end,
+  so the final save never interleaves with it; a second SIGTERM while the final save runs is ignored.
+  With `install=False` no handler is installed (`deferred` blocks then change nothing): on several processes
+  jax.distributed's preemption service receives SIGTERM instead, and the run saves at the step
+  `Checkpoints.reached_preemption` names, on every process together.
   """
 
-  def __init__(self, save_fn: Callable[[], None]):
+  def __init__(self, save_fn: Callable[[], None], *, install: bool = True):
     self.save_fn = save_fn
+    self.install = install
     self._previous = None
     self._busy = 0
     self._pending = False
@@ -183,10 +229,12 @@ class SaveOnSigterm:
         return
       self._stop(signum)
 
-    try:
-      self._previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-      self._previous = None
+    self._previous = None
+    if self.install:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, handler)
+      except ValueError:  # not in the main thread
+        self._previous = None
     return self
 
   @contextlib.contextmanager

@@ -11,10 +11,13 @@ An experiment supplies a `Task` (its prompts and verifier), its model, its evalu
   train    the RL steps: prompts → rollouts (dynamic sampling: DAPO, arXiv 2503.14476) → rewards →
            advantages (stateful estimators carry their per-question state, rebuilt from
            rewards.jsonl on resume) → epochs × mini-batches of updates (`rl_iteration`, reference
-           model when β > 0) → metrics → checkpoint; SIGTERM saves a final checkpoint.
+           model when β > 0) → metrics → checkpoint (orbax CheckpointManager, asynchronous: the
+           state, reference params, estimator state and data position); SIGTERM saves a final
+           checkpoint, a multi-host preemption saves at the step every process reaches together.
 
 Multi-host: every process runs the same steps on its devices; the run dir's files are written by
-process 0 only (each process holds its own lock file), checkpoints by Orbax on every process.
+process 0 only (each process holds its own lock file); checkpoints are written by every process through
+the CheckpointManager, whose primary process alone deletes old ones.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import signal
 from typing import Callable, ClassVar, NamedTuple, Optional, Protocol, Sequence
 
 import jax
@@ -36,10 +40,10 @@ from rl_jax import advantages as advantages_lib
 from rl_jax import objectives as objectives_lib
 from rl_jax import registry, sharding
 from rl_jax.advantages.stateful import init_reward_stats
-from rl_jax.checkpoint import Checkpointer, RunLock, SaveOnSigterm
+from rl_jax.checkpoint import Checkpoints, RunLock, SaveOnSigterm, abstract, check_layout, saved_steps
 from rl_jax.distributed import is_main_process
 from rl_jax.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, check, from_command_line, to_dict
-from rl_jax.metrics_log import MetricsLogger, read_metrics, rewrite_rows
+from rl_jax.metrics_log import MetricsLogger, rewrite_rows
 from rl_jax.progress import progress
 from rl_jax.run_dir import open_run, restart_logs
 from rl_jax.models.llama import sampler_dtype
@@ -68,6 +72,9 @@ class RLConfig:
   dynamic_sampling: bool = False    # DAPO: drop groups whose rewards all agree, refill from fresh prompts
   max_gen_batches: int = 4          # DAPO: rollout batches tried per step before giving up (<= 0: unlimited)
   checkpoint_every: int = 4         # RL steps between checkpoints (0 = never)
+  checkpoint_keep: int = 3          # checkpoints kept: the newest ones
+  checkpoint_keep_every: int = 0    # also keep every checkpoint whose step is a multiple of this (0 = none)
+  checkpoint_dir: str = ""          # where checkpoints go, a local path or gs://...; "" = <run_dir>/checkpoints
   mesh: str = "1,1,1"               # device mesh data,fsdp,tensor (-1 = the remaining devices; 1,1,1 = one device)
   run_dir: str = "results/run"
   resume: bool = True               # continue from the latest checkpoint in run_dir
@@ -75,7 +82,8 @@ class RLConfig:
 
   BOUNDS: ClassVar[dict] = dict(
       rl_steps=NON_NEGATIVE, prompts_per_step=AT_LEAST_ONE, group_size=AT_LEAST_ONE, temperature=POSITIVE, top_p=UNIT,
-      lr=POSITIVE, epochs=AT_LEAST_ONE, minibatches=AT_LEAST_ONE, beta=NON_NEGATIVE, checkpoint_every=NON_NEGATIVE)
+      lr=POSITIVE, epochs=AT_LEAST_ONE, minibatches=AT_LEAST_ONE, beta=NON_NEGATIVE, checkpoint_every=NON_NEGATIVE,
+      checkpoint_keep=AT_LEAST_ONE, checkpoint_keep_every=NON_NEGATIVE)
 
   def __post_init__(self):
     check(self)            # the subclass's BOUNDS (which extend these)
@@ -89,7 +97,8 @@ class RLConfig:
 
 # Settings a resumed run may change: its length and bookkeeping. Any other change would continue a
 # checkpoint trained with other settings. Experiments add their evaluation settings.
-RESUMABLE = frozenset({"rl_steps", "run_dir", "resume", "progress_bar", "checkpoint_every"})
+RESUMABLE = frozenset({"rl_steps", "run_dir", "resume", "progress_bar", "checkpoint_every", "checkpoint_keep",
+                       "checkpoint_keep_every"})
 
 
 def mesh_config(text: str) -> sharding.MeshConfig:
@@ -386,19 +395,25 @@ LOGS = ("metrics.jsonl", "rewards.jsonl", "samples.jsonl")
 class RunDir:
   """Context manager: a run directory held by this process (RunLock) for the length of a run.
 
-  On entry: takes the lock before anything is written; refuses a checkpoint past cfg.rl_steps; then
-  `rl_jax.run_dir.open_run`: a resumed run must not change any setting outside `resumable`
-  (SettingsChanged, nothing written), resume=false moves an earlier run aside; config.json holds the
-  settings (cfg, plus `extra_settings` such as a custom objective's name). `restore` then chooses the
-  checkpoint (or restarts the logs of a run with none) and opens `logger` (metrics.jsonl, process 0).
+  On entry: takes the lock before anything is written; refuses checkpoints of rl_jax's earlier format and
+  a checkpoint past cfg.rl_steps; then `rl_jax.run_dir.open_run`: a resumed run must not change any setting
+  outside `resumable` (SettingsChanged, nothing written), resume=false moves an earlier run aside; config.json
+  holds the settings (cfg, plus `extra_settings` such as a custom objective's name). Then `ckpt` (a
+  `Checkpoints` on `checkpoint_dir(cfg)`) opens; `restore` chooses the checkpoint (or restarts the logs of a
+  run with none) and opens `logger` (metrics.jsonl, process 0). On exit the save still being written finishes.
+
+  The run dir's own files (lock, config.json, logs) are local files; only the checkpoints may live elsewhere
+  (`--checkpoint_dir`, e.g. gs://...).
   """
 
-  def __init__(self, cfg: RLConfig, *, resumable=RESUMABLE, keep: int = 3, extra_settings: Optional[dict] = None):
-    self.cfg, self.resumable, self.keep = cfg, frozenset(resumable), keep
+  def __init__(self, cfg: RLConfig, *, resumable=RESUMABLE, extra_settings: Optional[dict] = None):
+    self.cfg, self.resumable = cfg, frozenset(resumable)
     self.settings = dict(to_dict(cfg), **(extra_settings or {}))
     self.path = pathlib.Path(cfg.run_dir)
     self.primary = is_main_process()
     self.logger = None
+    self.ckpt: Optional[Checkpoints] = None
+    self.estimator = None       # the restored estimator state (stateful advantages)
     self._lock = RunLock(cfg.run_dir, process=jax.process_index())
 
   def __enter__(self) -> "RunDir":
@@ -411,32 +426,51 @@ class RunDir:
     return self
 
   def __exit__(self, *exc):
-    if self.logger is not None:
-      self.logger.close()
-    return self._lock.__exit__(*exc)
+    try:
+      if self.logger is not None:
+        self.logger.close()
+      if self.ckpt is not None:
+        self.ckpt.close()        # waits for the save being written
+    finally:
+      self._lock.__exit__(*exc)
+    return False
 
   def _open(self):
     cfg = self.cfg
-    self.ckpt = Checkpointer(self.path / "checkpoints", keep=self.keep)
-    if cfg.resume and self.ckpt.steps() and self.ckpt.steps()[-1] > cfg.rl_steps:
-      raise ValueError(f"{self.path} has a checkpoint at RL step {self.ckpt.steps()[-1]}, past rl_steps={cfg.rl_steps}.")
+    directory = checkpoint_dir(cfg)
+    if cfg.resume:
+      check_layout(directory)
+      steps = saved_steps(directory)
+      if steps and steps[-1] > cfg.rl_steps:
+        raise ValueError(f"{directory} has a checkpoint at RL step {steps[-1]}, past rl_steps={cfg.rl_steps}.")
+    elif cfg.checkpoint_dir and directory.exists() and any(directory.iterdir()):
+      raise ValueError(f"resume=false: --checkpoint_dir={cfg.checkpoint_dir} is not empty (an earlier run's "
+                       "checkpoints?); only the run dir's own files are moved aside. Empty it or choose another one.")
     self.previous = open_run(self.path, self.settings, resume=cfg.resume, may_change=self.resumable)
+    if jax.process_count() > 1:   # every process sees the earlier run moved aside before opening the checkpoints
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("rl_jax RunDir.open")
+    self.ckpt = Checkpoints(directory, keep=cfg.checkpoint_keep, keep_every=cfg.checkpoint_keep_every)
     print(f"rl_jax {rl_jax.__version__} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
           f"config: {json.dumps(to_dict(cfg))}")
 
   def restore(self, run: "Run", params, rng):
-    """(state, reference params, position) from the newest checkpoint all of whose items restore (laid out on
-    the run's mesh), or None: a fresh run (also when cfg.resume is false), whose logs start afresh."""
-    template = init_state(params, run.optimizer, rng)
-    restored = self.ckpt.restore_latest(template, params) if self.cfg.resume else None
+    """(state, reference params, position) from the newest checkpoint all of whose items restore, read straight
+    into the run's shardings, or None: a fresh run (also when cfg.resume is false), whose logs start afresh.
+    A stateful estimator's restored state is left in `self.estimator`."""
+    restored = None
+    if self.cfg.resume:
+      state = abstract(jax.eval_shape(lambda: init_state(params, run.optimizer, rng)), run.state_sharding)
+      ref = abstract(jax.eval_shape(lambda: params), run.param_sharding) if self.cfg.beta > 0 else None
+      restored = self.ckpt.restore_latest(state, ref, estimator_template(run))
     if restored is None:
       restart_logs(self.path, (*LOGS, "tb"))
       self.logger = MetricsLogger(self.path)
       return None
     self.logger = MetricsLogger(self.path, purge_step=restored.position + 1)
-    ref = restored.ref_params(params) if self.cfg.beta > 0 else None
-    print(f"resumed from {restored.path} at RL step {restored.position}")
-    return run.place_state(restored.state(template)), run.place_params(ref), restored.position
+    self.estimator = restored.estimator
+    print(f"resumed from {self.ckpt.directory / str(restored.position)} at RL step {restored.position}")
+    return restored.state, restored.ref_params, restored.position
 
   def trim(self, position: int, *, drop_initial_eval: bool = False) -> None:
     """Logs cut back to `position` for a resumed run: RL rows after it go (they are made again), so do
@@ -453,6 +487,12 @@ class RunDir:
         f.write(json.dumps(row) + "\n")
 
 
+def checkpoint_dir(cfg: RLConfig):
+  """Where the run's checkpoints go: --checkpoint_dir (a local path or gs://...), else <run_dir>/checkpoints."""
+  from etils import epath
+  return epath.Path(cfg.checkpoint_dir or pathlib.Path(cfg.run_dir) / "checkpoints")
+
+
 # --------------------------------------------------------------------------------------------- loop
 
 def replay_dcpo_stats(log_rows: list, num_questions: int):
@@ -464,15 +504,22 @@ def replay_dcpo_stats(log_rows: list, num_questions: int):
   return stats
 
 
-def advantage_state(run: Run, rd: RunDir, position: int):
-  """The stateful estimator's state at `position` (None for stateless ones), rebuilt from rewards.jsonl."""
+def estimator_template(run: Run):
+  """The restore template of the stateful estimator's state (host arrays), None for stateless estimators."""
   if run.advantage not in STATEFUL_ADVANTAGES:
     return None
-  log = read_metrics(rd.path / "rewards.jsonl")   # [] for a missing file
-  if len({r["step"] for r in log}) != position:
-    raise RuntimeError(f"rewards.jsonl holds {len(log)} steps, the checkpoint {position}: cannot rebuild "
-                       f"{run.advantage}'s statistics; start the run afresh (--resume=false).")
-  return replay_dcpo_stats(log, run.task.num_questions)
+  return jax.tree.map(np.asarray, jax.device_get(init_reward_stats(run.task.num_questions)))
+
+
+def advantage_state(run: Run, rd: RunDir, position: int):
+  """The stateful estimator's state at `position` (None for stateless ones): fresh at 0, else the checkpoint's."""
+  if run.advantage not in STATEFUL_ADVANTAGES:
+    return None
+  if position == 0:
+    return init_reward_stats(run.task.num_questions)
+  if rd.estimator is None:
+    raise RuntimeError(f"no {run.advantage} statistics restored for RL step {position}.")
+  return jax.tree.map(jnp.asarray, rd.estimator)
 
 
 def advantages(run: Run, ro: Rollouts, rewards: np.ndarray, question_ids: np.ndarray, adv_state):
@@ -539,20 +586,26 @@ def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,
           evaluate: Optional[Callable[[dict], dict]] = None, eval_every: int = 0) -> tuple[TrainState, list]:
   """RL steps start..cfg.rl_steps: each logs its row (metrics.jsonl, rewards.jsonl, samples.jsonl), is
   evaluated every `eval_every` steps and at the last (`evaluate(params)` -> scalars merged into the row),
-  and checkpointed every cfg.checkpoint_every steps and at the last; SIGTERM saves a final checkpoint
-  and exits with status 143. Returns (final state, the rows of these steps)."""
-  cfg = run.cfg
+  and checkpointed every cfg.checkpoint_every steps and at the last (asynchronously: the next step runs while
+  it is written). SIGTERM on a single process saves a final checkpoint of the last logged step; on several
+  processes, jax's preemption service makes every process save at the same step (`reached_preemption`).
+  Either way the run waits for the write and exits with status 143. Returns (final state, these steps' rows)."""
+  cfg, ckpt = run.cfg, rd.ckpt
   adv_state = advantage_state(run, rd, start)
-  live = {"state": state, "position": start}
+  live = {"state": state, "position": start, "adv_state": adv_state}
+
+  def save(position, state, adv_state):
+    ckpt.save(position, state, ref_params, None if adv_state is None else jax.device_get(adv_state))
 
   def final_checkpoint():
-    if cfg.checkpoint_every and rd.ckpt.saved != live["position"]:
-      rd.ckpt.save(live["position"], live["state"], ref_params)
+    if cfg.checkpoint_every and ckpt.saved != live["position"]:
+      save(live["position"], live["state"], live["adv_state"])
       print(f"SIGTERM: saved a final checkpoint at RL step {live['position']}")
+    ckpt.wait()
 
   history = []
   bar = progress(range(start, cfg.rl_steps), desc=f"RL ({cfg.objective})", enabled=cfg.progress_bar)
-  with SaveOnSigterm(final_checkpoint) as sigterm:
+  with SaveOnSigterm(final_checkpoint, install=jax.process_count() == 1) as sigterm:
     for step in bar:
       state, row, adv_state, record, sample = rl_step(run, live["state"], step, ref_params, adv_state)
       last = step + 1 == cfg.rl_steps
@@ -567,10 +620,17 @@ def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,
       bar.set_postfix(reward=f"{row['reward']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
       print(f"RL step {step + 1:4d} | " + " | ".join(f"{k} {row[k]:.3f}" for k in STEP_PRINT if k in row)
             + f" | {row['step_seconds']:.1f}s")
-      live.update(state=state, position=step + 1)   # a SIGTERM saves a step only once its rows are written
-      if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or last):
+      live.update(state=state, position=step + 1, adv_state=adv_state)   # saved by a SIGTERM from now on
+      preempted = ckpt.reached_preemption(step + 1)
+      if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or last or preempted):
         with sigterm.deferred():
-          rd.ckpt.save(step + 1, state, ref_params)
+          save(step + 1, state, adv_state)
+      if preempted:
+        print(f"preemption: every process saved RL step {step + 1}; exiting")
+        ckpt.wait()
+        raise SystemExit(128 + signal.SIGTERM)
+    with sigterm.deferred():
+      ckpt.wait()
   return live["state"], history
 
 

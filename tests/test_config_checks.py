@@ -70,7 +70,8 @@ NAN, INF = float("nan"), float("inf")
 
 @pytest.mark.parametrize("key, value", [
     ("lr", NAN), ("temperature", NAN), ("eval_every", 0), ("temperature", -1.0), ("sft_lr", INF),
-    ("checkpoint_every", -1), ("beta", -0.1), ("digits", 0), ("ops", "+/"),
+    ("checkpoint_every", -1), ("checkpoint_keep", 0), ("checkpoint_keep_every", -1), ("beta", -0.1), ("digits", 0),
+    ("ops", "+/"),
 ])
 def test_arithmetic_config_rejects_bad_values(key, value):
   with pytest.raises(ValueError, match=f"--{key}"):

@@ -15,7 +15,7 @@ import pytest
 
 from rl_jax.experiments import arithmetic_tiny as exp
 from rl_jax import checkpoint as ckpt_lib
-from rl_jax.checkpoint import Checkpointer, CorruptCheckpoints, SaveOnSigterm, stale_steps
+from rl_jax.checkpoint import Checkpoints, CorruptCheckpoints, SaveOnSigterm, abstract, saved_steps
 from rl_jax.metrics_log import MetricsLogger, read_metrics, rewrite_rows
 from rl_jax.run_dir import SettingsChanged, move_aside, open_run, settings_changes
 from rl_jax.train import init_state
@@ -87,52 +87,64 @@ def truncate_largest_file(folder):
 
 def test_retention_never_removes_the_checkpoint_just_written(tmp_path):
   s1, _ = small_states()
-  old = Checkpointer(tmp_path, keep=2)
-  for step in (10, 20, 30):                     # left by a longer run
-    old.save(step, s1)
-  new = Checkpointer(tmp_path, keep=2)
-  new.save(1, s1)
-  assert new.steps() == [1]                     # the higher, stale ones go; the one just written stays
-  new.save(2, s1)
-  new.save(3, s1)
-  assert new.steps() == [2, 3]
-  assert stale_steps([1, 2, 5, 9], 2, keep=1) == [5, 9, 1]
+  with Checkpoints(tmp_path, keep=2) as old:
+    for step in (10, 20, 30):                   # left by a longer run
+      old.save(step, s1)
+  assert saved_steps(tmp_path) == [20, 30]
+  with Checkpoints(tmp_path, keep=2) as new:
+    new.save(1, s1)
+    assert new.steps() == [1]                   # the higher, stale ones go; the one just written stays
+    new.save(2, s1)
+    new.save(3, s1)
+  assert saved_steps(tmp_path) == [2, 3]
+  with Checkpoints(tmp_path / "every", keep=1, keep_every=2) as ckpt:
+    for step in range(1, 6):
+      ckpt.save(step, s1)
+  assert saved_steps(tmp_path / "every") == [2, 4, 5]   # the newest, and each multiple of keep_every
   with pytest.raises(ValueError, match="keep must be >= 1"):
-    Checkpointer(tmp_path, keep=0)
+    Checkpoints(tmp_path, keep=0)
 
 
-def test_truncated_ref_params_or_extra_in_the_latest_checkpoint_falls_back(tmp_path):
+def corrupt_meta(path):
+  (path / "metadata").write_text(json.dumps({"format": 2, "position": 1, "items": ["state", "ref_params", "estimator"]}))
+
+
+def test_a_damaged_item_of_the_latest_checkpoint_falls_back_to_the_previous(tmp_path):
   s1, s2 = small_states()
-  for item in ("ref_params", "extra.npz"):
+  counts = {"count": np.arange(1000), "mean": np.ones(1000, np.float32)}
+  for item in ("state", "ref_params", "estimator", "meta"):
     d = tmp_path / item
-    ckpt = Checkpointer(d)
-    ckpt.save(1, s1, s1.params, extra={"a": np.arange(1000)})
-    ckpt.save(2, s2, s2.params, extra={"a": np.arange(1000)})
-    if item == "ref_params":
-      truncate_largest_file(d / "step_2" / "ref_params")
+    with Checkpoints(d) as ckpt:
+      ckpt.save(1, s1, s1.params, counts)
+      ckpt.save(2, s2, s2.params, {k: v + 1 for k, v in counts.items()})
+    if item == "meta":                          # the JSON record names another step
+      corrupt_meta(d / "2" / "meta")
     else:
-      p = d / "step_2" / "extra.npz"
-      p.write_bytes(p.read_bytes()[:200])
-    with pytest.warns(UserWarning, match="step_2 could not be restored"):
-      restored = Checkpointer(d).restore_latest(s1)
-    assert restored.position == 1
-    np.testing.assert_array_equal(restored.ref_params(s1.params)["w"], s1.params["w"])
-    np.testing.assert_array_equal(restored.extra()["a"], np.arange(1000))
+      truncate_largest_file(d / "2" / item)
+    with Checkpoints(d) as ckpt, pytest.warns(UserWarning, match="RL step 2 .*could not be restored"):
+      restored = ckpt.restore_latest(abstract(s1), abstract(s1.params), counts)
+    assert restored.position == 1, item
+    np.testing.assert_array_equal(restored.state.params["w"], s1.params["w"])
+    np.testing.assert_array_equal(restored.ref_params["w"], s1.params["w"])
+    np.testing.assert_array_equal(restored.estimator["count"], counts["count"])
 
 
-def test_every_checkpoint_corrupt_raises_and_only_incomplete_ones_restart(tmp_path):
+def test_every_checkpoint_corrupt_raises_and_only_unfinished_ones_restart(tmp_path):
   s1, s2 = small_states()
-  ckpt = Checkpointer(tmp_path / "corrupt")
-  ckpt.save(1, s1)
-  ckpt.save(2, s2)
+  with Checkpoints(tmp_path / "corrupt") as ckpt:
+    ckpt.save(1, s1)
+    ckpt.save(2, s2)
   for step in (1, 2):
-    truncate_largest_file(tmp_path / "corrupt" / f"step_{step}" / "state")
-  with pytest.warns(UserWarning), pytest.raises(CorruptCheckpoints, match="every complete checkpoint in .*--resume=false"):
-    ckpt.restore_latest(s1)
-  assert ckpt.steps() == [1, 2]                 # nothing removed
-  (tmp_path / "incomplete" / "step_1").mkdir(parents=True)
-  with pytest.warns(UserWarning, match="incomplete"):
-    assert Checkpointer(tmp_path / "incomplete").restore_latest(s1) is None
+    truncate_largest_file(tmp_path / "corrupt" / str(step) / "state")
+  with Checkpoints(tmp_path / "corrupt") as ckpt:
+    with pytest.warns(UserWarning), pytest.raises(CorruptCheckpoints, match="every checkpoint in .*--resume=false"):
+      ckpt.restore_latest(abstract(s1))
+    assert ckpt.steps() == [1, 2]               # nothing removed
+    with pytest.warns(UserWarning), pytest.raises(CorruptCheckpoints, match="holds no .'ref_params'"):
+      ckpt.restore_latest(abstract(s1), abstract(s1.params))    # an item the run needs is missing
+  (tmp_path / "unfinished" / "1.orbax-checkpoint-tmp").mkdir(parents=True)
+  with Checkpoints(tmp_path / "unfinished") as ckpt:
+    assert ckpt.restore_latest(abstract(s1)) is None
 
 
 def test_half_written_last_line_is_dropped_with_a_warning_and_a_bad_middle_line_raises(tmp_path):
@@ -190,8 +202,8 @@ def test_new_run_in_a_used_dir_keeps_its_own_checkpoints_and_resumes_its_own_wei
   exp.main(tiny(d, seed=1, rl_steps=4))                       # another run, with higher checkpoint steps
   with pytest.warns(UserWarning, match="moved to"):
     exp.main(tiny(d, rl_steps=2, resume=False))                # the new run, cut after 2 steps
-  assert Checkpointer(d / "checkpoints").steps() == [1, 2]
-  assert Checkpointer(d / "previous_runs" / "1" / "checkpoints").steps() == [2, 3, 4]
+  assert saved_steps(d / "checkpoints") == [1, 2]
+  assert saved_steps(d / "previous_runs" / "1" / "checkpoints") == [2, 3, 4]
   exp.main(tiny(d))                                            # resumes the new run, not the old one
   assert_same_rows(rows(d), full)
 
@@ -210,13 +222,13 @@ def test_restart_from_scratch_does_not_repeat_steps_and_all_corrupt_is_an_error(
   d = tmp_path / "run"
   exp.main(tiny(d, rl_steps=2))
   for step in (1, 2):                                          # every checkpoint corrupt
-    truncate_largest_file(d / "checkpoints" / f"step_{step}" / "state")
+    truncate_largest_file(d / "checkpoints" / str(step) / "state")
   logged = (d / "metrics.jsonl").read_text()
   with pytest.warns(UserWarning, match="could not be restored"), pytest.raises(CorruptCheckpoints):
     exp.main(tiny(d))
   assert (d / "metrics.jsonl").read_text() == logged           # the error changed nothing
   for step in (1, 2):                                          # the first checkpoint was killed mid-write
-    (d / "checkpoints" / f"step_{step}" / "COMPLETE").unlink()
+    (d / "checkpoints" / str(step)).rename(d / "checkpoints" / f"{step}.orbax-checkpoint-tmp")
   with pytest.warns(UserWarning, match="restarts from step 0"):
     exp.main(tiny(d))
   assert_same_rows(rows(d), full)                              # steps 0..4 once each
@@ -255,7 +267,7 @@ def test_sigterm_during_an_evaluation_keeps_that_steps_row(tmp_path, monkeypatch
 
 def test_sigterm_during_a_regular_save_leaves_that_checkpoint_and_saves_nothing_into_it(tmp_path, monkeypatch, full):
   d = tmp_path / "run"
-  real = ckpt_lib.Checkpointer.save
+  real = ckpt_lib.Checkpoints.save
   depth, deepest, positions = [0], [0], []
 
   def save(self, position, *a, **k):
@@ -263,20 +275,46 @@ def test_sigterm_during_a_regular_save_leaves_that_checkpoint_and_saves_nothing_
     deepest[0] = max(deepest[0], depth[0])
     positions.append(position)
     try:
-      path = real(self, position, *a, **k)
+      out = real(self, position, *a, **k)
       if position == 2 and positions.count(2) == 1:
         os.kill(os.getpid(), signal.SIGTERM)                   # arrives before the save returns
         np.zeros(1).sum()                                      # (Python runs the handler at the next bytecode)
-      return path
+      return out
     finally:
       depth[0] -= 1
 
-  monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "save", save)
   with pytest.raises(SystemExit) as e:
     exp.main(tiny(d))
   assert e.value.code == 128 + signal.SIGTERM
   assert deepest[0] == 1 and positions == [1, 2]               # no save nested in the one being written
-  assert (d / "checkpoints" / "step_2" / "COMPLETE").exists()
-  monkeypatch.setattr(ckpt_lib.Checkpointer, "save", real)
+  assert saved_steps(d / "checkpoints") == [1, 2]            # complete: the exit waited for the write
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "save", real)
   exp.main(tiny(d))
   assert_same_rows(rows(d), full)
+
+
+def test_a_preemption_saves_at_the_step_every_process_reached_and_the_run_resumes(tmp_path, monkeypatch, full):
+  d = tmp_path / "run"
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "reached_preemption", lambda self, step: step == 2)
+  with pytest.raises(SystemExit) as e:
+    exp.main(tiny(d, checkpoint_every=100))                    # no regular checkpoint before step 4
+  assert e.value.code == 128 + signal.SIGTERM
+  assert saved_steps(d / "checkpoints") == [2]
+  monkeypatch.undo()
+  exp.main(tiny(d))
+  assert_same_rows(rows(d), full)
+
+
+def test_checkpoints_in_another_directory_resume_and_are_not_reused_by_a_fresh_run(tmp_path, full):
+  d, elsewhere = tmp_path / "run", tmp_path / "bucket" / "ckpt"
+  exp.main(tiny(d, rl_steps=2, checkpoint_dir=str(elsewhere)))
+  exp.main(tiny(d, checkpoint_dir=str(elsewhere)))
+  assert_same_rows(rows(d), full)
+  assert saved_steps(elsewhere) == [2, 3, 4] and not (d / "checkpoints").exists()
+  logged = (d / "metrics.jsonl").read_text()
+  with pytest.raises(ValueError, match="checkpoint_dir=.* is not empty"):
+    exp.main(tiny(d, checkpoint_dir=str(elsewhere), resume=False))
+  assert (d / "metrics.jsonl").read_text() == logged and not (d / "previous_runs").exists()
+  with pytest.raises(SettingsChanged, match="checkpoint_dir"):  # resuming from other checkpoints is another run
+    exp.main(tiny(d, checkpoint_dir=str(tmp_path / "other")))

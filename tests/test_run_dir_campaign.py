@@ -1,9 +1,11 @@
 """Kill/corrupt campaign on the arithmetic experiment (slow: minutes). A run is killed (SIGKILL, sometimes
 SIGTERM) at random moments, its run dir damaged between attempts the ways a crash or a bad disk would
-(half-written last log line, a corrupt or half-written newest checkpoint, every checkpoint corrupt), and
+(half-written last log line, a corrupt or unfinished newest checkpoint, every checkpoint corrupt), and
 resumed until it finishes; its metrics must then equal an uninterrupted run's, each step once.
 
   .venv/bin/python -m pytest -m slow tests/test_run_dir_campaign.py
+
+RL_JAX_CAMPAIGN_KILLS=N sets how many kills the campaign needs before it stops (default 15; fewer is quicker).
 """
 
 import os
@@ -23,6 +25,7 @@ SETTINGS = ["--digits=1", "--d_model=32", "--sft_steps=20", "--sft_batch=16", "-
             "--group_size=4", "--minibatches=2", "--eval_every=3", "--eval_size=16", "--checkpoint_every=2",
             "--beta=0.01", "--progress_bar=false"]
 KEYS = ("reward", "loss", "clip_frac", "entropy", "accuracy")
+KILLS = int(os.environ.get("RL_JAX_CAMPAIGN_KILLS", "15"))
 
 
 def start(run_dir, cache, *extra):
@@ -38,7 +41,9 @@ def finish(proc, timeout=600):
 
 
 def checkpoint_dirs(run_dir):
-  return sorted((pathlib.Path(run_dir) / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+  """The complete checkpoints' folders (orbax CheckpointManager layout: checkpoints/<step>/), oldest first."""
+  found = (pathlib.Path(run_dir) / "checkpoints").glob("*")
+  return sorted((p for p in found if p.name.isdigit()), key=lambda p: int(p.name))
 
 
 def truncate_largest_file(folder):
@@ -61,8 +66,8 @@ def damage(run_dir, how):
   if how in ("corrupt_state", "corrupt_ref") and ckpts:
     truncate_largest_file(ckpts[-1] / ("state" if how == "corrupt_state" else "ref_params"))
     return f"{how} {ckpts[-1].name}"
-  if how == "incomplete" and ckpts:
-    (ckpts[-1] / "COMPLETE").unlink(missing_ok=True)
+  if how == "incomplete" and ckpts:             # a kill mid-save leaves the folder under its temporary name
+    ckpts[-1].rename(ckpts[-1].with_name(ckpts[-1].name + ".orbax-checkpoint-tmp"))
     return f"{how} {ckpts[-1].name}"
   return None
 
@@ -115,7 +120,7 @@ def test_kill_and_corrupt_campaign_ends_with_the_uninterrupted_metrics(tmp_path)
   same_rows(read_metrics(tmp_path / "again" / "metrics.jsonl"), reference)
 
   rng, log, kills, rounds = random.Random(0), [], 0, 0
-  while kills < 15:
+  while kills < KILLS:
     run_dir = tmp_path / f"campaign_{rounds}"
     kills += resume_until_finished(run_dir, cache, rng, duration, log)
     rounds += 1

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from rl_jax.experiments import arithmetic_tiny as exp
-from rl_jax.checkpoint import Checkpointer
+from rl_jax.checkpoint import Checkpoints, abstract, saved_steps
 from rl_jax.config import apply_overrides
 from rl_jax.metrics_log import read_metrics
 from rl_jax.train import init_state
@@ -51,28 +51,33 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path):
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
   params = {"w": jnp.arange(6.0).reshape(2, 3)}
   opt = optax.adam(1e-3)
-  ckpt = Checkpointer(tmp_path)
   s1 = init_state(params, opt, jax.random.PRNGKey(0))
   s2 = s1._replace(params={"w": s1.params["w"] + 1}, step=s1.step + 1)
-  ckpt.save(1, s1)
-  ckpt.save(2, s2)
-  for f in (tmp_path / "step_2" / "state").rglob("*"):
+  with Checkpoints(tmp_path) as ckpt:
+    ckpt.save(1, s1)
+    ckpt.save(2, s2)
+  for f in (tmp_path / "2" / "state").rglob("*"):
     if f.is_file() and f.stat().st_size > 0:
       f.write_bytes(b"garbage")
-  with pytest.warns(UserWarning, match="step_2 could not be restored"):
-    restored = ckpt.restore_latest(s1)
-  assert restored.position == 1
-  np.testing.assert_array_equal(restored.state(s1).params["w"], s1.params["w"])
+  with Checkpoints(tmp_path) as ckpt, pytest.warns(UserWarning, match=r"RL step 2 \(.*\) could not be restored"):
+    restored = ckpt.restore_latest(abstract(s1))
+  assert restored.position == 1 and int(restored.state.step) == 0
+  np.testing.assert_array_equal(restored.state.params["w"], s1.params["w"])
 
 
-def test_incomplete_checkpoint_is_skipped(tmp_path):
+def test_checkpoint_killed_mid_save_is_not_seen(tmp_path):
   params = {"w": jnp.ones(3)}
   s = init_state(params, optax.sgd(0.1), jax.random.PRNGKey(0))
-  ckpt = Checkpointer(tmp_path)
-  ckpt.save(1, s)
-  (tmp_path / "step_2").mkdir()  # a save that died before writing COMPLETE
-  with pytest.warns(UserWarning, match="incomplete"):
-    assert ckpt.restore_latest(s).position == 1
+  with Checkpoints(tmp_path) as ckpt:
+    ckpt.save(1, s)
+    ckpt.save(2, s)
+  (tmp_path / "2").rename(tmp_path / "2.orbax-checkpoint-tmp")   # what a kill leaves: the unrenamed folder
+  assert saved_steps(tmp_path) == [1]
+  with Checkpoints(tmp_path) as ckpt:
+    assert ckpt.restore_latest(abstract(s)).position == 1
+    ckpt.save(2, s)                                              # the resumed run writes step 2 again
+  assert saved_steps(tmp_path) == [1, 2]
+  assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("_")) == ["1", "2"]   # tmp folder gone
 
 
 def test_sigterm_writes_a_final_checkpoint(tmp_path):
@@ -101,7 +106,7 @@ def test_sigterm_writes_a_final_checkpoint(tmp_path):
       proc.kill()
   assert proc.returncode == 128 + signal.SIGTERM, out
   assert "SIGTERM: saved a final checkpoint" in out
-  steps = Checkpointer(run_dir / "checkpoints").steps()
+  steps = saved_steps(run_dir / "checkpoints")
   assert steps and steps[-1] >= 2
 
 

@@ -77,6 +77,7 @@ class Config(loop.RLConfig):
   eval_max_new_tokens: int = 256
   eval_batch: int = 50
   run_dir: str = "results/gsm8k_smollm2"
+  checkpoint_keep: int = 2          # checkpoints kept: the newest ones (each holds the policy, Adam and the reference)
   before_from: str = ""             # run dir whose "before" evaluation is reused (same model, seed and eval settings)
 
   BOUNDS: ClassVar[dict] = dict(
@@ -273,7 +274,8 @@ def finished_with_same_settings(previous: dict | None, cfg: Config) -> bool:
   if previous is None:
     return False
   mine = to_dict(cfg)
-  ignore = {"run_dir", "resume", "progress_bar", "checkpoint_every", "before_from"}
+  ignore = {"run_dir", "resume", "progress_bar", "checkpoint_every", "checkpoint_keep", "checkpoint_keep_every",
+            "before_from"}
   return all(previous.get(k) == v for k, v in mine.items() if k not in ignore)
 
 
@@ -349,7 +351,7 @@ def main(cfg: Config) -> dict:
                      "report gives (--micro_batches=K --logprob_micro_batches=K).")
   if cfg.model in published_names() and not cfg.hf_folder:
     raise ValueError(f"--model={cfg.model} names published shapes; its weights come from --hf_folder=PATH.")
-  with loop.RunDir(cfg, resumable=RESUMABLE, keep=2) as rd:
+  with loop.RunDir(cfg, resumable=RESUMABLE) as rd:
     wall = Timer()
     tok, train = load_tokenizer(tokenizer_path(cfg)), data_lib.load("gsm8k", "train")
     order = train_order(cfg, len(train))
