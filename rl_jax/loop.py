@@ -9,8 +9,8 @@ An experiment supplies a `Task` (its prompts and verifier), its model, its evalu
            the objective and advantage estimator (checked), and the sampler, log-prob forward and
            train step jitted with explicit shardings from `rl_jax.sharding`;
   train    the RL steps: prompts → rollouts (dynamic sampling: DAPO, arXiv 2503.14476) → rewards →
-           advantages (stateful estimators carry their per-question state, rebuilt from
-           rewards.jsonl on resume) → epochs × mini-batches of updates (`rl_iteration`, reference
+           advantages (stateful estimators carry their per-question state, checkpointed with
+           the policy) → epochs × mini-batches of updates (`rl_iteration`, reference
            model when β > 0) → metrics → checkpoint (orbax CheckpointManager, asynchronous: the
            state, reference params, estimator state and data position); SIGTERM saves a final
            checkpoint, a multi-host preemption saves at the step every process reaches together.
@@ -496,8 +496,8 @@ def checkpoint_dir(cfg: RLConfig):
 # --------------------------------------------------------------------------------------------- loop
 
 def replay_dcpo_stats(log_rows: list, num_questions: int):
-  """DCPO's SAS statistics after the logged steps: a pure function of the reward history, so a resumed run
-  rebuilds them exactly from rewards.jsonl (rows {"step", "question_ids", "rewards"}) instead of a checkpoint."""
+  """DCPO's SAS statistics after the logged steps: a pure function of the reward history (rewards.jsonl rows
+  {"step", "question_ids", "rewards"}), so an independent rebuild of the state the loop checkpoints."""
   stats = init_reward_stats(num_questions)
   for row in sorted(log_rows, key=lambda r: r["step"]):
     _, stats = advantages_lib.dcpo(jnp.asarray(row["rewards"], jnp.float32), jnp.asarray(row["question_ids"]), stats)
@@ -626,7 +626,8 @@ def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,
         with sigterm.deferred():
           save(step + 1, state, adv_state)
       if preempted:
-        print(f"preemption: every process saved RL step {step + 1}; exiting")
+        print(f"preemption: every process stops after RL step {step + 1}"
+              + (", checkpointed" if cfg.checkpoint_every else " (checkpoint_every=0: no checkpoint)"))
         ckpt.wait()
         raise SystemExit(128 + signal.SIGTERM)
     with sigterm.deferred():
