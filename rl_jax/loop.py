@@ -27,6 +27,7 @@ import functools
 import json
 import pathlib
 import signal
+import warnings
 from typing import Callable, ClassVar, NamedTuple, Optional, Protocol, Sequence
 
 import jax
@@ -447,6 +448,9 @@ class RunDir:
       raise ValueError(f"resume=false: --checkpoint_dir={cfg.checkpoint_dir} is not empty (an earlier run's "
                        "checkpoints?); only the run dir's own files are moved aside. Empty it or choose another one.")
     self.previous = open_run(self.path, self.settings, resume=cfg.resume, may_change=self.resumable)
+    if not is_shared_storage(directory) and jax.process_count() > 1:
+      warnings.warn(f"{jax.process_count()} processes write their shards of each checkpoint into {directory}, a "
+                    "local path: it must be a file system every host shares; else use --checkpoint_dir=gs://...")
     if jax.process_count() > 1:   # every process sees the earlier run moved aside before opening the checkpoints
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("rl_jax RunDir.open")
@@ -485,6 +489,11 @@ class RunDir:
     if self.primary:
       with open(self.path / name, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def is_shared_storage(directory) -> bool:
+  """Whether `directory` names object storage every host reaches (gs://, s3://, ...) rather than a local path."""
+  return "://" in str(directory)
 
 
 def checkpoint_dir(cfg: RLConfig):

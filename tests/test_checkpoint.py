@@ -111,3 +111,14 @@ def test_two_processes_save_restore_and_stop_at_the_same_preemption_step(tmp_pat
     assert out["same_sharding"] and out["local_shards_equal"]
   assert outs[0]["preempted_at"] == outs[1]["preempted_at"] >= 6      # one notice, one step for both
   assert saved_steps(directory) == [3, outs[0]["preempted_at"]]
+
+
+def test_the_checkpoint_dir_is_the_run_dirs_own_or_any_path_orbax_reaches():
+  from rl_jax import loop
+  from rl_jax.experiments import arithmetic_tiny as exp
+  cfg = exp.Config(run_dir="/runs/a")
+  local = loop.checkpoint_dir(cfg)
+  assert str(local) == "/runs/a/checkpoints" and not loop.is_shared_storage(local)
+  gs = loop.checkpoint_dir(dataclasses.replace(cfg, checkpoint_dir="gs://bucket/runs/a"))
+  assert loop.is_shared_storage(gs)
+  assert str(gs / "4") == "gs://bucket/runs/a/4"     # etils.epath keeps the scheme (pathlib would give gs:/bucket)
