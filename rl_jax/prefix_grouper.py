@@ -3,6 +3,10 @@ keys/values (shared-prefix forward). Forward log-probs and gradients equal the s
 G copies of prompt + completion, because causal attention makes the prompt's states independent of
 the completions, and the gradient through the one shared copy is the sum of the G copies' gradients.
 
+`grouped_logprobs` does it for one group through the KV cache (prompt at batch 1, completions padded to a
+common length); `packed_logprobs` for a whole batch on the packed layout of `rl_jax.packing` (every group's
+prompt once, completions unpadded, several groups per row), where the shared prefix is an attention mask.
+
 "Prefix Grouper: Efficient GRPO Training through Shared-Prefix Forward", arXiv 2506.05433.
 """
 
@@ -11,8 +15,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rl_jax.logprobs import logprobs_from_hidden
 from rl_jax.models.config import ModelConfig
-from rl_jax.models.llama import KVCache, forward_with_cache, init_cache
+from rl_jax.models.llama import KVCache, cast_params, constrain_rows, forward_with_cache, hidden_states, init_cache, \
+    lm_head_weight
 
 Array = jax.Array
 
@@ -44,3 +50,44 @@ def grouped_logprobs(params: dict, cfg: ModelConfig, prefix: Array, suffixes: Ar
   logits = jnp.concatenate([first, suffix_logits[:, :-1]], axis=1)                             # predicts suffixes
   logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), suffixes[..., None], -1)[..., 0]
   return logp * suffix_mask
+
+
+def packed_mask(segment: Array, member: Array) -> Array:
+  """Shared-prefix attention on packed rows: allowed [R, S, S] (query i, key j) =
+  j ≤ i ∧ seg_i = seg_j > 0 ∧ (mem_j = 0 ∨ mem_j = mem_i), and i = j always (a padding position sees itself,
+  so its softmax is defined). Prompt tokens (mem 0) see their prompt; completion j its prompt and itself."""
+  s = segment.shape[1]
+  causal = jnp.tril(jnp.ones((s, s), bool))[None]
+  same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] > 0)
+  prefix_or_own = (member[:, None, :] == 0) | (member[:, :, None] == member[:, None, :])
+  return (causal & same & prefix_or_own) | jnp.eye(s, dtype=bool)[None]
+
+
+def scatter_rows(values: Array, dest: Array, shape: tuple[int, int]) -> Array:
+  """[R, S] values into the [B, T] completion layout: out[b, t] = values at the position with dest = b·T + t,
+  0 where no position points (padding); dest = B·T is discarded."""
+  b, t = shape
+  return jnp.zeros((b * t + 1,), values.dtype).at[dest.reshape(-1)].add(values.reshape(-1))[:-1].reshape(b, t)
+
+
+def packed_logprobs(params: dict, cfg: ModelConfig, packed, shape: tuple[int, int], *,
+                    vocab_chunk: int = 8192) -> tuple[Array, Array]:
+  """Log-probs and entropies [B, T] of the completion tokens of a batch in the packed layout
+  (rl_jax.packing.pack_groups), equal to `rl_jax.logprobs.token_logprobs` on the plain [B, P + T] layout at
+  every real completion token (0 at padding).
+
+  h = decoder(tokens, positions, `packed_mask`) [R, S, D]; completion token x at position i is scored by the
+  hidden state at source_i (its predecessor, or its prompt's last token): log p(x) = log softmax(h_src · W)[x],
+  then scattered to [B, T] by dest. Each prompt is computed once for its G completions; the gradient through
+  that one copy is the sum of the G copies' gradients of the plain layout (Prefix Grouper, arXiv 2506.05433).
+  `shape` = (B, T) of the completion layout; `packed` holds arrays (rl_jax.packing.Packed).
+  """
+  allowed = packed_mask(packed.segment, packed.member)
+  h = hidden_states(params, packed.tokens, cfg, positions=packed.positions, allowed=allowed)   # [R, S, D]
+  r, s, d = h.shape
+  pred = jnp.take_along_axis(h, packed.source[..., None], axis=1).reshape(r * s, d)
+  w = lm_head_weight(cast_params(params, cfg), cfg)
+  logp, ent = logprobs_from_hidden(constrain_rows(pred), w, constrain_rows(packed.tokens.reshape(-1)),
+                                   vocab_chunk=vocab_chunk)
+  logp, ent = scatter_rows(logp.reshape(r, s), packed.dest, shape), scatter_rows(ent.reshape(r, s), packed.dest, shape)
+  return logp, jax.lax.stop_gradient(ent)

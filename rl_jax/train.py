@@ -20,6 +20,8 @@ from rl_jax import registry
 from rl_jax.logprobs import token_logprobs
 from rl_jax.models.config import ModelConfig
 from rl_jax.models.llama import sampler_dtype
+from rl_jax.packing import Packed
+from rl_jax.prefix_grouper import packed_logprobs
 from rl_jax.sampling import DECODE_BLOCK, generate
 
 Array = jax.Array
@@ -51,6 +53,7 @@ class RLBatch(NamedTuple):
   advantages: Array        # [B] or [B, T]
   ref_logp: Optional[Array] = None   # [B, T] when the objective has β > 0
   rollout_logp: Optional[Array] = None   # [B, T] sampler log-probs μ (TIS / MIS corrections)
+  packed: Optional[Packed] = None   # the same rows in the packed layout (rl_jax.packing), for a packed step
 
 
 def _apply(optimizer, state, grads):
@@ -93,33 +96,56 @@ def merge_micro(x: Array) -> Array:
   return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
 
-def accumulated_value_and_grad(logp_fn: Callable, loss_of_logp: Callable, params, tokens: Array, attn_mask: Array,
-                               batch, micro_batches: int):
+def accumulated_value_and_grad(logp_fn: Callable, loss_of_logp: Callable, params, inputs, batch, micro_batches: int,
+                               *, scattered: bool = False):
   """value_and_grad of L(log π(params)) over the whole batch, with the memory of one micro-batch.
 
   The loss reads the parameters only through the per-token log-probs ℓ = log π [B, T] (entropy is a
   stop-gradient input), so ∇L = Σ_j J_jᵀ (∂L/∂ℓ)_j over micro-batches j. Pass 1: ℓ and H for every micro-batch
   (forward only); then L, ∂L/∂ℓ on the full batch (any objective: token, sequence or group normalisation is
   untouched); pass 2: one vector-Jacobian product per micro-batch, accumulated in the parameters' dtype.
-  `logp_fn(params, tokens, attn_mask) -> (logp, entropy)`; `loss_of_logp(logp, entropy, batch) -> (loss, aux)`.
+  `inputs`: arrays with a leading row axis, split into micro-batches (`split_micro`); `logp_fn(params, inputs_j)
+  -> (logp, entropy)`; `loss_of_logp(logp, entropy, batch) -> (loss, aux)`. `scattered`: each micro-batch's
+  logp_fn returns the full [B, T] layout, zero outside its own tokens (packed rows), so ℓ = Σ_j ℓ_j and every
+  micro-batch's cotangent is the whole ∂L/∂ℓ.
   """
   k = micro_batches
-  toks, attn = split_micro(tokens, k), split_micro(attn_mask, k)
-  logp, ent = jax.lax.map(lambda ta: logp_fn(jax.lax.stop_gradient(params), *ta), (toks, attn))
-  (loss, aux), g = jax.value_and_grad(loss_of_logp, has_aux=True)(merge_micro(logp), merge_micro(ent), batch)
+  parts = jax.tree.map(lambda x: split_micro(x, k), inputs)
+  logp, ent = jax.lax.map(lambda x: logp_fn(jax.lax.stop_gradient(params), x), parts)
+  merge = (lambda x: jnp.sum(x, axis=0)) if scattered else merge_micro
+  (loss, aux), g = jax.value_and_grad(loss_of_logp, has_aux=True)(merge(logp), merge(ent), batch)
+  cotangents = jnp.broadcast_to(g, (k,) + g.shape) if scattered else split_micro(g, k)
 
   def body(acc, xs):
-    t, a, g_j = xs
-    _, vjp = jax.vjp(lambda p: logp_fn(p, t, a)[0], params)
+    x, g_j = xs
+    _, vjp = jax.vjp(lambda p: logp_fn(p, x)[0], params)
     return jax.tree.map(jnp.add, acc, vjp(g_j)[0]), None
 
-  grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (toks, attn, split_micro(g, k)))
+  grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (parts, cotangents))
   return (loss, aux), grads
+
+
+def layout_logprobs(cfg: ModelConfig, *, prompt_len: int, packed: bool, shape: tuple[int, int]) -> Callable:
+  """(params, inputs) -> (log-probs, entropies) [B, T] of the completion tokens: inputs = (tokens, attn_mask)
+  [B, P + T] in the plain layout (`token_logprobs`), or an rl_jax.packing.Packed of the same rows
+  (`packed_logprobs`: each prompt once, no padding, same values). shape = (B, T)."""
+  if packed:
+    return lambda params, x: packed_logprobs(params, cfg, x, shape)
+  return lambda params, x: token_logprobs(params, x[0], cfg, prompt_len=prompt_len, attn_mask=x[1])
+
+
+def layout_inputs(batch, packed: bool):
+  """What `layout_logprobs` reads from an RLBatch: its Packed rows, or (tokens, attn_mask)."""
+  if not packed:
+    return (batch.tokens, batch.attn_mask)
+  if batch.packed is None:
+    raise ValueError("a packed step needs batch.packed (rl_jax.packing.pack_groups of the batch's rows).")
+  return batch.packed
 
 
 def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, objective: Callable,
                  objective_kwargs: Optional[dict] = None, *, prompt_len: int, jit: bool = True,
-                 micro_batches: int = 1) -> Callable:
+                 micro_batches: int = 1, packed: bool = False) -> Callable:
   """Jitted (state, RLBatch) -> (state, metrics) for any objective with the rl_jax signature.
 
   The objective is called as objective(logp, old_logp, advantages, completion_mask, ref_logp=...,
@@ -129,7 +155,9 @@ def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, obje
   fold_in(state.rng, state.step). `jit=False` returns the raw function, to be
   jitted with explicit shardings (rl_jax.sharding.jit_sharded_step). `micro_batches` > 1 accumulates the
   exact full-batch gradient over that many micro-batches (`accumulated_value_and_grad`): activation memory
-  is set by the micro-batch, the update is the same (one extra forward pass).
+  is set by the micro-batch, the update is the same (one extra forward pass). `packed=True` runs the forward on
+  batch.packed (rl_jax.packing: each group's prompt once, no padding; Prefix Grouper, arXiv 2506.05433) with
+  the same log-probs, loss and gradients as the plain [B, P + T] layout.
   """
   if micro_batches < 1:
     raise ValueError(f"micro_batches must be >= 1, got {micro_batches}.")
@@ -138,9 +166,6 @@ def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, obje
   wants_ids = _named_param(objective, "token_ids") and "token_ids" not in kwargs
   wants_mu = _named_param(objective, "rollout_logp") and "rollout_logp" not in kwargs
   wants_rng = _named_param(objective, "rng") and "rng" not in kwargs
-
-  def logp_fn(params, tokens, attn_mask):
-    return token_logprobs(params, tokens, cfg, prompt_len=prompt_len, attn_mask=attn_mask)
 
   def loss_of_logp(logp, entropy, batch: RLBatch, key=None):
     extra = dict(kwargs)
@@ -169,29 +194,36 @@ def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, obje
   def step(state: TrainState, batch: RLBatch):
     key = jax.random.fold_in(state.rng, state.step)
     loss_of = lambda logp, entropy, b: loss_of_logp(logp, entropy, b, key)
+    logp_fn = layout_logprobs(cfg, prompt_len=prompt_len, packed=packed, shape=batch.completion_mask.shape)
+    inputs = layout_inputs(batch, packed)
     if micro_batches == 1:
-      loss_fn = lambda params, b: loss_of(*logp_fn(params, b.tokens, b.attn_mask), b)
+      loss_fn = lambda params, b: loss_of(*logp_fn(params, inputs), b)
       (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     else:
-      (loss, metrics), grads = accumulated_value_and_grad(logp_fn, loss_of, state.params, batch.tokens,
-                                                          batch.attn_mask, batch, micro_batches)
+      (loss, metrics), grads = accumulated_value_and_grad(logp_fn, loss_of, state.params, inputs, batch,
+                                                          micro_batches, scattered=packed)
     return _apply(optimizer, state, grads), dict(metrics, grad_norm=optax.global_norm(grads))
 
   return jax.jit(step) if jit else step
 
 
-def make_logprob_fn(cfg: ModelConfig, *, prompt_len: int, micro_batches: int = 1, jit: bool = True) -> Callable:
-  """Jitted (params, tokens, attn_mask) -> per-token log-probs [B, T] of the completion (no gradient),
-  `micro_batches` forwards of B / micro_batches rows each (jit=False: the raw function)."""
+def make_logprob_fn(cfg: ModelConfig, *, prompt_len: int, micro_batches: int = 1, jit: bool = True,
+                    packed: bool = False) -> Callable:
+  """Jitted (params, tokens, attn_mask[, packed rows]) -> per-token log-probs [B, T] of the completion (no
+  gradient), `micro_batches` forwards of B / micro_batches rows each (jit=False: the raw function).
+  `packed=True` computes them on the Packed rows (rl_jax.packing) of the same batch: each prompt once, no
+  padding, the same values at real tokens (0 at padding); tokens then only give the shape [B, P + T]."""
 
-  def one(params, tokens, attn_mask):
-    return token_logprobs(params, tokens, cfg, prompt_len=prompt_len, attn_mask=attn_mask)[0]
-
-  def fn(params, tokens, attn_mask):
+  def fn(params, tokens, attn_mask, rows=None):
+    shape = (tokens.shape[0], tokens.shape[1] - prompt_len)
+    one = lambda x: layout_logprobs(cfg, prompt_len=prompt_len, packed=packed, shape=shape)(params, x)[0]
+    if packed and rows is None:
+      raise ValueError("a packed log-prob forward needs the batch's Packed rows (rl_jax.packing.pack_groups).")
+    inputs = rows if packed else (tokens, attn_mask)
     if micro_batches == 1:
-      return one(params, tokens, attn_mask)
-    parts = (split_micro(tokens, micro_batches), split_micro(attn_mask, micro_batches))
-    return merge_micro(jax.lax.map(lambda ta: one(params, *ta), parts))
+      return one(inputs)
+    out = jax.lax.map(one, jax.tree.map(lambda x: split_micro(x, micro_batches), inputs))
+    return jnp.sum(out, axis=0) if packed else merge_micro(out)
 
   return jax.jit(fn) if jit else fn
 
@@ -224,7 +256,8 @@ def rollout(params, cfg: ModelConfig, prompts: np.ndarray, prompt_mask: np.ndarr
 def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rollouts: Rollouts,
                  rewards: np.ndarray, advantages_fn: Callable, *, epochs: int = 1, minibatches: int = 1,
                  ref_params=None, valid_rows: Optional[np.ndarray] = None,
-                 recompute_old_logp: bool = False, keep_groups: bool = False) -> tuple[TrainState, dict]:
+                 recompute_old_logp: bool = False, keep_groups: bool = False,
+                 pack: Optional[Callable] = None) -> tuple[TrainState, dict]:
   """Advantages from rewards [P, G], then `epochs` passes over `minibatches` shuffled mini-batches.
 
   `valid_rows` [P·G] (bool) removes rows from the loss (e.g. DAPO's filtered groups) by masking.
@@ -232,16 +265,21 @@ def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rol
   separate no-gradient forward that recomputes log π_old is skipped (the step uses stop_gradient(log π));
   `recompute_old_logp=True` forces it. `keep_groups=True` shuffles whole groups, so every mini-batch holds
   complete groups in order (objectives that read the group layout, e.g. GTPO's `group_size`). `advantages_fn` may return [P, G] (one advantage per response) or
-  [P, G, T] (per token: TEMPO, TreePO, ...). Returns the new state, the mean of each metric over the
+  [P, G, T] (per token: TEMPO, TreePO, ...). `pack(tokens, attn_mask) -> Packed` (numpy, e.g.
+  rl_jax.packing.pack_groups): the log-prob forwards and every mini-batch also get their rows in the packed
+  layout (for `logprob_fn` and `rl_step` built with packed=True). Returns the new state, the mean of each metric over the
   updates, and `advantage_stats`.
   """
   p, g = rewards.shape
   adv = np.asarray(advantages_fn(jnp.asarray(rewards, jnp.float32)))
   adv = adv.reshape(p * g, *adv.shape[2:])        # [P·G] sequence-level or [P·G, T] token-level
   tokens, attn = jnp.asarray(rollouts.tokens), jnp.asarray(rollouts.attn_mask)
+  packed_of = lambda rows: None if pack is None else pack(rollouts.tokens[rows], rollouts.attn_mask[rows])
+  logp_of = (lambda params: logprob_fn(params, tokens, attn)) if pack is None else (
+      lambda params, rows=packed_of(slice(None)): logprob_fn(params, tokens, attn, rows))
   single = epochs == 1 and minibatches == 1 and not recompute_old_logp
-  old_logp = None if single else np.asarray(logprob_fn(state.params, tokens, attn))
-  ref_logp = None if ref_params is None else np.asarray(logprob_fn(ref_params, tokens, attn))
+  old_logp = None if single else np.asarray(logp_of(state.params))
+  ref_logp = None if ref_params is None else np.asarray(logp_of(ref_params))
   cmask = rollouts.completion_mask.astype(np.float32)
   if valid_rows is not None:
     cmask = cmask * valid_rows[:, None]
@@ -263,7 +301,7 @@ def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rol
       batch = RLBatch(tokens[idx], attn[idx], jnp.asarray(cmask[idx]),
                       None if old_logp is None else jnp.asarray(old_logp[idx]),
                       jnp.asarray(adv[idx]), None if ref_logp is None else jnp.asarray(ref_logp[idx]),
-                      jnp.asarray(rollouts.rollout_logp[idx], jnp.float32))
+                      jnp.asarray(rollouts.rollout_logp[idx], jnp.float32), packed_of(idx))
       state, metrics = rl_step(state, batch)
       history.append(metrics)
   mean = {k: float(np.mean([float(m[k]) for m in history])) for k in history[0]}

@@ -220,15 +220,22 @@ def default_positions(attn_mask: Array) -> Array:
 
 
 def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: Optional[Array] = None,
-                  attn_mask: Optional[Array] = None) -> Array:
-  """Final-norm hidden states [B, S, D] for tokens [B, S] (no cache)."""
+                  attn_mask: Optional[Array] = None, allowed: Optional[Array] = None) -> Array:
+  """Final-norm hidden states [B, S, D] for tokens [B, S] (no cache).
+
+  `allowed` [B, S, S] (bool, query × key) replaces the causal padding mask of `attn_mask` (packed sequences,
+  rl_jax.prefix_grouper); `positions` must then be given.
+  """
   if tokens.ndim != 2:
     raise ValueError(f"tokens must be [B, S], got shape {tokens.shape}.")
+  if allowed is not None and positions is None:
+    raise ValueError("hidden_states: an explicit `allowed` mask needs explicit `positions`.")
   if attn_mask is None:
     attn_mask = jnp.ones(tokens.shape, jnp.int32)
   if positions is None:
     positions = default_positions(attn_mask)
-  allowed = causal_mask(attn_mask)
+  if allowed is None:
+    allowed = causal_mask(attn_mask)
   inv_freq = rope_frequencies(cfg)
   params = cast_params(params, cfg)
   x = constrain_rows(params["embed"][tokens])

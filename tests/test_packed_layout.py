@@ -1,0 +1,173 @@
+"""Packed groups (each prompt once, no padding) == the plain [B, P + T] layout: per-token log-probs, entropies,
+the loss, the metrics and the gradients of the train step, with and without jit, micro-batches, remat, bfloat16."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rl_jax import objectives
+from rl_jax.logprobs import token_logprobs
+from rl_jax.models import init_params, tiny_config
+from rl_jax.packing import choose_layout, first_fit, layout_stats, pack_groups
+from rl_jax.prefix_grouper import packed_logprobs, packed_mask
+from rl_jax.train import RLBatch, init_state, make_logprob_fn, make_rl_step
+
+CFG = tiny_config(31, max_seq_len=64, qkv_bias=True, qk_norm=True)
+EOS = 2
+P, T = 7, 6
+
+
+def make_batch(groups, *, seed=0, shuffle=True, eos=False):
+  """groups: [(prompt length, [completion lengths])] → tokens, attn [B, P + T] (left-padded prompts, right-padded
+  completions), rows of a group repeated (shuffled over the batch when `shuffle`). eos: completions shorter than
+  T end with the EOS token."""
+  rng = np.random.default_rng(seed)
+  tokens, attn = [], []
+  for lp, lengths in groups:
+    prompt = rng.integers(3, CFG.vocab_size, lp)
+    for n in lengths:
+      row, mask = np.zeros(P + T, np.int32), np.zeros(P + T, np.int32)
+      row[P - lp:P], mask[P - lp:P + n] = prompt, 1
+      row[P:P + n] = rng.integers(3, CFG.vocab_size, n)
+      if eos and 0 < n < T:
+        row[P + n - 1] = EOS
+      tokens.append(row)
+      attn.append(mask)
+  tokens, attn = np.stack(tokens), np.stack(attn)
+  order = rng.permutation(len(tokens)) if shuffle else np.arange(len(tokens))
+  return tokens[order], attn[order]
+
+
+CASES = {
+    "ragged": [(5, [6, 2, 4, 1]), (7, [3, 6, 6, 5]), (1, [4, 0, 2, 6])],
+    "g1": [(3, [5]), (7, [2]), (2, [6]), (5, [0])],
+    "lengths_0_1": [(4, [0, 0, 0]), (6, [1, 1, 0]), (3, [1, 1, 1])],
+}
+ALL = [g for c in CASES.values() for g in c]    # one batch holding every case (EOS early: eos=True)
+
+
+def rows_of(tokens, attn, **kw):
+  return jax.tree.map(jnp.asarray, pack_groups(tokens, attn, P, **kw))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_packed_logprobs_equal_the_plain_forward(jit):
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  tokens, attn = make_batch(ALL, eos=True)
+  packed = rows_of(tokens, attn)
+  fn = lambda p, rows: packed_logprobs(p, CFG, rows, (len(tokens), T))
+  logp, ent = (jax.jit(fn) if jit else fn)(params, packed)
+  ref_logp, ref_ent = token_logprobs(params, jnp.asarray(tokens), CFG, prompt_len=P, attn_mask=jnp.asarray(attn))
+  m = attn[:, P:].astype(bool)
+  np.testing.assert_allclose(np.asarray(logp)[m], np.asarray(ref_logp)[m], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(ent)[m], np.asarray(ref_ent)[m], rtol=1e-5, atol=1e-5)
+  assert not np.asarray(logp)[~m].any() and not np.asarray(ent)[~m].any()      # padding stays 0
+  assert np.isfinite(np.asarray(logp)).all()
+
+
+def _step_pair(name, tokens, attn, *, micro_batches=1, with_old=True, cfg=CFG, jit=True, seed=1):
+  """(plain, packed) outputs of one sgd(1.0) train step (the parameter change is the gradient) on the same batch."""
+  opt = optax.sgd(1.0)
+  state = init_state(init_params(cfg, jax.random.PRNGKey(seed)), opt, jax.random.PRNGKey(2))
+  k = jax.random.split(jax.random.PRNGKey(seed + 10), 3)
+  b = len(tokens)
+  cmask = jnp.asarray(attn[:, P:], jnp.float32)
+  old = -jax.random.uniform(k[0], (b, T), minval=0.5, maxval=3.0) if with_old else None
+  adv = jax.random.normal(k[1], (b,))
+  plain = RLBatch(jnp.asarray(tokens), jnp.asarray(attn), cmask, old, adv, rollout_logp=old)
+  packed = plain._replace(packed=rows_of(tokens, attn, rows_multiple=micro_batches))
+  outs = []
+  for layout, batch in ((False, plain), (True, packed)):
+    step = make_rl_step(cfg, opt, objectives.get(name), dict(beta=0.0), prompt_len=P,
+                        micro_batches=micro_batches, packed=layout, jit=jit)
+    outs.append(step(state, batch))
+  return outs
+
+
+def _assert_same_step(outs, rtol=1e-5, atol=1e-6):
+  (s0, m0), (s1, m1) = outs
+  assert set(m0) == set(m1)
+  for key in m0:
+    np.testing.assert_allclose(m1[key], m0[key], rtol=rtol, atol=atol, err_msg=key)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), s1.params, s0.params)
+
+
+@pytest.mark.parametrize("jit", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_packed_step_equals_the_plain_step(jit):
+  tokens, attn = make_batch(ALL, seed=3, eos=True)
+  _assert_same_step(_step_pair("grpo", tokens, attn, jit=jit))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gspo", "hapo", "tis"])   # sequence ratios; entropy; sampler log-probs
+def test_packed_step_equals_plain_for_other_objectives_and_micro_batches(name):
+  tokens, attn = make_batch(CASES["ragged"] + CASES["g1"], seed=4)
+  _assert_same_step(_step_pair(name, tokens, attn, micro_batches=2, with_old=name != "hapo"))
+
+
+@pytest.mark.slow
+def test_packed_step_with_remat_and_bfloat16():
+  tokens, attn = make_batch(CASES["ragged"], seed=5)
+  _assert_same_step(_step_pair("grpo", tokens, attn, cfg=dataclasses.replace(CFG, remat=True)))
+  bf16 = dataclasses.replace(CFG, dtype="bfloat16", remat=True)   # same per-token math, bf16 rounding
+  _assert_same_step(_step_pair("grpo", tokens, attn, cfg=bf16), rtol=2e-2, atol=2e-3)
+
+
+def test_packed_logprob_fn_with_micro_batches():
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  tokens, attn = make_batch(ALL, seed=6)
+  plain = make_logprob_fn(CFG, prompt_len=P)(params, jnp.asarray(tokens), jnp.asarray(attn))
+  packed = make_logprob_fn(CFG, prompt_len=P, micro_batches=2, packed=True)(
+      params, jnp.asarray(tokens), jnp.asarray(attn), rows_of(tokens, attn, rows_multiple=2, bucket=8))
+  m = attn[:, P:].astype(bool)
+  np.testing.assert_allclose(np.asarray(packed)[m], np.asarray(plain)[m], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="needs the batch's Packed rows"):
+    make_logprob_fn(CFG, prompt_len=P, packed=True)(params, jnp.asarray(tokens), jnp.asarray(attn))
+
+
+def test_layout_by_hand():
+  # two groups: prompt [11 12] with completions [21 22] and [31]; prompt [13] with completion []
+  tokens = np.array([[0, 11, 12, 21, 22], [0, 11, 12, 31, 0], [0, 0, 13, 0, 0]], np.int32)
+  attn = (tokens > 0).astype(np.int32)
+  rows = pack_groups(tokens, attn, 3, bucket=8)
+  np.testing.assert_array_equal(rows.tokens, [[11, 12, 21, 22, 31, 13, 0, 0]])
+  np.testing.assert_array_equal(rows.positions, [[0, 1, 2, 3, 2, 0, 0, 0]])
+  np.testing.assert_array_equal(rows.segment, [[1, 1, 1, 1, 1, 2, 0, 0]])
+  np.testing.assert_array_equal(rows.member, [[0, 0, 1, 1, 2, 0, 0, 0]])
+  np.testing.assert_array_equal(rows.source, [[0, 0, 1, 2, 1, 0, 0, 0]])
+  np.testing.assert_array_equal(rows.dest, [[6, 6, 0, 1, 2, 6, 6, 6]])   # b·T + t, T = 2; 6 = discarded
+  allowed = np.asarray(packed_mask(jnp.asarray(rows.segment), jnp.asarray(rows.member)))[0]
+  np.testing.assert_array_equal(allowed[4], [1, 1, 0, 0, 1, 0, 0, 0])     # 31 sees its prompt and itself only
+  np.testing.assert_array_equal(allowed[3], [1, 1, 1, 1, 0, 0, 0, 0])
+  np.testing.assert_array_equal(allowed[5], [0, 0, 0, 0, 0, 1, 0, 0])     # the next group starts afresh
+  np.testing.assert_array_equal(allowed[7], [0, 0, 0, 0, 0, 0, 0, 1])     # padding sees itself only
+  assert layout_stats(rows, tokens, attn) == {"packed_positions": 8, "plain_positions": 15, "real_tokens": 8,
+                                              "distinct_tokens": 6}
+
+
+def test_bin_packing_and_the_row_length_choice():
+  assert first_fit([5, 3, 4, 4], 8) == [[0, 1], [2, 3]]
+  # spans 9, 7, 5, 4 (25 tokens): one row of 28 when only positions count (3·12 = 36, 2·16 = 32, …);
+  # rows of 12 when attention makes a row of S cost S·(1 + S/12): 3·12·2 = 72 < 2·16·(1 + 16/12) ≈ 75 < 28·(1 + 28/12)
+  assert choose_layout([9, 7, 5, 4], bucket=4)[:2] == (1, 28)
+  assert choose_layout([9, 7, 5, 4], bucket=4, span=12.0) == (3, 12, [[0], [1, 2], [3]])
+  assert choose_layout([9, 7, 5, 4], bucket=4, rows_multiple=4)[:2] == (4, 12)   # 4·12 < 4·16 < … < 4·28
+
+
+def test_bad_layouts_are_refused():
+  tokens = np.array([[5, 6, 7, 8]], np.int32)
+  with pytest.raises(ValueError, match="last column to be a real token"):
+    pack_groups(tokens, np.array([[1, 0, 1, 1]]), 2)
+  with pytest.raises(ValueError, match="right-padded completions"):
+    pack_groups(tokens, np.array([[1, 1, 0, 1]]), 2)
+  with pytest.raises(ValueError, match="must be"):
+    pack_groups(tokens, np.array([[1, 1, 1, 1]]), 4)
+  opt = optax.sgd(1.0)
+  state = init_state(init_params(CFG, jax.random.PRNGKey(0)), opt, jax.random.PRNGKey(0))
+  batch = RLBatch(jnp.asarray(tokens), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 2)), None, jnp.ones((1,)))
+  with pytest.raises(ValueError, match="needs batch.packed"):
+    make_rl_step(CFG, opt, objectives.grpo, prompt_len=2, packed=True)(state, batch)
