@@ -174,6 +174,12 @@ def test_sigterm_inside_deferred_waits_for_the_block_and_saves_once():
         calls.append("block finished")
   assert e.value.code == 128 + signal.SIGTERM
   assert calls == ["block finished", "save"]
+  before = signal.getsignal(signal.SIGTERM)
+  with SaveOnSigterm(lambda: calls.append("save"), install=False) as sigterm:   # multi-process: jax's service
+    assert signal.getsignal(signal.SIGTERM) is before                          # keeps the signal
+    with sigterm.deferred():
+      pass
+  assert calls == ["block finished", "save"]
 
 
 def test_open_run_moves_an_earlier_run_aside_or_refuses_other_settings(tmp_path):
