@@ -102,7 +102,7 @@ def check_meta(meta, step: int, wanted: list[str]) -> None:
   position, items = meta.get("position"), meta.get("items")
   if type(position) is not int or position != step:
     raise ValueError(f"meta: position {position!r} is not the step folder's {step}")
-  if not isinstance(items, list) or not set(items) <= set(ITEMS) or not all(isinstance(i, str) for i in items):
+  if not isinstance(items, list) or not all(isinstance(i, str) and i in ITEMS for i in items):
     raise ValueError(f"meta: items {items!r} are not a list of {ITEMS}")
   missing = sorted(set(wanted) - set(items))
   if missing:

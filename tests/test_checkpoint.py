@@ -54,6 +54,7 @@ def test_a_state_saved_on_one_mesh_restores_onto_another_with_its_shardings(tmp_
     ({"format": 2, "position": True, "items": ["state"]}, "position True"),
     ({"format": 2, "position": 3, "items": ["state", "__import__('os')"]}, "are not a list of"),
     ({"format": 2, "position": 3, "items": "state"}, "are not a list of"),
+    ({"format": 2, "position": 3, "items": [["state"]]}, "are not a list of"),
     ({"format": 2, "position": 3, "items": ["ref_params"]}, r"holds no \['state'\]"),
 ])
 def test_the_meta_record_is_checked_before_any_array_is_read(meta, error):
