@@ -39,7 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import rl_jax
 from rl_jax import advantages as advantages_lib
 from rl_jax import objectives as objectives_lib
-from rl_jax import registry, sharding
+from rl_jax import loop_extras, registry, sharding
 from rl_jax.advantages.stateful import init_reward_stats
 from rl_jax.checkpoint import Checkpoints, RunLock, SaveOnSigterm, abstract, check_layout, saved_steps
 from rl_jax.distributed import is_main_process
@@ -69,6 +69,14 @@ class RLConfig:
   advantage: str = "grpo"           # group-reward estimators, "tempo" (token-level), "dcpo" (per-question state)
   objective_args: str = ""          # the objective's keywords k=v,k2=v2 (or --objective.k=v), e.g. eps_high=0.3
   advantage_args: str = ""          # the estimator's keywords (or --advantage.k=v), e.g. scale_by_std=false
+  reward_shaping: str = ""          # rl_jax.loop_extras: kimi, grpo_lambda, ada_grpo, effort, tlts ("" = none)
+  reward_shaping_args: str = ""     # its keywords (or --reward_shaping.k=v), e.g. threshold=0.6
+  prompt_sampling: str = ""         # "vas" (MMR1 variance-aware sampling over the task's questions)
+  prompt_sampling_args: str = ""
+  replay: str = ""                  # "arpo" (successes replayed into all-negative groups)
+  replay_args: str = ""
+  group_filter: str = ""            # "rest" (ReST-GRPO variance filter: rejected groups leave the loss)
+  group_filter_args: str = ""
   beta: float = 0.0                 # KL to the reference (the initial policy); > 0 runs a reference forward
   dynamic_sampling: bool = False    # DAPO: drop groups whose rewards all agree, refill from fresh prompts
   max_gen_batches: int = 4          # DAPO: rollout batches tried per step before giving up (<= 0: unlimited)
@@ -94,6 +102,7 @@ class RLConfig:
     check_methods(self.objective, self.advantage, dynamic_sampling=self.dynamic_sampling)
     objective_kwargs(self, 1)
     advantage_kwargs(self)
+    loop_extras.check_config(self)
 
 
 # Settings a resumed run may change: its length and bookkeeping. Any other change would continue a
@@ -218,7 +227,7 @@ def needs_groups(objective: Callable) -> bool:
 def command_line(config, argv: Sequence[str], doc: str = ""):
   """`rl_jax.config.from_command_line`, where --objective.KEY=VALUE and --advantage.KEY=VALUE are the
   chosen method's keywords (collected into objective_args / advantage_args, checked before compute)."""
-  rest, methods = [], {"objective": [], "advantage": []}
+  rest, methods = [], {k: [] for k in ("objective", "advantage", *loop_extras.CHOICES)}
   for arg in argv:
     head = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
     kind, dot, _ = head.partition(".")
@@ -244,6 +253,8 @@ class Scored(NamedTuple):
   row: dict                  # scalars for the step's metrics row: means over the rows (float, e.g. train_accuracy)
                              # or counts (int, e.g. reward_failures); see batch_rows
   sample: Optional[dict] = None   # one example for samples.jsonl (None: not written)
+  correct: Optional[np.ndarray] = None   # [P, G] correctness when rewards hold more (None: the rewards)
+  formats: Optional[np.ndarray] = None   # [P, G] int response-format labels (tasks with response_formats)
 
 
 class Task(Protocol):
@@ -287,6 +298,7 @@ class Run:
     self.objective = objective or objectives_lib.get(cfg.objective)
     self.objective_kw = dict(objective_kw or {}) if objective else objective_kwargs(cfg, task.max_new_tokens)
     self.advantage, self.advantage_kw = cfg.advantage, advantage_kwargs(cfg)
+    self.extras = loop_extras.Extras(cfg, task)
     abstract = jax.eval_shape(lambda p: init_state(p, self.optimizer, jax.random.PRNGKey(0)), params)
     self.state_sharding = sharding.state_shardings(self.mesh, abstract, self.optimizer)
     self.param_sharding = self.state_sharding.params
@@ -566,9 +578,10 @@ def rl_step(run: Run, state: TrainState, step: int, ref_params, adv_state):
   scored = []
 
   def sample(attempt):
-    prompts = task.prompts(step, attempt)
+    prompts = run.extras.prompts(step, attempt)
     ro = run.rollout(state.params, prompts, key if attempt == 0 else jax.random.fold_in(key, attempt))
-    scored.append((prompts, task.score(ro, prompts)))
+    ro, score = run.extras.score(ro, prompts, task.score(ro, prompts), step)
+    scored.append((prompts, score))
     return ro, scored[-1][1].rewards
 
   if cfg.dynamic_sampling:
@@ -582,12 +595,12 @@ def rl_step(run: Run, state: TrainState, step: int, ref_params, adv_state):
   prompt_len = ro.tokens.shape[1] - ro.completion.shape[1]
   state, m = rl_iteration(state, run.train_step(prompt_len), run.logprob_fn(prompt_len), ro, rewards, adv_fn,
                           epochs=cfg.epochs, minibatches=cfg.minibatches, ref_params=ref_params,
-                          keep_groups=needs_groups(run.objective))
+                          keep_groups=needs_groups(run.objective), valid_rows=run.extras.valid_rows(rewards))
   row = dict(m, reward=float(rewards.mean()), **task_row, gen_batches=ds["gen_batches"], gen_seconds=gen_s,
              step_seconds=timer.elapsed(), tokens_per_s=float(ro.completion_mask.sum()) / timer.elapsed())
   # the question ids of a dynamically sampled batch are not tracked
   record = None if cfg.dynamic_sampling else {"question_ids": [int(i) for i in prompts.question_ids],
-                                              "rewards": np.asarray(rewards).tolist()}
+                                              "rewards": np.asarray(rewards).tolist(), **run.extras.record(first)}
   return state, row, adv_state, record, first.sample
 
 
@@ -601,6 +614,7 @@ def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,
   Either way the run waits for the write and exits with status 143. Returns (final state, these steps' rows)."""
   cfg, ckpt = run.cfg, rd.ckpt
   adv_state = advantage_state(run, rd, start)
+  run.extras.restore_from(rd.path / "rewards.jsonl", start)
   live = {"state": state, "position": start, "adv_state": adv_state}
 
   def save(position, state, adv_state):

@@ -86,6 +86,14 @@ class Problems:
     ids, mask = self.task.encode_prompts([p for p, _ in problems])
     return loop.Prompts(ids, mask, [a for _, a in problems], np.array([self.question_id(p) for p, _ in problems]))
 
+  def prompts_for(self, question_ids) -> loop.Prompts:
+    """The prompts of chosen question ids (prompt sampling over the whole pool)."""
+    hi = 10 ** self.task.digits
+    problems = [self.task.problem(int(q) // hi % hi, self.task.ops[int(q) // hi // hi], int(q) % hi)
+                for q in question_ids]
+    ids, mask = self.task.encode_prompts([p for p, _ in problems])
+    return loop.Prompts(ids, mask, [a for _, a in problems], np.asarray(question_ids))
+
   def score(self, ro, prompts: loop.Prompts) -> loop.Scored:
     answers = np.repeat(prompts.answers, self.cfg.group_size)
     rewards = np.array([self.task.reward(c, a) for c, a in zip(ro.completion, answers)], np.float32)

@@ -45,6 +45,7 @@ from rl_jax.metrics_log import plot_curves, read_metrics
 from rl_jax.models import init_params, load_gguf, load_hf_folder, load_tokenizer, smollm2_gguf_path, tiny_config
 from rl_jax.models.published import names as published_names, published_config
 from rl_jax.rewards import RewardRunner, dapo_overlong_penalty, format_reward, math_reward
+from rl_jax.rewards.group_shaping import arm_format
 from rl_jax.train import Timer
 
 
@@ -228,7 +229,7 @@ def question_ids(cfg: Config, order: np.ndarray, step: int, attempt: int) -> lis
 
 def questions_used(cfg: Config, order: np.ndarray) -> list[int]:
   """Every train question the run can draw (all of them when dynamic-sampling refills are unbounded)."""
-  if cfg.dynamic_sampling and cfg.max_gen_batches <= 0:
+  if (cfg.dynamic_sampling and cfg.max_gen_batches <= 0) or cfg.prompt_sampling:
     return sorted(int(i) for i in order)
   attempts = cfg.max_gen_batches if cfg.dynamic_sampling else 1
   return sorted({i for s in range(cfg.rl_steps) for a in range(attempts) for i in question_ids(cfg, order, s, a)})
@@ -319,9 +320,13 @@ class Questions:
   def __init__(self, cfg: Config, tok, train, order: np.ndarray):
     self.cfg, self.tok, self.rewarder, self.train, self.order = cfg, tok, Rewarder(cfg), train, order
     self.max_new_tokens, self.stop_tokens, self.num_questions = cfg.max_new_tokens, (tok.eos_token_id,), len(self.train)
+    self.response_formats = True   # ARM format tags (Ada-GRPO), read from the decoded completions
 
   def prompts(self, step: int, attempt: int) -> loop.Prompts:
-    ids = question_ids(self.cfg, self.order, step, attempt)
+    return self.prompts_for(question_ids(self.cfg, self.order, step, attempt))
+
+  def prompts_for(self, ids) -> loop.Prompts:
+    ids = [int(i) for i in ids]
     recs = [self.train[i] for i in ids]
     # dynamic sampling concatenates batches, so they all get one width
     bucket = self.cfg.max_prompt_len if self.cfg.dynamic_sampling else self.cfg.prompt_bucket
@@ -338,7 +343,8 @@ class Questions:
     row = {"train_accuracy": float(np.mean(correct)), "response_len": float(np.mean(lengths)),
            "truncated_frac": float(np.mean(truncated)), "reward_failures": self.rewarder.correct.last_failures}
     sample = {"question": prompts.answers[0]["problem"], "completion": texts[0], "correct": float(correct[0])}
-    return loop.Scored(reward.reshape(-1, g), row, sample)
+    formats = np.array([arm_format(t) for t in texts]).reshape(-1, g)
+    return loop.Scored(reward.reshape(-1, g), row, sample, correct=correct.reshape(-1, g), formats=formats)
 
 
 def main(cfg: Config) -> dict:

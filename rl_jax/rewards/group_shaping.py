@@ -80,6 +80,16 @@ def ada_grpo_rewards(rewards, formats, *, step: int, total_steps: int) -> Array:
   return jax.lax.stop_gradient(r * decay / frac)
 
 
+ARM_FORMATS = ("<ANSWER>", "<COT>", "<CODE>", "<LONG_COT>")
+
+
+def arm_format(text: str) -> int:
+  """ARM's response format label: 1 + the index in `ARM_FORMATS` of the tag the response opens with (leading
+  whitespace ignored), 0 for a response with none of them (model text is only compared, never run)."""
+  head = str(text).lstrip()
+  return next((i + 1 for i, tag in enumerate(ARM_FORMATS) if head.startswith(tag)), 0)
+
+
 def effort_rewards(correct, lengths, effort, *, coef: float = 1.0, reference_lengths=None) -> Array:
   """e1 adaptive effort control: penalise using more than a fraction `effort` of the query's usual length.
 

@@ -75,14 +75,15 @@ class ArithmeticTask:
     hi = 10 ** self.digits
     a, b = rng.integers(0, hi, n), rng.integers(0, hi, n)
     ops = rng.choice(list(self.ops), n)
-    out = []
+    return [self.problem(int(x), str(op), int(y)) for x, y, op in zip(a, b, ops)]
+
+  def problem(self, x: int, op: str, y: int) -> tuple[str, str]:
+    """The (prompt text, answer text) of x op y."""
     width = self.digits if self.pad_operands else 0
-    for x, y, op in zip(a, b, ops):
-      value = str({"+": x + y, "-": x - y, "*": x * y}[op])
-      if self.reverse_answer:
-        value = value[::-1]
-      out.append((f"{x:0{width}d}{op}{y:0{width}d}=", value))
-    return out
+    value = str({"+": x + y, "-": x - y, "*": x * y}[op])
+    if self.reverse_answer:
+      value = value[::-1]
+    return f"{x:0{width}d}{op}{y:0{width}d}=", value
 
   def encode_prompts(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded prompt ids [N, prompt_len] and their mask."""
