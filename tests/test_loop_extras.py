@@ -37,6 +37,15 @@ def test_each_choice_runs_one_step_of_arithmetic(argv, tmp_path):
   assert ("correct" in record) == (key == "prompt_sampling")
 
 
+def test_vas_resumes_with_the_pass_rates_of_the_logged_steps(tmp_path):
+  kw = dict(_tiny(tmp_path), rl_steps=3, checkpoint_every=1, prompt_sampling="vas", sft_steps=3, sft_batch=8)
+  exp.main(exp.Config(**dict(kw, run_dir=str(tmp_path / "full"))))
+  exp.main(exp.Config(**dict(kw, run_dir=str(tmp_path / "cut"), rl_steps=1)))
+  exp.main(exp.Config(**dict(kw, run_dir=str(tmp_path / "cut"))))
+  full, cut = (read_metrics(tmp_path / d / "rewards.jsonl") for d in ("full", "cut"))
+  assert [r["question_ids"] for r in cut] == [r["question_ids"] for r in full] and len(full) == 3
+
+
 BAD = [(dict(reward_shaping="length"), "Unknown reward_shaping 'length'"),
        (dict(reward_shaping="kimi", reward_shaping_args="wieght=1"), r"takes no \['wieght'\]"),
        (dict(reward_shaping="kimi", reward_shaping_args="weight=big"), "expects float"),
