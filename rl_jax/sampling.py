@@ -161,6 +161,24 @@ def sample_tokens(logits: Array, u: Array, *, temperature: float, top_k: int = 0
                       lambda: _sample_full(filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p), u))
 
 
+def entropy_temperature_factor(logits: Array, stats: Array, tau: float) -> Array:
+  """HAPO adaptive temperature: the factor [B] by which each row's temperature is multiplied this step.
+
+    e = log max(H(softmax(z)), 1e-6),  h = (e − m)/(s + 1e-6),  ĥ = clip(h·k₊ if h > 0 else h·k₋, −1, 1),
+    T' = T · (1 + τ ĥ),   stats = (m, s, k₊, k₋)
+
+  "From Uniform to Heterogeneous" (HAPO), arXiv 2509.16591; the formula and τ = 0.05 from the official
+  sampler (compute_entropy_based_temperature), H from the raw logits before temperature. Where its statistics
+  come from is not in the released code: `rl_jax.objectives.entropy_temperature_stats` derives them from a
+  training batch's token entropies ([reconstruction])."""
+  z = logits.astype(jnp.float32)
+  logp = jax.nn.log_softmax(z, axis=-1)
+  e = jnp.log(jnp.maximum(-jnp.sum(jnp.exp(logp) * logp, axis=-1), 1e-6))
+  m, s, k_pos, k_neg = (stats[i] for i in range(4))
+  h = (e - m) / (s + 1e-6)
+  return 1.0 + tau * jnp.clip(jnp.where(h > 0, h * k_pos, h * k_neg), -1.0, 1.0)
+
+
 def row_uniforms(row_keys: Array, step: Array) -> Array:
   """One U[0, 1) draw per row for decode step `step`: uniform(fold_in(row key, step)), so a row's draws depend
   only on its own key (the static and the continuous-batching samplers agree row by row)."""
@@ -168,7 +186,7 @@ def row_uniforms(row_keys: Array, step: Array) -> Array:
 
 
 STATIC_ARGS = ("cfg", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id", "group_size",
-               "decode_block", "dtype")
+               "decode_block", "dtype", "temperature_tau")
 DECODE_BLOCK = 64
 
 
@@ -189,7 +207,8 @@ def decode_buckets(max_new_tokens: int, block: int) -> list[tuple[int, int]]:
 
 def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, *, max_new_tokens: int,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
-                 pad_id: int = 0, group_size: int = 1, decode_block: int = DECODE_BLOCK, dtype=None) -> Samples:
+                 pad_id: int = 0, group_size: int = 1, decode_block: int = DECODE_BLOCK, dtype=None,
+                 temperature_stats=None, temperature_tau: float = 0.0) -> Samples:
   """Samples `max_new_tokens` tokens per row (temperature 0 = greedy argmax).
 
   Args:
@@ -200,6 +219,8 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
     decode_block: the cache grows by this many slots at a time (attention reads the filled prefix rounded up).
     dtype: weights and KV cache dtype of the sampler (None: cfg.dtype when it is bfloat16, else the parameters'
       own); logits, attention softmax and sampling stay float32.
+    temperature_stats, temperature_tau: HAPO's adaptive temperature (`entropy_temperature_factor`; stats [4]
+      traced, 0 <= τ < 1 static); None or τ = 0 samples at the fixed temperature.
   Row r's randomness is `jax.random.split(rng, B·G)[r]` folded with the step index (see `row_uniforms`).
   """
   check_sampling_args(cfg.vocab_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -220,8 +241,14 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
   next_pos = jnp.sum(prompt_mask, axis=1)
   stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
 
+  if not 0.0 <= temperature_tau < 1.0:
+    raise ValueError(f"temperature_tau must lie in [0, 1), got {temperature_tau}.")
+  adapt = temperature_stats is not None and temperature_tau > 0
+
   def step(carry, i):
     last_logits, cache, key_valid, done = carry
+    if adapt:
+      last_logits = last_logits / entropy_temperature_factor(last_logits, temperature_stats, temperature_tau)[:, None]
     token, logp = sample_tokens(last_logits, row_uniforms(row_keys, i), temperature=temperature, top_k=top_k,
                                 top_p=top_p)
     live = ~done

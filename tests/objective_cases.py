@@ -27,7 +27,7 @@ def make_batch(seed=0, b=B, t=T, lengths=LENGTHS, spread=0.3, seq_adv=True):
 # name -> keyword arguments that the method needs besides the common ones (built from `extras`).
 def method_kwargs(name, extras, b=B):
   kw = {}
-  if name in ("hapo", "gtpo", "steer"):
+  if name in ("hapo", "gtpo", "steer", "spine"):
     kw["entropy"] = extras["entropy"]
   if name == "disco":
     kw["group_size"] = GROUP

@@ -380,3 +380,101 @@ def test_zoom_zero_hand_example():
   got = advantages.zoom_zero(f32([[0, 0]]), f32([[1, 0]]), f32([[0, 1]]), [[1, 1]], [[2, 2]], f32(np.ones((1, 2, 2))))
   z = (1 / 6) / math.sqrt((4 * (1 / 6) ** 2) / 3)
   np.testing.assert_allclose(np.asarray(got), [[[-z, z], [z, -z]]], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- SPINE entropy band
+
+@pytest.mark.parametrize("jit,hp", [(False, dict()), (True, dict()), (True, dict(rho=0.5, h_low=0.8, h_high=1.6,
+                                                                                 band_coef=0.3, eps_high=0.28))])
+def test_spine_against_reference(jit, hp):
+  logp, old, _, adv, mask, extras = make_batch(seed=81, spread=0.1)
+  h = extras["entropy"]
+  loss = lambda lp: ref.spine(lp, old, adv, mask, entropy=h, frozen=logp.copy(), **hp)
+  check("spine", loss, logp, old, adv, mask, jit, entropy=f32(h), **hp)
+  logp2, old2, _, adv2, mask2, _ = make_batch(seed=82, spread=0.1, seq_adv=False)
+  loss2 = lambda lp: ref.spine(lp, old2, adv2, mask2, entropy=h, frozen=logp2.copy(), **hp)
+  check("spine", loss2, logp2, old2, adv2, mask2, jit, entropy=f32(h), **hp)
+
+
+def test_spine_hand_example():
+  # rho = 0.5 of 4 tokens → the 2 highest entropies fork: H = 3 (above the band: side +1) and H = 1 (inside).
+  # On-policy, A = 1, log π = log 0.5: the band term at token 1 is c·(−(log 0.5 + 3)·log 0.5).
+  lp = np.full((1, 4), math.log(0.5))
+  h = f32([[0.1, 3.0, 1.0, 0.5]])
+  loss, grad = value_and_grad("spine", lp, lp, np.array([1.0]), np.ones((1, 4)), True, entropy=h, rho=0.5)
+  s = -(math.log(0.5) + 3.0) * math.log(0.5)
+  assert loss == pytest.approx((-2.0 + 0.01 * s) / 4, abs=1e-6)
+  np.testing.assert_allclose(grad, [[0.0, (-1.0 - 0.01 * (math.log(0.5) + 3.0)) / 4, -0.25, 0.0]], atol=1e-6)
+  # Below the band the term raises entropy: its gradient has the opposite sign.
+  band, side = objectives.entropy_band_surrogate(f32(lp[:, :2]), f32([[0.1, 3.0]]), h_low=0.3, h_high=2.0)
+  np.testing.assert_array_equal(np.asarray(side), [[-1.0, 1.0]])
+  _, metrics = objectives.spine(f32(lp), f32(lp), f32([1.0]), f32(np.ones((1, 4))), entropy=h, rho=0.5)
+  assert float(metrics["fork_frac"]) == 0.5 and float(metrics["band_high_frac"]) == 0.5
+  for kw, match in ((dict(h_low=2.0, h_high=1.0), "h_low"), (dict(band_coef=-1.0), "band_coef"),
+                    (dict(rho=0.0), "rho")):
+    with pytest.raises(ValueError, match=match):
+      objectives.spine(f32(lp), f32(lp), f32([1.0]), f32(np.ones((1, 4))), entropy=h, **kw)
+
+
+# ----------------------------------------------------------------------------- HAPO adaptive sampling temperature
+
+def test_hapo_temperature_factor_and_stats_against_reference():
+  from rl_jax.sampling import entropy_temperature_factor
+  rng = np.random.default_rng(91)
+  logits = rng.normal(size=(7, 11)) * rng.uniform(0.1, 4.0, (7, 1))
+  stats = np.array([0.2, 0.8, 0.7, 1.3])
+  for tau in (0.05, 0.5):
+    got = jax.jit(lambda z, s: entropy_temperature_factor(z, s, tau))(f32(logits), f32(stats))
+    np.testing.assert_allclose(np.asarray(got), ref.entropy_temperature_factor(logits, stats, tau), rtol=1e-5)
+  _, _, _, _, mask, extras = make_batch(seed=92)
+  got = objectives.entropy_temperature_stats(f32(extras["entropy"]), f32(mask))
+  np.testing.assert_allclose(np.asarray(got), ref.entropy_temperature_stats(extras["entropy"], mask), rtol=1e-5)
+  # the batch's own statistics map its entropies onto ĥ ∈ [−1, 1], reaching both ends
+  h = np.log(extras["entropy"][mask > 0])
+  s = np.asarray(got)
+  hh = (h - s[0]) / s[1]
+  hh = np.where(hh > 0, hh * s[2], hh * s[3])
+  assert hh.max() == pytest.approx(1.0, abs=1e-5) and hh.min() == pytest.approx(-1.0, abs=1e-5)
+
+
+def test_hapo_adaptive_temperature_in_the_sampler():
+  from rl_jax.models import init_params, tiny_config
+  from rl_jax.sampling import generate
+  cfg = tiny_config(13, d_model=16, n_layers=1, head_dim=4, ffn_dim=32, max_seq_len=16)
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  prompts, mask, key = jnp.ones((3, 4), jnp.int32), jnp.ones((3, 4), jnp.int32), jax.random.PRNGKey(5)
+  run = lambda **kw: generate(params, cfg, prompts, mask, key, max_new_tokens=6, **kw)
+  plain = run(temperature=0.8)
+  # stats that put every step above the centre with ĥ clipped to 1: T' = 0.8·(1 + 0.5) = 1.2 everywhere
+  hot = run(temperature=0.8, temperature_stats=f32([-50.0, 1.0, 1e3, 1e3]), temperature_tau=0.5)
+  ref_hot = run(temperature=1.2)
+  np.testing.assert_array_equal(np.asarray(hot.tokens), np.asarray(ref_hot.tokens))
+  np.testing.assert_allclose(np.asarray(hot.logp), np.asarray(ref_hot.logp), rtol=1e-5, atol=1e-6)
+  # ... and below it with ĥ = −1: T' = 0.8·0.5 = 0.4; τ = 0 or no stats: the fixed temperature
+  cold = run(temperature=0.8, temperature_stats=f32([50.0, 1.0, 1e3, 1e3]), temperature_tau=0.5)
+  np.testing.assert_allclose(np.asarray(cold.logp), np.asarray(run(temperature=0.4).logp), rtol=1e-5, atol=1e-6)
+  same = run(temperature=0.8, temperature_stats=f32([-50.0, 1.0, 1e3, 1e3]), temperature_tau=0.0)
+  np.testing.assert_array_equal(np.asarray(same.logp), np.asarray(plain.logp))
+  assert not np.allclose(np.asarray(hot.logp), np.asarray(plain.logp))
+  with pytest.raises(ValueError, match="temperature_tau"):
+    run(temperature=0.8, temperature_stats=f32([0, 1, 1, 1]), temperature_tau=1.0)
+
+
+# ----------------------------------------------------------------------------- GCPO group contrastive masking
+
+def test_gcpo_rewards_against_reference_and_hand_example():
+  from rl_jax import rewards
+  rng = np.random.default_rng(101)
+  correct = rng.integers(0, 2, (8, 5)).astype(np.float64)
+  aux = rng.integers(0, 2, (8, 5)).astype(np.float64)
+  aux[0], aux[1] = 1.0, 0.0                               # one side empty: masked (Δ = 0)
+  lengths = rng.integers(1, 300, (8, 5)).astype(np.float64)
+  for kw in ({}, dict(margin=0.3, aux_weight=0.5, length_weight=0.2, max_len=200.0)):
+    got = jax.jit(lambda c, a, n, kw=kw: rewards.gcpo_rewards(c, a, n, **kw))(f32(correct), f32(aux), f32(lengths))
+    np.testing.assert_allclose(np.asarray(got), ref.gcpo_rewards(correct, aux, lengths, **kw), rtol=1e-6, atol=1e-6)
+  hand = rewards.gcpo_rewards(f32([[1, 1, 0, 0], [1, 1, 0, 0]]), f32([[1, 1, 0, 1], [0, 0, 1, 1]]), f32(np.ones((2, 4))))
+  np.testing.assert_allclose(np.asarray(hand), [[2, 2, 0, 1], [1, 1, -1, -1]])
+  with pytest.raises(ValueError, match="margin"):
+    rewards.gcpo_rewards(f32([[1, 0]]), f32([[1, 0]]), f32([[1, 1]]), margin=-0.1)
+  with pytest.raises(ValueError, match="uses_aux"):
+    rewards.gcpo_rewards(f32([[1, 0]]), f32([[1, 0, 1]]), f32([[1, 1]]))

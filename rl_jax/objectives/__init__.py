@@ -22,9 +22,10 @@ from rl_jax.objectives.trust_regions import (cispo_weight, clip_bounds_loss, cli
 from rl_jax.objectives.ppo import dapo, dcpo, dr_grpo, grpo, minpro, ngrpo, ppo_dual_clip, token_clip_terms
 from rl_jax.objectives.sequence import dhpo, gmpo, gspo, gspo_token, rank_grpo, segment_entropy_scale, sspo
 from rl_jax.objectives.gated import cispo, clip_cov, kl_cov, sapo, token_covariance
-from rl_jax.objectives.hapo import hapo, normalized_entropy
+from rl_jax.objectives.hapo import entropy_temperature_stats, hapo, normalized_entropy
 from rl_jax.objectives.gtpo import entropy_filter, gtpo, gtpo_conflict_weights
 from rl_jax.objectives.corrections import mis, mis_weights, tis, tis_weights, with_correction
 from rl_jax.objectives.offpolicy import minirl, opmd, topr
-from rl_jax.objectives.reweighted import llds, llds_penalty, mask_runs, steer, steer_weights
+from rl_jax.objectives.reweighted import (entropy_band_surrogate, llds, llds_penalty, mask_runs, spine, steer,
+                                         steer_weights)
 from rl_jax.objectives.discriminative import discriminative_gap, disco, sequence_scores

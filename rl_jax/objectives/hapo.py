@@ -40,6 +40,24 @@ def normalized_entropy(entropy: Array, mask: Array, *, pivot: float = 0.8, repro
   return sg(h_hat * valid)
 
 
+def entropy_temperature_stats(entropy: Array, mask: Array, *, pivot: float = 0.8) -> Array:
+  """(m, s, k₊, k₋) [4] for the sampler's adaptive temperature (`rl_jax.sampling.entropy_temperature_factor`)
+  from a batch's token entropies: m, s the pivot quantile and RMS spread of log H used by `normalized_entropy`,
+  k₊ = 1/max h, k₋ = 1/|min h| (so ĥ spans [−1, 1] on that batch, the paper's signs). [reconstruction]: the
+  official sampler takes these four numbers but the released code does not show how they are computed."""
+  valid = mask > 0
+  e = jnp.log(jnp.maximum(sg(entropy), 1e-8))
+  n = jnp.sum(valid)
+  sorted_e = jnp.sort(jnp.where(valid, e, jnp.inf).reshape(-1))
+  q = sorted_e[jnp.clip(jnp.round(pivot * (n - 1)).astype(jnp.int32), 0, sorted_e.size - 1)]
+  centred = jnp.where(valid, e - q, 0.0)
+  scale = jnp.sqrt(jnp.sum(jnp.square(centred)) / jnp.maximum(n, 1))
+  h = centred / jnp.where(scale > 0, scale, 1.0)
+  pos, neg = jnp.max(jnp.where(valid, h, 0.0)), -jnp.min(jnp.where(valid, h, 0.0))
+  inv = lambda d: jnp.where(d > 0, 1.0 / jnp.where(d > 0, d, 1.0), 0.0)
+  return jnp.stack([q, scale, inv(pos), inv(neg)])
+
+
 @register
 def hapo(logp, old_logp, advantages, mask, *, entropy, ref_logp=None, eps_low=0.2, eps_high=0.2, entropy_pivot=0.8,
          clip_alpha=1.0, adv_beta=1.0, dual_clip_c=10.0, reproduce_code_sign=True, beta=0.0, kl_estimator="k3",

@@ -122,3 +122,50 @@ def llds(logp, old_logp, advantages, mask, *, ref_logp=None, llds_coef=0.2, gate
   loss = metrics["loss"] + llds_coef * reg
   metrics["loss"] = loss
   return loss, metrics
+
+
+def entropy_band_surrogate(logp: Array, entropy: Array, *, h_low: float, h_high: float) -> tuple[Array, Array]:
+  """(per-token band term [B, T], band side b [B, T]) of SPINE's entropy band.
+
+    b_t = +1 if H_t > h_high, −1 if H_t < h_low, 0 inside;  term_t = b_t · S_t,  S_t = −sg(log π_t + H_t) · log π_t,
+
+  S_t is the sampled-token estimator of the token entropy's gradient (E_{y~π}[∇S] = ∇H), so minimising the
+  term lowers H above the band and raises it below. H (`entropy`, no gradient) is the full-vocabulary entropy."""
+  side = jnp.where(entropy > h_high, 1.0, jnp.where(entropy < h_low, -1.0, 0.0))
+  surrogate = -sg(logp + entropy) * logp
+  return side * surrogate, side
+
+
+@register
+def spine(logp, old_logp, advantages, mask, *, entropy, ref_logp=None, rho=0.2, h_low=0.3, h_high=2.0,
+          band_coef=0.01, eps_low=0.2, eps_high=0.2, beta=0.0, kl_estimator="k3", agg="token-mean", max_len=None,
+          token_weights=None):
+  """SPINE: PPO-clip updates only at forking tokens, plus an entropy band on them.
+
+    F = forking_tokens(H, mask, ρ)  (the batch's top-ρ entropy tokens, 80/20 rule),
+    ℓ_t = F_t · (ℓ^clip_t + c · b_t · S_t)   (`entropy_band_surrogate`), aggregated over all valid tokens.
+
+  "SPINE: Token-Selective Test-Time Reinforcement Learning with Entropy-Band Regularization", arXiv
+  2511.17938 (its rewards are majority votes: `rl_jax.rewards.majority_vote_rewards`). [reconstruction] from
+  the abstract (no code reachable): updates only at forking tokens, a regulariser there that raises entropy
+  below the band and lowers it above. Assumed, each a keyword: the forking rule (top ρ = 0.2 of the batch, as
+  `advantages.forking_tokens`), absolute band edges h_low / h_high in nats, the coefficient c, the sampled-token
+  entropy-gradient surrogate S, GRPO's symmetric ε = 0.2, token-mean. `entropy` [B, T] is the current
+  policy's token entropy (no gradient).
+  """
+  from rl_jax.advantages.selection import forking_tokens
+  check_hparam("band_coef", band_coef)
+  if not (isinstance(h_low, (int, float)) and isinstance(h_high, (int, float)) and 0 <= h_low <= h_high):
+    raise ValueError(f"spine needs 0 <= h_low <= h_high, got h_low={h_low}, h_high={h_high}.")
+  inp = start(logp, old_logp, advantages, mask, ref_logp, beta=beta, kl_estimator=kl_estimator, agg=agg,
+              max_len=max_len, eps=(("eps_low", eps_low), ("eps_high", eps_high)))
+  h = optional_token_array("entropy", entropy, inp, required=True, method="spine")
+  fork = forking_tokens(h, inp.mask, rho=rho)
+  per_token, clipped, ratio = token_clip_terms(inp, eps_low=eps_low, eps_high=eps_high, dual_clip_c=None)
+  band, side = entropy_band_surrogate(inp.logp, h, h_low=h_low, h_high=h_high)
+  n = jnp.maximum(jnp.sum(fork), 1.0)
+  extra = {"fork_frac": jnp.sum(fork) / jnp.maximum(jnp.sum(inp.mask), 1.0),
+           "band_low_frac": jnp.sum(fork * (side < 0)) / n, "band_high_frac": jnp.sum(fork * (side > 0)) / n}
+  return policy_loss(fork * (per_token + band_coef * band), inp, ratio=ratio, clipped=clipped * fork, agg=agg,
+                     max_len=max_len, beta=beta, kl_estimator=kl_estimator, token_weights=token_weights,
+                     extra_metrics=extra)

@@ -6,4 +6,4 @@ from rl_jax.rewards.runner import RewardRunner
 from rl_jax.rewards.shaping import dapo_overlong_penalty, length_penalty
 from rl_jax.rewards.consistency import majority_vote_rewards, paraphrase_consistency_rewards, token_f1
 from rl_jax.rewards.group_shaping import (ada_grpo_rewards, curriculum_budget, curriculum_reward, effort_rewards,
-                                          grpo_lambda_rewards, kimi_length_reward)
+                                          gcpo_rewards, grpo_lambda_rewards, kimi_length_reward)

@@ -143,3 +143,33 @@ def curriculum_reward(correct: float, length: int, format_ok: float, *, budget: 
   if budget <= 0:
     raise ValueError(f"budget must be > 0, got {budget}.")
   return w_correct * correct + w_format * format_ok + length_penalty(length, target=budget, coef=w_length / budget)
+
+
+def gcpo_rewards(correct, uses_aux, lengths, *, margin: float = 0.05, aux_weight: float = 1.0,
+                 length_weight: float = 0.0, max_len: float = 1.0) -> Array:
+  """GCPO (GeometryZero) group contrastive masking: the auxiliary-construction reward of a group is positive,
+  negative or masked by whether construction helped within that group.
+
+    Δ_p = acc(c | aux) − acc(c | no aux) over the group (Δ_p = 0 when either side is empty),
+    M_p = +1 if Δ_p > margin, −1 if Δ_p < −margin, else 0,
+    r_i = c_i + aux_weight · M_p · a_i + length_weight · min(L_i / max_len, 1) · c_i.
+
+  "GeometryZero: Improving Geometry Solving for LLM with Group Contrastive Policy Optimization", arXiv
+  2506.07160. [reconstruction] from the paper's abstract and a summary of its method (the official code was not
+  reachable): R_aux(o) = 1 when o constructs auxiliary lines (`uses_aux` [P, G], from the task's detector); the
+  accuracy-difference form of the mask, its `margin`, the weights and the length term (rewarding longer correct
+  chains, capped at `max_len` tokens; off by default) are assumptions, each a keyword.
+  Example: correct [1, 1, 0, 0], aux [1, 1, 0, 1] → Δ = 2/3 − 0 > 0.05 → [2, 2, 0, 1].
+  """
+  c = check_rewards(correct, method="gcpo_rewards")
+  a = _check_same("uses_aux", uses_aux, c.shape)
+  n = _check_same("lengths", lengths, c.shape)
+  if margin < 0 or max_len <= 0:
+    raise ValueError(f"gcpo_rewards needs margin >= 0 and max_len > 0, got {margin}, {max_len}.")
+  with_aux, without = a.sum(axis=1), (1.0 - a).sum(axis=1)
+  acc_aux = (c * a).sum(axis=1) / jnp.maximum(with_aux, 1.0)
+  acc_plain = (c * (1.0 - a)).sum(axis=1) / jnp.maximum(without, 1.0)
+  delta = jnp.where((with_aux > 0) & (without > 0), acc_aux - acc_plain, 0.0)
+  sign = jnp.where(delta > margin, 1.0, jnp.where(delta < -margin, -1.0, 0.0))[:, None]
+  length = length_weight * jnp.minimum(n / max_len, 1.0) * c
+  return jax.lax.stop_gradient(c + aux_weight * sign * a + length)

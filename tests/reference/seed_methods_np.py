@@ -253,3 +253,65 @@ def zoom_zero(shared, span_reward, outside_reward, span_start, span_end, mask, *
     for key, v in scores.items():
       out[(p,) + key] = (v - mu) / (sd + eps)
   return out
+
+
+# ----------------------------------------------------------------------------- SPINE
+
+def spine(logp, old, adv, mask, *, entropy, frozen, rho=0.2, h_low=0.3, h_high=2.0, band_coef=0.01, eps_low=0.2,
+          eps_high=0.2):
+  """Sum over forking tokens (the top ceil(rho*N) valid entropies, ties kept) of the PPO-clip loss plus
+  c*side*(-(frozen + H)*logp), divided by all N valid tokens."""
+  R = rows(mask)
+  valid = sorted((entropy[i, t] for i, r in enumerate(R) for t in r), reverse=True)
+  n = len(valid)
+  k = max(1, math.ceil(rho * n - 1e-9))
+  tau = valid[k - 1] if n else math.inf
+  total = 0.0
+  for i, r in enumerate(R):
+    for t in r:
+      h = entropy[i, t]
+      if h < tau:
+        continue
+      a = adv[i] if np.ndim(adv) == 1 else adv[i, t]
+      ratio = math.exp(logp[i, t] - old[i, t])
+      pg = max(-a * ratio, -a * min(max(ratio, 1 - eps_low), 1 + eps_high))
+      side = 1.0 if h > h_high else (-1.0 if h < h_low else 0.0)
+      total += pg + band_coef * side * (-(frozen[i, t] + h) * logp[i, t])
+  return total / max(n, 1)
+
+
+# ----------------------------------------------------------------------------- HAPO adaptive temperature
+
+def entropy_temperature_factor(logits, stats, tau):
+  """Per row: 1 + tau*clip(h*k_pos if h > 0 else h*k_neg, -1, 1), h = (log H - m)/(s + 1e-6)."""
+  m, s, k_pos, k_neg = stats
+  out = []
+  for row in np.asarray(logits, np.float64):
+    p = np.exp(row - row.max())
+    p /= p.sum()
+    h_ent = -sum(q * math.log(q) for q in p if q > 0)
+    h = (math.log(max(h_ent, 1e-6)) - m) / (s + 1e-6)
+    out.append(1 + tau * min(1.0, max(-1.0, h * (k_pos if h > 0 else k_neg))))
+  return np.array(out)
+
+
+def entropy_temperature_stats(entropy, mask, pivot=0.8):
+  e = sorted(math.log(max(entropy[i, t], 1e-8)) for i, r in enumerate(rows(mask)) for t in r)
+  q = e[int(round(pivot * (len(e) - 1)))]
+  scale = math.sqrt(sum((x - q) ** 2 for x in e) / len(e))
+  h = [(x - q) / scale for x in e]
+  return np.array([q, scale, 1 / max(h), 1 / -min(h)])
+
+
+# ----------------------------------------------------------------------------- GCPO
+
+def gcpo_rewards(correct, uses_aux, lengths, *, margin=0.05, aux_weight=1.0, length_weight=0.0, max_len=1.0):
+  out = np.zeros_like(np.asarray(correct, np.float64))
+  for p in range(len(correct)):
+    with_aux = [c for c, a in zip(correct[p], uses_aux[p]) if a]
+    without = [c for c, a in zip(correct[p], uses_aux[p]) if not a]
+    delta = (sum(with_aux) / len(with_aux) - sum(without) / len(without)) if with_aux and without else 0.0
+    sign = 1.0 if delta > margin else (-1.0 if delta < -margin else 0.0)
+    for i, (c, a, n) in enumerate(zip(correct[p], uses_aux[p], lengths[p])):
+      out[p, i] = c + aux_weight * sign * a + length_weight * min(n / max_len, 1.0) * c
+  return out
