@@ -6,8 +6,11 @@ slice, and `jax.jit(f).lower(<ShapeDtypeStruct with NamedSharding>).compile()` r
 so whether a run fits is known before a slice exists. No weights are needed: parameters and optimizer state
 are abstract (`jax.eval_shape`) and laid out by rl_jax.sharding's partition rules on the slice's mesh.
 
-  report = aot_report("v5p-64", model_cfg, MeshConfig(data=1, fsdp=-1, tensor=4), optimizer, objective,
-                      RunShapes(sample_rows=1024, prompt_len=1024, new_tokens=3072, train_rows=256, ...))
+  report = aot_report("v5p-64", build, RunShapes(sample_rows=1024, prompt_len=1024, new_tokens=3072, train_rows=256, ...))
+
+where `build(devices, micro_batches, logprob_micro_batches)` returns the run's `rl_jax.loop.Run` on those devices:
+what is compiled is the run's own sampler, log-prob forward and train step (`rl_jax.loop.ahead_of_time` does
+this for every experiment's `--aot=TOPOLOGY`).
 
 Per function: peak = arguments + outputs + temporaries − aliased (donated) bytes; `fits` when every peak plus
 the resident state the function does not take as an argument (parameters, optimizer state, reference) is
@@ -30,9 +33,6 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rl_jax.models.config import ModelConfig
-from rl_jax.models.llama import init_params, sampler_dtype
-from rl_jax.sharding import BATCH, MeshConfig, jit_sharded_generate, jit_sharded_step, make_mesh, param_shardings, \
-  state_shardings
 
 GIB = 2 ** 30
 HBM_FRACTION = 0.9     # a function fits when its peak (with the resident state) is at most this share of HBM
@@ -129,7 +129,7 @@ def compile_memory(fn, *args) -> dict:
   peak = arguments + outputs + temporaries − aliased (outputs written into donated arguments)."""
   t0 = time.perf_counter()
   mesh = next(x.sharding.mesh for x in jax.tree.leaves(args) if isinstance(x.sharding, NamedSharding))
-  with jax.set_mesh(mesh):    # activations pinned to the batch axes (rl_jax.models.llama.constrain_rows)
+  with jax.set_mesh(mesh):    # as the run traces it (rl_jax.loop.Run): activations pinned to the batch axes
     ma = fn.lower(*args).compile().memory_analysis()
   arg, out, tmp, alias = (ma.argument_size_in_bytes, ma.output_size_in_bytes, ma.temp_size_in_bytes,
                           ma.alias_size_in_bytes)
@@ -154,54 +154,54 @@ class RunShapes:
   decode_block: int = 64        # the sampler's cache growth step (rl_jax.sampling.generate)
   temperature: float = 1.0      # sampling settings (top-p < 1 compiles the nucleus path)
   top_p: float = 1.0
-  stop_token: int = 0
+  token_advantages: bool = False   # advantages per token [B, T] (TEMPO) rather than per row [B]
 
 
-def abstract_state(model: ModelConfig, optimizer: optax.GradientTransformation, mesh):
-  """TrainState of ShapeDtypeStructs laid out on `mesh` (no parameter is materialised)."""
-  from rl_jax.train import init_state
-  abstract = jax.eval_shape(lambda k: init_state(init_params(model, k), optimizer, k), jax.random.PRNGKey(0))
-  return with_shardings(abstract, state_shardings(mesh, abstract, optimizer))
+def run_shapes(cfg, *, prompt_len: int, new_tokens: int, decode_block: int) -> RunShapes:
+  """The shapes of one RL step of an `rl_jax.loop.RLConfig` run with prompts padded to `prompt_len`."""
+  from rl_jax.loop import TOKEN_ADVANTAGES
+  rows = cfg.prompts_per_step * cfg.group_size
+  return RunShapes(sample_rows=rows, group_size=cfg.group_size, prompt_len=prompt_len, new_tokens=new_tokens,
+                   train_rows=rows // cfg.minibatches, logprob_rows=rows, micro_batches=max(cfg.micro_batches, 1),
+                   logprob_micro_batches=max(cfg.logprob_micro_batches, 1), old_logp=cfg.epochs * cfg.minibatches > 1,
+                   reference=cfg.beta > 0, updates=cfg.epochs * cfg.minibatches, decode_block=decode_block,
+                   temperature=cfg.temperature, top_p=cfg.top_p, token_advantages=cfg.advantage in TOKEN_ADVANTAGES)
 
 
-def _rows(mesh, shape, dtype):
-  return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P(BATCH)))
+def _rows(run, shape, dtype):
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=run.rows(shape[0], len(shape)))
 
 
-def sampler_function(model: ModelConfig, mesh, params, run: RunShapes):
-  """The sampler (prefill + KV-cache decode) and its abstract arguments."""
-  fn, _ = jit_sharded_generate(mesh, params, cfg=model, max_new_tokens=run.new_tokens, temperature=run.temperature,
-                               top_p=run.top_p,
-                               stop_tokens=(run.stop_token,), pad_id=0, dtype=sampler_dtype(model),
-                               decode_block=run.decode_block, group_size=run.group_size)
-  prompts = _rows(mesh, (run.sample_rows // run.group_size, run.prompt_len), jnp.int32)
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))
-  return fn, (params, prompts, prompts, key)
+def abstract_state(run):
+  """The run's TrainState as ShapeDtypeStructs laid out by its shardings (no parameter is materialised)."""
+  return with_shardings(run.abstract_state, run.state_sharding)
 
 
-def logprob_function(model: ModelConfig, mesh, params, run: RunShapes, micro_batches: int):
-  """The no-gradient log-prob forward (π_old or the reference) and its abstract arguments."""
-  from rl_jax.train import make_logprob_fn
-  raw = make_logprob_fn(model, prompt_len=run.prompt_len, micro_batches=micro_batches, jit=False)
-  rows = NamedSharding(mesh, P(BATCH))
-  fn = jax.jit(raw, in_shardings=(param_shardings(mesh, params), rows, rows), out_shardings=rows)
-  tokens = _rows(mesh, (run.logprob_rows, run.prompt_len + run.new_tokens), jnp.int32)
-  return fn, (params, tokens, tokens)
+def sampler_call(run, shapes: RunShapes):
+  """The run's sampler (prefill + KV-cache decode) and its abstract arguments."""
+  n = shapes.sample_rows // shapes.group_size
+  prompts = _rows(run, (n, shapes.prompt_len), jnp.int32)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(run.mesh, P()))
+  return run.sampler(n, shapes.prompt_len), (abstract_state(run).params, prompts, prompts, key)
 
 
-def train_function(model: ModelConfig, mesh, state, optimizer, objective: Callable, objective_kwargs: dict,
-                   run: RunShapes, micro_batches: int):
-  """The RL train step (state donated) and its abstract arguments."""
-  from rl_jax.train import RLBatch, make_rl_step
-  b, t = run.train_rows, run.new_tokens
-  tokens = _rows(mesh, (b, run.prompt_len + t), jnp.int32)
-  per_token = _rows(mesh, (b, t), jnp.float32)
-  batch = RLBatch(tokens, tokens, per_token, per_token if run.old_logp else None, _rows(mesh, (b,), jnp.float32),
-                  per_token if run.reference else None)
-  raw = make_rl_step(model, optimizer, objective, objective_kwargs, prompt_len=run.prompt_len, jit=False,
-                     micro_batches=micro_batches)
-  fn, _, _ = jit_sharded_step(raw, mesh, state, optimizer, batch, donate=True)
-  return fn, (state, batch)
+def logprob_call(run, shapes: RunShapes):
+  """The run's no-gradient log-prob forward (π_old or the reference) and its abstract arguments."""
+  n = shapes.logprob_rows
+  tokens = _rows(run, (n, shapes.prompt_len + shapes.new_tokens), jnp.int32)
+  return run.logprob_jit(shapes.prompt_len, n), (abstract_state(run).params, tokens, tokens)
+
+
+def train_call(run, shapes: RunShapes):
+  """The run's train step and its abstract arguments: the batch `rl_jax.train.rl_iteration` hands it."""
+  from rl_jax.train import RLBatch
+  b, t = shapes.train_rows, shapes.new_tokens
+  tokens = _rows(run, (b, shapes.prompt_len + t), jnp.int32)
+  per_token = _rows(run, (b, t), jnp.float32)
+  adv = per_token if shapes.token_advantages else _rows(run, (b,), jnp.float32)
+  batch = RLBatch(tokens, tokens, per_token, per_token if shapes.old_logp else None, adv,
+                  per_token if shapes.reference else None, per_token)
+  return run.train_jit(shapes.prompt_len, batch), (abstract_state(run), batch)
 
 
 def matmul_params(model: ModelConfig) -> int:
@@ -300,59 +300,108 @@ def _sizes(seen: dict, resident: float) -> str:
   return ", ".join(f"{m} row(s)/shard: {v['peak_gib'] + resident:.1f} GiB" for m, v in sorted(seen.items()))
 
 
-def aot_report(topology: str, model: ModelConfig, mesh_config: MeshConfig, optimizer: optax.GradientTransformation,
-               objective: Callable, objective_kwargs: Optional[dict], run: RunShapes, *, auto_micro_batches: bool = False,
-               log: Callable = print) -> dict:
-  """Compiles the run's sampler, log-prob forward and train step for `topology` and reports per-chip memory.
+def resident_gib(run, reference: bool) -> dict:
+  """Per-chip GiB of what stays resident between the run's functions: parameters, optimizer state, reference."""
+  state = abstract_state(run)
+  params, opt = per_chip_bytes(state.params) / GIB, per_chip_bytes(state.opt_state) / GIB
+  return {"params_gib": params, "opt_state_gib": opt, "reference_gib": params if reference else 0.0}
 
-  With `auto_micro_batches` the train step's and log-prob forward's micro-batch counts are picked from compiled
-  memory (`pick_micro_batches`); otherwise `run.micro_batches` / `run.logprob_micro_batches` are compiled as given.
-  """
-  chip, jax_topology, chips = parse_topology(topology)
-  mesh = make_mesh(mesh_config, topology_devices(jax_topology))
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  counts = {"prompts": run.sample_rows // run.group_size, "train_rows": run.train_rows,
-            "logprob_rows": run.logprob_rows}
+
+def batch_shards(run, shapes: RunShapes) -> int:
+  """data × fsdp of the run's mesh, after checking that every batch of `shapes` splits over them."""
+  shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
+  counts = {"prompts": shapes.sample_rows // shapes.group_size, "train_rows": shapes.train_rows,
+            "logprob_rows": shapes.logprob_rows}
   for name, n in counts.items():
     if n % shards:
-      raise ValueError(f"{name}={n} does not split over the {shards} batch shards of mesh {dict(mesh.shape)}.")
-  log(f"AOT {topology} ({jax_topology}, {chips} chips, {chip.hbm_gib} GiB HBM each), mesh {dict(mesh.shape)}")
-  state = abstract_state(model, optimizer, mesh)
-  params, opt = per_chip_bytes(state.params) / GIB, per_chip_bytes(state.opt_state) / GIB
-  resident = {"params_gib": params, "opt_state_gib": opt, "reference_gib": params if run.reference else 0.0}
-  total = sum(resident.values())
-  functions, error = {}, None
-  mem = compile_memory(*_unpack(sampler_function(model, mesh, state.params, run)))
-  functions["sampler"] = _entry(mem, total - params, chip, rows=run.sample_rows, kv_cache_len=run.prompt_len +
-                                run.new_tokens)
+      raise ValueError(f"{name}={n} does not split over the {shards} batch shards of mesh {dict(run.mesh.shape)}.")
+  return shards
+
+
+def measure_updates(build: Callable[[int, int], object], shapes: RunShapes, chip: Chip, resident: dict, *,
+                    log: Callable = print) -> tuple[dict, RunShapes]:
+  """Compiled memory of the run's log-prob forward (when it runs one) and train step, and the shapes with their
+  micro-batch counts: as given, or (a count of 0) the fewest that fit (`pick_micro_batches`).
+
+  `build(micro_batches, logprob_micro_batches)` returns the run. Raises ValueError when no count fits."""
+  shards = batch_shards(build(1, 1), shapes)
+  params, total = resident["params_gib"], sum(resident.values())
+  functions, k_lp = {}, shapes.logprob_micro_batches
+  if shapes.old_logp or shapes.reference:
+    make = lambda k: logprob_call(build(1, k), shapes)
+    if k_lp == 0:
+      k_lp, mem = pick_micro_batches(make, shapes.logprob_rows // shards, total - params, chip, log)
+    else:
+      mem = compile_memory(*_unpack(make(k_lp)))
+    functions["logprobs"] = _entry(mem, total - params, chip, rows=shapes.logprob_rows, micro_batches=k_lp)
+    log(f"  logprobs: peak {mem['peak_gib']:.2f} GiB, {k_lp} micro-batch(es)")
+  k_tr, other = shapes.micro_batches, resident["reference_gib"]
+  make = lambda k: train_call(build(k, 1), shapes)
+  if k_tr == 0:
+    k_tr, mem = pick_micro_batches(make, shapes.train_rows // shards, other, chip, log)
+  else:
+    mem = compile_memory(*_unpack(make(k_tr)))
+  functions["train_step"] = _entry(mem, other, chip, rows=shapes.train_rows, micro_batches=k_tr)
+  log(f"  train_step: peak {mem['peak_gib']:.2f} GiB, {k_tr} micro-batch(es)")
+  return functions, dataclasses.replace(shapes, micro_batches=k_tr, logprob_micro_batches=max(k_lp, 1))
+
+
+def aot_report(topology: str, build: Callable, shapes: RunShapes, *, log: Callable = print) -> dict:
+  """Compiles the run's sampler, log-prob forward and train step for `topology` and reports per-chip memory.
+
+  `build(devices, micro_batches, logprob_micro_batches)` returns the run (`rl_jax.loop.Run`) on the slice's
+  devices; its mesh must use every chip. Micro-batch counts of 0 in `shapes` are picked from compiled memory.
+  """
+  chip, jax_topology, chips = parse_topology(topology)
+  devices = topology_devices(jax_topology)
+  on_slice = lambda k, k_lp: build(devices, k, k_lp)
+  run = on_slice(1, 1)
+  if run.mesh.size != chips:
+    raise ValueError(f"--mesh={run.cfg.mesh} lays the run out over {run.mesh.size} of the {chips} chips of {topology}; "
+                     "give a mesh that fills the slice (e.g. --mesh=1,-1,1: FSDP over every chip).")
+  batch_shards(run, shapes)
+  log(f"AOT {topology} ({jax_topology}, {chips} chips, {chip.hbm_gib} GiB HBM each), mesh {dict(run.mesh.shape)}")
+  resident = resident_gib(run, shapes.reference)
+  total, params = sum(resident.values()), resident["params_gib"]
+  mem = compile_memory(*_unpack(sampler_call(run, shapes)))
+  functions, error = {"sampler": _entry(mem, total - params, chip, rows=shapes.sample_rows,
+                                        kv_cache_len=shapes.prompt_len + shapes.new_tokens)}, None
   log(f"  sampler: peak {mem['peak_gib']:.2f} GiB [{mem['compile_seconds']:.0f}s compile]")
   try:
-    k_lp = run.logprob_micro_batches
-    if run.old_logp or run.reference:
-      build = lambda k: logprob_function(model, mesh, state.params, run, k)
-      if auto_micro_batches:
-        k_lp, mem = pick_micro_batches(build, run.logprob_rows // shards, total - params, chip, log)
-      else:
-        mem = compile_memory(*_unpack(build(k_lp)))
-      functions["logprobs"] = _entry(mem, total - params, chip, rows=run.logprob_rows, micro_batches=k_lp)
-      log(f"  logprobs: peak {mem['peak_gib']:.2f} GiB, {k_lp} micro-batch(es)")
-    k_tr = run.micro_batches
-    build = lambda k: train_function(model, mesh, state, optimizer, objective, objective_kwargs or {}, run, k)
-    other = resident["reference_gib"]
-    if auto_micro_batches:
-      k_tr, mem = pick_micro_batches(build, run.train_rows // shards, other, chip, log)
-    else:
-      mem = compile_memory(*_unpack(build(k_tr)))
-    functions["train_step"] = _entry(mem, other, chip, rows=run.train_rows, micro_batches=k_tr)
-    log(f"  train_step: peak {mem['peak_gib']:.2f} GiB, {k_tr} micro-batch(es)")
-    run = dataclasses.replace(run, micro_batches=k_tr, logprob_micro_batches=k_lp)
+    updates, shapes = measure_updates(on_slice, shapes, chip, resident, log=log)
+    functions.update(updates)
   except ValueError as e:     # no micro-batch size fits: reported, with the compiled sizes
     error = str(e)
+  shapes = dataclasses.replace(shapes, micro_batches=max(shapes.micro_batches, 1))
   return {"topology": topology, "jax_topology": jax_topology, "chip": chip.name, "chips": chips,
-          "mesh": dict(mesh.shape), "hbm_gib": chip.hbm_gib, "hbm_fraction": HBM_FRACTION, "resident": resident,
+          "mesh": dict(run.mesh.shape), "hbm_gib": chip.hbm_gib, "hbm_fraction": HBM_FRACTION, "resident": resident,
           "functions": functions, "fits": error is None and all(f["fits"] for f in functions.values()),
-          "error": error, "estimate": roofline(model, run, chip, chips, mesh.shape["tensor"]),
-          "run": dataclasses.asdict(run), "model": dataclasses.asdict(model), "versions": versions()}
+          "error": error, "estimate": roofline(run.model_cfg, shapes, chip, chips, run.mesh.shape["tensor"]),
+          "run": dataclasses.asdict(shapes), "model": dataclasses.asdict(run.model_cfg), "versions": versions()}
+
+
+def device_chip(devices) -> Optional[Chip]:
+  """The memory of the devices a run is on, as a Chip (HBM = the backend's per-device limit), or None when the
+  backend reports no limit (CPU)."""
+  stats = devices[0].memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  return Chip(devices[0].device_kind, limit / GIB, 0.0, 0.0, 1, 0) if limit else None
+
+
+def pick_for_devices(build: Callable[[int, int], object], shapes: RunShapes, *, log: Callable = print
+                     ) -> tuple[int, int]:
+  """(micro_batches, logprob_micro_batches) of a run about to start on its devices: counts of 0 in `shapes` are
+  picked from the compiled memory of the run's own functions on those devices, against their memory limit
+  (as `aot_report` does for a slice). On a backend that reports no limit (CPU) a count of 0 becomes 1.
+  Raises ValueError with the compiled sizes when none fits."""
+  run = build(1, 1)
+  chip = device_chip(run.mesh.devices.flat)
+  if chip is None:
+    log(f"micro-batches: {run.mesh.devices.flat[0].platform} reports no memory limit; auto counts are 1")
+    return max(shapes.micro_batches, 1), max(shapes.logprob_micro_batches, 1)
+  log(f"micro-batches: picking from compiled memory on {chip.name} ({chip.hbm_gib:.1f} GiB per device)")
+  _, picked = measure_updates(build, shapes, chip, resident_gib(run, shapes.reference), log=log)
+  return picked.micro_batches, picked.logprob_micro_batches
 
 
 def format_report(report: dict) -> str:

@@ -44,7 +44,7 @@ from rl_jax.advantages.stateful import init_reward_stats
 from rl_jax.checkpoint import Checkpoints, RunLock, SaveOnSigterm, abstract, check_layout, saved_steps
 from rl_jax.distributed import is_main_process
 from rl_jax.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, check, from_command_line, to_dict
-from rl_jax.metrics_log import MetricsLogger, rewrite_rows
+from rl_jax.metrics_log import MetricsLogger, atomic_write_text, rewrite_rows
 from rl_jax.progress import progress
 from rl_jax.run_dir import open_run, restart_logs
 from rl_jax.models.llama import sampler_dtype
@@ -85,6 +85,10 @@ class RLConfig:
   checkpoint_keep_every: int = 0    # also keep every checkpoint whose step is a multiple of this (0 = none)
   checkpoint_dir: str = ""          # where checkpoints go, a local path or gs://...; "" = <run_dir>/checkpoints
   mesh: str = "1,1,1"               # device mesh data,fsdp,tensor (-1 = the remaining devices; 1,1,1 = one device)
+  micro_batches: int = 1            # gradient accumulation: micro-batches per update (0 = auto: the fewest that fit, from compiled memory)
+  logprob_micro_batches: int = 1    # micro-batches of the π_old / reference forward (0 = auto, like micro_batches)
+  aot: str = ""                     # a TPU slice (v5p-64, v6e-16) or JAX topology (v5p:2x4x4): compile the run for it, report per-chip memory, run nothing
+  aot_json: str = ""                # where --aot writes its JSON report
   run_dir: str = "results/run"
   resume: bool = True               # continue from the latest checkpoint in run_dir
   progress_bar: bool = True
@@ -92,12 +96,21 @@ class RLConfig:
   BOUNDS: ClassVar[dict] = dict(
       rl_steps=NON_NEGATIVE, prompts_per_step=AT_LEAST_ONE, group_size=AT_LEAST_ONE, temperature=POSITIVE, top_p=UNIT,
       lr=POSITIVE, epochs=AT_LEAST_ONE, minibatches=AT_LEAST_ONE, beta=NON_NEGATIVE, checkpoint_every=NON_NEGATIVE,
-      checkpoint_keep=AT_LEAST_ONE, checkpoint_keep_every=NON_NEGATIVE)
+      checkpoint_keep=AT_LEAST_ONE, checkpoint_keep_every=NON_NEGATIVE, micro_batches=NON_NEGATIVE,
+      logprob_micro_batches=NON_NEGATIVE)
 
   def __post_init__(self):
     check(self)            # the subclass's BOUNDS (which extend these)
     if (self.prompts_per_step * self.group_size) % self.minibatches:
       raise ValueError("prompts_per_step * group_size must be divisible by minibatches.")
+    rows = self.prompts_per_step * self.group_size
+    if self.micro_batches and (rows // self.minibatches) % self.micro_batches:
+      raise ValueError(f"micro_batches={self.micro_batches} does not divide the {rows // self.minibatches} rows of a "
+                       "mini-batch (prompts_per_step * group_size / minibatches).")
+    if self.logprob_micro_batches and rows % self.logprob_micro_batches:
+      raise ValueError(f"logprob_micro_batches={self.logprob_micro_batches} does not divide the {rows} rollout rows.")
+    if self.aot_json and not self.aot:
+      raise ValueError("--aot_json names where --aot=TOPOLOGY writes its report; give --aot too.")
     mesh_config(self.mesh)
     check_methods(self.objective, self.advantage, dynamic_sampling=self.dynamic_sampling)
     objective_kwargs(self, 1)
@@ -107,8 +120,10 @@ class RLConfig:
 
 # Settings a resumed run may change: its length and bookkeeping. Any other change would continue a
 # checkpoint trained with other settings. Experiments add their evaluation settings.
+# Micro-batch counts change the memory layout, not the update (equal to float32 rounding), so a run may resume
+# on another slice.
 RESUMABLE = frozenset({"rl_steps", "run_dir", "resume", "progress_bar", "checkpoint_every", "checkpoint_keep",
-                       "checkpoint_keep_every"})
+                       "checkpoint_keep_every", "aot", "aot_json", "micro_batches", "logprob_micro_batches"})
 
 
 def mesh_config(text: str) -> sharding.MeshConfig:
@@ -230,6 +245,8 @@ def command_line(config, argv: Sequence[str], doc: str = ""):
   rest, methods = [], {k: [] for k in ("objective", "advantage", *loop_extras.CHOICES)}
   for arg in argv:
     head = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+    if head in ("mesh_data", "mesh_fsdp", "mesh_tensor"):
+      raise ValueError(f"--{head} is spelled --mesh=data,fsdp,tensor now (e.g. --mesh=1,-1,1: FSDP over every device).")
     kind, dot, _ = head.partition(".")
     if dot and kind in methods:
       methods[kind].append(arg[len(kind) + 3:])
@@ -283,15 +300,21 @@ class Run:
 
   `params` may be abstract (jax.ShapeDtypeStruct leaves): only shapes decide the layout. The mesh is
   `cfg.mesh`; parameters, optimizer state and reference parameters are laid out by
-  `rl_jax.sharding.state_shardings`, rollout rows over data × fsdp. `sampler`, `logprob_fn` and
-  `train_step` are jax.jit functions with explicit in/out shardings, one per input shape.
+  `rl_jax.sharding.state_shardings`, rollout rows over data × fsdp. `sampler`, `logprob_jit` and
+  `train_jit` are jax.jit functions with explicit in/out shardings, one per input shape, traced and called
+  under the run's mesh (`jax.set_mesh`: activations pinned to the batch axes). Micro-batch counts default to
+  cfg's; a count of 0 (auto) is resolved first by `make_run`.
   """
 
   def __init__(self, cfg: RLConfig, model_cfg, params, task: Task, *, objective: Optional[Callable] = None,
-               objective_kw: Optional[dict] = None, devices: Optional[Sequence] = None, micro_batches: int = 1,
-               logprob_micro_batches: int = 1, decode_block: int = DECODE_BLOCK):
+               objective_kw: Optional[dict] = None, devices: Optional[Sequence] = None,
+               micro_batches: Optional[int] = None, logprob_micro_batches: Optional[int] = None,
+               decode_block: int = DECODE_BLOCK):
     self.cfg, self.model_cfg, self.task = cfg, model_cfg, task
-    self.micro_batches, self.logprob_micro_batches = micro_batches, logprob_micro_batches
+    self.micro_batches = cfg.micro_batches if micro_batches is None else micro_batches
+    self.logprob_micro_batches = cfg.logprob_micro_batches if logprob_micro_batches is None else logprob_micro_batches
+    if not (self.micro_batches and self.logprob_micro_batches):
+      raise ValueError("micro-batch counts of 0 (auto) are picked from compiled memory by loop.make_run.")
     self.decode_block = decode_block
     self.mesh = make_mesh(cfg.mesh, devices)
     self.optimizer = rl_optimizer(cfg.lr)
@@ -299,14 +322,19 @@ class Run:
     self.objective_kw = dict(objective_kw or {}) if objective else objective_kwargs(cfg, task.max_new_tokens)
     self.advantage, self.advantage_kw = cfg.advantage, advantage_kwargs(cfg)
     self.extras = loop_extras.Extras(cfg, task)
-    abstract = jax.eval_shape(lambda p: init_state(p, self.optimizer, jax.random.PRNGKey(0)), params)
-    self.state_sharding = sharding.state_shardings(self.mesh, abstract, self.optimizer)
+    self.abstract_state = jax.eval_shape(lambda p: init_state(p, self.optimizer, jax.random.PRNGKey(0)), params)
+    self.state_sharding = sharding.state_shardings(self.mesh, self.abstract_state, self.optimizer)
     self.param_sharding = self.state_sharding.params
     try:
       self._kw_key = tuple(sorted(self.objective_kw.items()))
       hash(self._kw_key)
     except TypeError:   # keywords holding arrays: this run's own compile
       self._kw_key = object()
+
+  def call(self, fn: Callable, *args):
+    """`fn(*args)` under the run's mesh (how its jitted functions are traced, here and ahead of time)."""
+    with jax.set_mesh(self.mesh):
+      return fn(*args)
 
   def rows(self, n: int, ndim: int = 2) -> NamedSharding:
     """Sharding of an array whose leading axis holds `n` rollout rows (data × fsdp when they divide)."""
@@ -325,9 +353,10 @@ class Run:
     """One jitted function per key, shared by every Run of the same model and mesh (a grid of runs, or a
     test over many methods, compiles each function once)."""
     kind = key[0]
-    settings = {"sample": (self.cfg.temperature, self.cfg.top_p, self.task.max_new_tokens,
+    settings = {"sample": (self.cfg.temperature, self.cfg.top_p, self.cfg.group_size, self.task.max_new_tokens,
                            tuple(self.task.stop_tokens), self.decode_block),
-                "logp": (), "step": (self.cfg.lr, self.objective, self._kw_key)}[kind]
+                "logp": (self.logprob_micro_batches,),
+                "step": (self.cfg.lr, self.objective, self._kw_key, self.micro_batches)}[kind]
     full = (self.model_cfg, self.mesh, settings) + tuple(key)
     if full not in _COMPILED:
       _COMPILED[full] = build()
@@ -349,34 +378,36 @@ class Run:
                      out_shardings=Samples(out, out, out))
     return self._cached(("sample", n, prompt_len, g), build)
 
+  def logprob_jit(self, prompt_len: int, n: int) -> Callable:
+    """Jitted (params, tokens [n, L + T], attn) -> completion log-probs [n, T]."""
+    raw = make_logprob_fn(self.model_cfg, prompt_len=prompt_len, micro_batches=self.logprob_micro_batches, jit=False)
+    rows = self.rows(n)
+    return self._cached(("logp", prompt_len, n), lambda: jax.jit(
+        raw, in_shardings=(self.param_sharding, rows, rows), out_shardings=rows))
+
   def logprob_fn(self, prompt_len: int) -> Callable:
     """(params, tokens [B, L + T], attn) -> completion log-probs [B, T], jitted per batch size."""
-    raw = make_logprob_fn(self.model_cfg, prompt_len=prompt_len, micro_batches=self.logprob_micro_batches, jit=False)
+    return lambda params, tokens, attn: self.call(self.logprob_jit(prompt_len, tokens.shape[0]), params, tokens, attn)
 
-    def fn(params, tokens, attn):
-      rows = self.rows(tokens.shape[0])
-      jitted = self._cached(("logp", prompt_len, tokens.shape[0]), lambda: jax.jit(
-          raw, in_shardings=(self.param_sharding, rows, rows), out_shardings=rows))
-      return jitted(params, tokens, attn)
-    return fn
+  def train_jit(self, prompt_len: int, batch: RLBatch) -> Callable:
+    """Jitted (state, RLBatch) -> (state, metrics) for the layout of `batch` (arrays or ShapeDtypeStructs)."""
+    shapes = tuple(None if x is None else x.shape for x in batch)
+
+    def build():
+      raw = make_rl_step(self.model_cfg, self.optimizer, self.objective, self.objective_kw, prompt_len=prompt_len,
+                         jit=False, micro_batches=self.micro_batches)
+      batch_sh = jax.tree.map(lambda x: self.rows(x.shape[0], len(x.shape)), batch)
+      return jax.jit(raw, in_shardings=(self.state_sharding, batch_sh), out_shardings=(self.state_sharding, None))
+    return self._cached(("step", prompt_len, shapes), build)
 
   def train_step(self, prompt_len: int) -> Callable:
     """(state, RLBatch) -> (state, metrics), jitted per batch layout with the state's shardings."""
-    raw = make_rl_step(self.model_cfg, self.optimizer, self.objective, self.objective_kw, prompt_len=prompt_len,
-                       jit=False, micro_batches=self.micro_batches)
-
-    def fn(state, batch: RLBatch):
-      shapes = tuple(None if x is None else x.shape for x in batch)
-      batch_sh = jax.tree.map(lambda x: self.rows(x.shape[0], x.ndim), batch)
-      jitted = self._cached(("step", prompt_len, shapes), lambda: jax.jit(
-          raw, in_shardings=(self.state_sharding, batch_sh), out_shardings=(self.state_sharding, None)))
-      return jitted(state, batch)
-    return fn
+    return lambda state, batch: self.call(self.train_jit(prompt_len, batch), state, batch)
 
   def rollout(self, params, prompts: Prompts, key) -> Rollouts:
     """`group_size` samples per prompt (prompt i → rows i·G..i·G+G−1) from the run's sampler."""
     g = self.cfg.group_size
-    out = self.sampler(*prompts.ids.shape)(params, jnp.asarray(prompts.ids), jnp.asarray(prompts.mask), key)
+    out = self.call(self.sampler(*prompts.ids.shape), params, jnp.asarray(prompts.ids), jnp.asarray(prompts.mask), key)
     comp, cmask, lp = (np.asarray(x) for x in out)
     p_rep, m_rep = np.repeat(prompts.ids, g, axis=0), np.repeat(prompts.mask, g, axis=0)
     tokens = np.concatenate([p_rep, comp], axis=1)
@@ -385,6 +416,54 @@ class Run:
 
 
 _COMPILED: dict = {}   # Run._cached
+
+
+class TaskShape(NamedTuple):
+  """What of a Task decides the compiled functions: a stand-in for it when compiling ahead of time (the
+  host-side choices of rl_jax.loop_extras read nothing compiled, so it claims what they check for)."""
+  max_new_tokens: int
+  stop_tokens: tuple = (0,)
+  num_questions: int = 1
+  response_formats: bool = True
+
+  def prompts_for(self, *args):
+    raise TypeError("TaskShape only describes shapes; it makes no prompts.")
+
+
+def make_run(cfg: RLConfig, model_cfg, params, task: Task, *, prompt_len: int, decode_block: int = DECODE_BLOCK,
+             **kw) -> Run:
+  """`Run(cfg, model_cfg, params, task, ...)`, with micro-batch counts of 0 (auto) picked from the compiled memory
+  of the run's own log-prob forward and train step on its devices, for prompts padded to `prompt_len` (the
+  widest the task makes): `rl_jax.aot.pick_for_devices`."""
+  if cfg.micro_batches and cfg.logprob_micro_batches:
+    return Run(cfg, model_cfg, params, task, decode_block=decode_block, **kw)
+  from rl_jax import aot
+  shapes = aot.run_shapes(cfg, prompt_len=prompt_len, new_tokens=task.max_new_tokens, decode_block=decode_block)
+  build = lambda k, k_lp: Run(cfg, model_cfg, params, task, decode_block=decode_block, micro_batches=k,
+                              logprob_micro_batches=k_lp, **kw)
+  k, k_lp = aot.pick_for_devices(build, shapes)
+  print(f"micro-batches: {k} per update, {k_lp} per log-prob forward")
+  return build(k, k_lp)
+
+
+def ahead_of_time(cfg: RLConfig, model_cfg, *, prompt_len: int, max_new_tokens: int, stop_tokens: tuple = (0,),
+                  decode_block: int = DECODE_BLOCK, **kw) -> dict:
+  """--aot=TOPOLOGY: the run built for that TPU slice (its mesh from cfg.mesh, abstract weights from `model_cfg`)
+  and its sampler, log-prob forward and train step compiled there (`rl_jax.aot.aot_report`); prints the per-chip
+  memory table, writes the JSON report to cfg.aot_json (process 0), runs nothing. `kw`: Run's keywords."""
+  from rl_jax import aot
+  from rl_jax.models import init_params
+  params = jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0)))
+  task = TaskShape(max_new_tokens, tuple(stop_tokens))
+  build = lambda devices, k, k_lp: Run(cfg, model_cfg, params, task, devices=devices, micro_batches=k,
+                                       logprob_micro_batches=k_lp, decode_block=decode_block, **kw)
+  shapes = aot.run_shapes(cfg, prompt_len=prompt_len, new_tokens=max_new_tokens, decode_block=decode_block)
+  report = aot.aot_report(cfg.aot, build, shapes)
+  print(aot.format_report(report))
+  if cfg.aot_json and is_main_process():
+    pathlib.Path(cfg.aot_json).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cfg.aot_json, json.dumps(report, indent=1))
+  return report
 
 
 def make_mesh(text: str, devices: Optional[Sequence] = None):

@@ -136,12 +136,17 @@ def warm_up(cfg: Config, task: ArithmeticTask, model_cfg):
 def main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
   """Runs the experiment. `objective_fn` replaces the named objective with your own function (same
   signature as rl_jax.objectives.*; `objective_kw` are its keyword arguments)."""
+  if cfg.aot:
+    task, model_cfg = build(cfg)
+    return loop.ahead_of_time(cfg, model_cfg, prompt_len=task.prompt_len, max_new_tokens=task.answer_len,
+                              stop_tokens=(task.vocab.EOS,), objective=objective_fn, objective_kw=objective_kw)
   custom = {} if objective_fn is None else {   # a custom objective is part of what the checkpoints were trained with
       "objective_fn": ".".join(getattr(objective_fn, a, type(objective_fn).__name__) for a in ("__module__", "__qualname__"))}
   with loop.RunDir(cfg, resumable=RESUMABLE, extra_settings=custom) as rd:
     task, model_cfg = build(cfg)
     params = init_params(model_cfg, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1))
-    run = loop.Run(cfg, model_cfg, params, Problems(cfg, task), objective=objective_fn, objective_kw=objective_kw)
+    run = loop.make_run(cfg, model_cfg, params, Problems(cfg, task), prompt_len=task.prompt_len, objective=objective_fn,
+                        objective_kw=objective_kw)
     restored = rd.restore(run, params, jax.random.PRNGKey(cfg.seed))
     if restored is None:
       warm = warm_up(cfg, task, model_cfg)

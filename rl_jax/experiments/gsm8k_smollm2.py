@@ -32,10 +32,8 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from rl_jax import data as data_lib
-from rl_jax import objectives as objectives_lib
 from rl_jax import loop
 from rl_jax import machine as machine_lib
 from rl_jax.chat import chat_text, check_prompt_lengths, decode_completions, encode_prompts
@@ -60,13 +58,6 @@ class Config(loop.RLConfig):
   attention: str = "full"           # "chunked": query blocks of attn_chunk (no float32 [B, H, S, S] scores)
   attn_chunk: int = 512
   decode_block: int = 64            # the sampler's KV cache grows by this many slots (one compiled decode loop per block)
-  micro_batches: int = 1            # gradient accumulation: micro-batches per update (0 = picked from compiled memory, with --aot)
-  logprob_micro_batches: int = 1    # micro-batches of the π_old / reference forward (0 = picked like micro_batches)
-  mesh_data: int = 1                # the mesh --aot compiles for (data, fsdp, tensor); -1 fills the slice
-  mesh_fsdp: int = -1
-  mesh_tensor: int = 1
-  aot: str = ""                     # a TPU slice (v5p-64, v6e-16) or JAX topology (v5p:2x4x4): compile the run for it, report memory, run nothing
-  aot_json: str = ""                # where --aot writes its JSON report
   max_new_tokens: int = 192         # rollout length cap (tokens)
   format_bonus: float = 0.0         # added when the completion writes '#### n' (0 = correctness only)
   overlong_buffer: int = 0          # DAPO overlong shaping: penalise the last N tokens before max_new_tokens
@@ -88,8 +79,6 @@ class Config(loop.RLConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    if self.micro_batches < 0 or self.logprob_micro_batches < 0:
-      raise ValueError("micro_batches and logprob_micro_batches must be >= 0 (0 = picked from compiled memory, --aot).")
     if self.preset not in ("cpu", "pod"):
       raise ValueError(f"preset must be cpu or pod, got {self.preset!r}.")
     if not 0 <= self.overlong_buffer < self.max_new_tokens:
@@ -105,7 +94,7 @@ POD = dict(rl_steps=400, prompts_per_step=128, group_size=8, max_prompt_len=1024
            epochs=1, minibatches=4, decode_block=3072, dtype="bfloat16", attention="chunked", micro_batches=0, logprob_micro_batches=0,
            objective="dapo", dynamic_sampling=True, overlong_buffer=128, eval_sets="gsm8k,svamp,math500",
            eval_size=0, eval_samples=8, eval_max_new_tokens=512, eval_batch=256, checkpoint_every=20,
-           run_dir="results/gsm8k_smollm2_pod", mesh="-1,1,1")
+           run_dir="results/gsm8k_smollm2_pod", mesh="1,-1,1")
 
 
 def make_config(argv) -> Config:
@@ -168,32 +157,6 @@ def model_shapes(cfg: Config):
     raise ValueError(f"--aot needs the model's shapes without weights: a published name {published_names()}, "
                      f"tiny-random, or an HF folder; got {cfg.model!r}.")
   return compute_options(cfg, mcfg)
-
-
-def optimizer(cfg: Config) -> optax.GradientTransformation:
-  return loop.rl_optimizer(cfg.lr)
-
-
-def aot_main(cfg: Config) -> dict:
-  """--aot: compiles this run's sampler, log-prob forward and train step for a TPU slice (rl_jax.aot), prints
-  the per-chip memory table and writes the JSON report to --aot_json; nothing runs."""
-  from rl_jax import aot
-  from rl_jax.sharding import MeshConfig
-  rows = cfg.prompts_per_step * cfg.group_size
-  shapes = aot.RunShapes(sample_rows=rows, group_size=cfg.group_size, prompt_len=cfg.max_prompt_len, new_tokens=cfg.max_new_tokens,
-                         train_rows=rows // cfg.minibatches, logprob_rows=rows, micro_batches=max(cfg.micro_batches, 1),
-                         logprob_micro_batches=max(cfg.logprob_micro_batches, 1),
-                         old_logp=cfg.epochs * cfg.minibatches > 1, reference=cfg.beta > 0,
-                         updates=cfg.epochs * cfg.minibatches, decode_block=cfg.decode_block,
-                         temperature=cfg.temperature, top_p=cfg.top_p)
-  report = aot.aot_report(cfg.aot, model_shapes(cfg), MeshConfig(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor),
-                          optimizer(cfg), objectives_lib.get(cfg.objective), loop.objective_kwargs(cfg, cfg.max_new_tokens), shapes,
-                          auto_micro_batches=cfg.micro_batches == 0 or cfg.logprob_micro_batches == 0)
-  print(aot.format_report(report))
-  if cfg.aot_json:
-    pathlib.Path(cfg.aot_json).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(cfg.aot_json).write_text(json.dumps(report, indent=1))
-  return report
 
 
 class Rewarder:
@@ -351,10 +314,8 @@ def main(cfg: Config) -> dict:
   """Runs the experiment in `cfg.run_dir`, which no other live process may use meanwhile (RunLock); with --aot
   compiles it for a TPU slice instead (aot_main)."""
   if cfg.aot:
-    return aot_main(cfg)
-  if cfg.micro_batches == 0 or cfg.logprob_micro_batches == 0:
-    raise ValueError("micro_batches=0 is picked from compiled memory by --aot=TOPOLOGY; run with the numbers its "
-                     "report gives (--micro_batches=K --logprob_micro_batches=K).")
+    return loop.ahead_of_time(cfg, model_shapes(cfg), prompt_len=cfg.max_prompt_len, max_new_tokens=cfg.max_new_tokens,
+                              decode_block=cfg.decode_block)
   if cfg.model in published_names() and not cfg.hf_folder:
     raise ValueError(f"--model={cfg.model} names published shapes; its weights come from --hf_folder=PATH.")
   with loop.RunDir(cfg, resumable=RESUMABLE) as rd:
@@ -363,9 +324,8 @@ def main(cfg: Config) -> dict:
     order = train_order(cfg, len(train))
     check_prompt_lengths(tok, [train[i]["problem"] for i in questions_used(cfg, order)], cfg.max_prompt_len)
     params, mcfg, tok = load_model(cfg, tok)
-    run = loop.Run(cfg, mcfg, params, Questions(cfg, tok, train, order), micro_batches=cfg.micro_batches,
-                   decode_block=cfg.decode_block,
-                   logprob_micro_batches=cfg.logprob_micro_batches)
+    run = loop.make_run(cfg, mcfg, params, Questions(cfg, tok, train, order), prompt_len=cfg.max_prompt_len,
+                        decode_block=cfg.decode_block)
     restored = rd.restore(run, params, jax.random.PRNGKey(cfg.seed))
     summary, finished = open_summary(cfg, rd, restored, params, mcfg, tok)
     if finished:
