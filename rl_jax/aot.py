@@ -158,12 +158,13 @@ class RunShapes:
 
 
 def run_shapes(cfg, *, prompt_len: int, new_tokens: int, decode_block: int) -> RunShapes:
-  """The shapes of one RL step of an `rl_jax.loop.RLConfig` run with prompts padded to `prompt_len`."""
+  """The shapes of one RL step of an `rl_jax.loop.RLConfig` run with prompts padded to `prompt_len` (micro-batch
+  counts as configured: 0 = picked from compiled memory)."""
   from rl_jax.loop import TOKEN_ADVANTAGES
   rows = cfg.prompts_per_step * cfg.group_size
   return RunShapes(sample_rows=rows, group_size=cfg.group_size, prompt_len=prompt_len, new_tokens=new_tokens,
-                   train_rows=rows // cfg.minibatches, logprob_rows=rows, micro_batches=max(cfg.micro_batches, 1),
-                   logprob_micro_batches=max(cfg.logprob_micro_batches, 1), old_logp=cfg.epochs * cfg.minibatches > 1,
+                   train_rows=rows // cfg.minibatches, logprob_rows=rows, micro_batches=cfg.micro_batches,
+                   logprob_micro_batches=cfg.logprob_micro_batches, old_logp=cfg.epochs * cfg.minibatches > 1,
                    reference=cfg.beta > 0, updates=cfg.epochs * cfg.minibatches, decode_block=decode_block,
                    temperature=cfg.temperature, top_p=cfg.top_p, token_advantages=cfg.advantage in TOKEN_ADVANTAGES)
 

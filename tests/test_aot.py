@@ -135,3 +135,43 @@ def test_pod_recipe_and_its_refusals(tmp_path):
   with pytest.raises(ValueError, match="hf_folder"):
     exp.main(cfg)
   assert not (tmp_path / "run").exists()            # refused before anything was written
+
+
+def test_every_experiment_compiles_its_run_for_a_slice(tmp_path):
+  """--aot lives in the loop's config: arithmetic_tiny compiles its own run for v5p-8 too; a mesh that leaves
+  chips of the slice idle is refused before any compile, and the old mesh spelling is refused by name."""
+  from rl_jax import loop
+  from rl_jax.experiments import arithmetic_tiny as exp
+  tiny = ["--d_model=32", "--prompts_per_step=4", "--group_size=2", "--minibatches=2", "--progress_bar=false"]
+  report = exp.main(loop.command_line(exp.Config(), tiny + ["--aot=v5p-8", "--mesh=1,-1,1", f"--aot_json={tmp_path}/r.json"]))
+  assert report["fits"] and report["chips"] == 4 and set(report["functions"]) == {"sampler", "logprobs", "train_step"}
+  assert json.loads((tmp_path / "r.json").read_text())["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert not (tmp_path / "results").exists()
+  with pytest.raises(ValueError, match="over 1 of the 4 chips"):
+    exp.main(loop.command_line(exp.Config(), tiny + ["--aot=v5p-8"]))        # the default mesh is one device
+  with pytest.raises(ValueError, match="spelled --mesh=data,fsdp,tensor"):
+    loop.command_line(exp.Config(), ["--mesh_fsdp=4"])
+  with pytest.raises(ValueError, match="give --aot too"):
+    loop.command_line(exp.Config(), [f"--aot_json={tmp_path}/r.json"])
+
+
+def test_auto_micro_batches_are_picked_on_the_run_devices(monkeypatch):
+  """micro_batches=0: loop.make_run compiles the run's own functions on its devices and keeps the fewest micro-batches
+  whose peak fits the device memory (here a stand-in limit on the 8 CPU devices); CPU, with no limit, gets 1."""
+  from rl_jax import loop
+  from rl_jax.models import init_params
+  shapes = aot.RunShapes(sample_rows=64, prompt_len=64, new_tokens=128, train_rows=64, logprob_rows=64)
+  peaks = {k: aot.compile_memory(*aot._unpack(aot.logprob_call(tiny_run(k), shapes)))["peak_gib"] for k in (2, 1)}
+  run = tiny_run(1)
+  cfg = dataclasses.replace(run.cfg, micro_batches=0, logprob_micro_batches=0)
+  params = jax.eval_shape(lambda: init_params(run.model_cfg, jax.random.PRNGKey(0)))
+  on_cpu = loop.make_run(cfg, run.model_cfg, params, loop.TaskShape(128), prompt_len=64)
+  assert (on_cpu.micro_batches, on_cpu.logprob_micro_batches) == (1, 1)
+  resident = aot.resident_gib(run, False)
+  budget = (peaks[2] + peaks[1]) / 2 + resident["opt_state_gib"]      # 4 rows per shard fit, 8 do not
+  chip = aot.Chip("stand-in", budget / aot.HBM_FRACTION, 0.0, 0.0, 1, 0)
+  monkeypatch.setattr(aot, "device_chip", lambda devices: chip)
+  picked = loop.make_run(cfg, run.model_cfg, params, loop.TaskShape(128), prompt_len=64)
+  assert picked.logprob_micro_batches == 2
+  train = aot.compile_memory(*aot._unpack(aot.train_call(picked, shapes)))
+  assert aot.fits(train["peak_gib"], 0.0, chip) and 8 % picked.micro_batches == 0
