@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import signal
 import warnings
@@ -48,6 +49,7 @@ from rl_jax.metrics_log import MetricsLogger, atomic_write_text, rewrite_rows
 from rl_jax.progress import progress
 from rl_jax.run_dir import open_run, restart_logs
 from rl_jax.models.llama import sampler_dtype
+from rl_jax.packing import pack_groups
 from rl_jax.sampling import DECODE_BLOCK, Samples, generate_raw
 from rl_jax.train import (RLBatch, Rollouts, Timer, TrainState, dynamic_sampling, init_state, make_logprob_fn,
                           make_rl_step, rl_iteration)
@@ -89,6 +91,8 @@ class RLConfig:
   logprob_micro_batches: int = 1    # micro-batches of the π_old / reference forward (0 = auto, like micro_batches)
   aot: str = ""                     # a TPU slice (v5p-64, v6e-16) or JAX topology (v5p:2x4x4): compile the run for it, report per-chip memory, run nothing
   aot_json: str = ""                # where --aot writes its JSON report
+  packed: bool = True               # log-prob forwards and updates on packed groups (each prompt once, no padding,
+                                    # rl_jax.packing; same values); false: the plain padded [B, P + T] rows
   run_dir: str = "results/run"
   resume: bool = True               # continue from the latest checkpoint in run_dir
   progress_bar: bool = True
@@ -123,7 +127,8 @@ class RLConfig:
 # Micro-batch counts change the memory layout, not the update (equal to float32 rounding), so a run may resume
 # on another slice.
 RESUMABLE = frozenset({"rl_steps", "run_dir", "resume", "progress_bar", "checkpoint_every", "checkpoint_keep",
-                       "checkpoint_keep_every", "aot", "aot_json", "micro_batches", "logprob_micro_batches"})
+                       "checkpoint_keep_every", "aot", "aot_json", "micro_batches", "logprob_micro_batches",
+                       "packed"})
 
 
 def mesh_config(text: str) -> sharding.MeshConfig:
@@ -378,24 +383,37 @@ class Run:
                      out_shardings=Samples(out, out, out))
     return self._cached(("sample", n, prompt_len, g), build)
 
-  def logprob_jit(self, prompt_len: int, n: int) -> Callable:
-    """Jitted (params, tokens [n, L + T], attn) -> completion log-probs [n, T]."""
-    raw = make_logprob_fn(self.model_cfg, prompt_len=prompt_len, micro_batches=self.logprob_micro_batches, jit=False)
+  def pack(self, tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int):
+    """The rows in the packed layout (rl_jax.packing.pack_groups): a number of packed rows that every
+    micro-batch count and the mesh's batch axes divide; a group longer than 4 plain rows is split in parts
+    (so the attention window stays within 4 plain rows)."""
+    devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    multiple = math.lcm(self.micro_batches, self.logprob_micro_batches, devices)
+    return pack_groups(tokens, attn_mask, prompt_len, rows_multiple=multiple, max_span=4 * tokens.shape[1])
+
+  def logprob_jit(self, prompt_len: int, n: int, packed=None) -> Callable:
+    """Jitted (params, tokens [n, L + T], attn[, packed]) -> completion log-probs [n, T]; with `packed` (the
+    batch's Packed rows, arrays or ShapeDtypeStructs) computed on them (rl_jax.packing)."""
+    raw = make_logprob_fn(self.model_cfg, prompt_len=prompt_len, micro_batches=self.logprob_micro_batches, jit=False,
+                          packed=packed is not None)
     rows = self.rows(n)
-    return self._cached(("logp", prompt_len, n), lambda: jax.jit(
-        raw, in_shardings=(self.param_sharding, rows, rows), out_shardings=rows))
+    packed_sh = () if packed is None else (jax.tree.map(lambda x: self.rows(x.shape[0], len(x.shape)), packed),)
+    return self._cached(("logp", prompt_len, n, layout_key(packed)), lambda: jax.jit(
+        raw, in_shardings=(self.param_sharding, rows, rows) + packed_sh, out_shardings=rows))
 
   def logprob_fn(self, prompt_len: int) -> Callable:
-    """(params, tokens [B, L + T], attn) -> completion log-probs [B, T], jitted per batch size."""
-    return lambda params, tokens, attn: self.call(self.logprob_jit(prompt_len, tokens.shape[0]), params, tokens, attn)
+    """(params, tokens [B, L + T], attn[, packed rows]) -> completion log-probs [B, T], jitted per batch layout."""
+    return lambda params, tokens, attn, *packed: self.call(
+        self.logprob_jit(prompt_len, tokens.shape[0], *packed), params, tokens, attn, *packed)
 
   def train_jit(self, prompt_len: int, batch: RLBatch) -> Callable:
-    """Jitted (state, RLBatch) -> (state, metrics) for the layout of `batch` (arrays or ShapeDtypeStructs)."""
-    shapes = tuple(None if x is None else x.shape for x in batch)
+    """Jitted (state, RLBatch) -> (state, metrics) for the layout of `batch` (arrays or ShapeDtypeStructs); on
+    batch.packed when it holds packed rows."""
+    shapes = layout_key(batch)
 
     def build():
       raw = make_rl_step(self.model_cfg, self.optimizer, self.objective, self.objective_kw, prompt_len=prompt_len,
-                         jit=False, micro_batches=self.micro_batches)
+                         jit=False, micro_batches=self.micro_batches, packed=batch.packed is not None)
       batch_sh = jax.tree.map(lambda x: self.rows(x.shape[0], len(x.shape)), batch)
       return jax.jit(raw, in_shardings=(self.state_sharding, batch_sh), out_shardings=(self.state_sharding, None))
     return self._cached(("step", prompt_len, shapes), build)
@@ -416,6 +434,11 @@ class Run:
 
 
 _COMPILED: dict = {}   # Run._cached
+
+
+def layout_key(tree) -> tuple:
+  """What a jitted function compiles for: the tree's structure (static fields included) and its leaves' shapes."""
+  return jax.tree.structure(tree), tuple(tuple(x.shape) for x in jax.tree.leaves(tree))
 
 
 class TaskShape(NamedTuple):
@@ -674,7 +697,8 @@ def rl_step(run: Run, state: TrainState, step: int, ref_params, adv_state):
   prompt_len = ro.tokens.shape[1] - ro.completion.shape[1]
   state, m = rl_iteration(state, run.train_step(prompt_len), run.logprob_fn(prompt_len), ro, rewards, adv_fn,
                           epochs=cfg.epochs, minibatches=cfg.minibatches, ref_params=ref_params,
-                          keep_groups=needs_groups(run.objective), valid_rows=run.extras.valid_rows(rewards))
+                          keep_groups=needs_groups(run.objective), valid_rows=run.extras.valid_rows(rewards),
+                          pack=functools.partial(run.pack, prompt_len=prompt_len) if cfg.packed else None)
   row = dict(m, reward=float(rewards.mean()), **task_row, gen_batches=ds["gen_batches"], gen_seconds=gen_s,
              step_seconds=timer.elapsed(), tokens_per_s=float(ro.completion_mask.sum()) / timer.elapsed())
   # the question ids of a dynamically sampled batch are not tracked

@@ -10,27 +10,33 @@ at RoPE positions 0..l−1 for the prompt and l..l+n_j−1 for completion j: the
 gives (`rl_jax.models.llama.default_positions`). `rl_jax.prefix_grouper.packed_logprobs` runs the forward on
 this layout with the shared-prefix attention of Prefix Grouper (arXiv 2506.05433): a prompt token sees the
 earlier tokens of its prompt, a completion token its prompt and the earlier tokens of its own completion.
-Positions computed: R·S ≈ Σ_groups (l + Σ_j n_j), the distinct real tokens, instead of B·(P + T).
+Positions computed: R·S ≈ Σ_groups (l + Σ_j n_j), the distinct real tokens, instead of B·(P + T); the
+output projection runs on the completion tokens only. Every span is at most `window` long, so a query only
+ever needs the `window` keys before it (banded attention: rl_jax.prefix_grouper.banded_attention).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import NamedTuple, Optional
+from typing import Optional
 
+import jax
 import numpy as np
 
-from rl_jax.models.config import ModelConfig
 
-
-class Packed(NamedTuple):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Packed:
   tokens: np.ndarray      # [R, S] int32 (0 at padding)
   positions: np.ndarray   # [R, S] int32 RoPE positions
   segment: np.ndarray     # [R, S] int32: 1 + the span's index within its row; 0 = padding
   member: np.ndarray      # [R, S] int32: 0 for a prompt token, j for a token of the group's j-th completion
-  source: np.ndarray      # [R, S] int32: for a completion token, the position in its row whose hidden state
-                          #   predicts it (the previous completion token, or the prompt's last token); else 0
-  dest: np.ndarray        # [R, S] int32: b·T + t of a completion token in the [B, T] layout; B·T elsewhere
+  targets: np.ndarray     # [R, N] int32: the row's completion tokens (0 past them)
+  source: np.ndarray      # [R, N] int32: the position in the row whose hidden state predicts each target (the
+                          #   previous completion token, or the prompt's last token); 0 past them
+  dest: np.ndarray        # [R, N] int32: b·T + t of each target in the [B, T] layout; B·T past them (discarded)
+  window: int = dataclasses.field(default=1, metadata=dict(static=True))   # ≥ the longest span (static)
 
 
 def groups_of(tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int) -> list:
@@ -57,6 +63,22 @@ def groups_of(tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int) -> lis
   return groups
 
 
+def split_groups(groups: list, max_span: int) -> list:
+  """Groups whose span (prompt + all completions) exceeds `max_span` split into consecutive sub-groups, each
+  repeating the prompt, with as many completions as fit (a lone prompt + completion always forms one)."""
+  out = []
+  for prompt, members in groups:
+    part, size = [], len(prompt)
+    for b, comp in members:
+      if part and size + len(comp) > max_span:
+        out.append((prompt, part))
+        part, size = [], len(prompt)
+      part.append((b, comp))
+      size += len(comp)
+    out.append((prompt, part))
+  return out
+
+
 def first_fit(sizes: list, capacity: int) -> list:
   """First-fit decreasing bin packing: lists of item indices, each list's sizes summing to ≤ capacity."""
   bins, free = [], []
@@ -71,87 +93,80 @@ def first_fit(sizes: list, capacity: int) -> list:
   return bins
 
 
-def attention_span(cfg: ModelConfig) -> float:
-  """Row length s₀ at which a row's attention costs as much as its other matmuls: per token and layer the
-  projections and MLP take 2·(D·(H + 2K)·hd + H·hd·D + 3·D·F) FLOPs, attention 4·H·hd per key, so a row of
-  S positions costs ∝ S·(1 + S/s₀) with s₀ = (D·(H + 2K)·hd + H·hd·D + 3·D·F) / (2·H·hd)."""
-  d, h, k, hd, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim
-  return (d * (h + 2 * k) * hd + h * hd * d + 3 * d * f) / (2 * h * hd)
+
+def round_up(n: int, fine: int = 16) -> int:
+  """n rounded up to a multiple of 2^(⌊log₂ n⌋ − log₂ fine) (at least 8): at most 1/fine of it is padding, and the
+  lengths a run meets fall on a few values per octave (each compiles once)."""
+  step = max(8, 2 ** (max(n, 1).bit_length() - 1) // fine)
+  return -(-n // step) * step
 
 
-def default_bucket(longest: int) -> int:
-  """Row lengths are multiples of 2^(⌊log₂ longest⌋ − 3) (at least 8): rounding wastes ≤ 1/8 of a row, and
-  the few row lengths a run meets compile once each."""
-  return 2 ** max(3, int(math.floor(math.log2(max(longest, 1)))) - 3)
-
-
-def choose_layout(sizes: list, *, rows_multiple: int = 1, bucket: int = 8, span: float = math.inf,
-                  candidates: int = 32) -> tuple[int, int, list]:
-  """(R, S, bins) for spans of `sizes`: S a multiple of `bucket` at least the longest span, R the number of
-  first-fit-decreasing bins rounded up to `rows_multiple`, minimising the estimated cost R·S·(1 + S/span)
-  over the `candidates` smallest row lengths (span = `attention_span(cfg)`; ∞ counts positions only)."""
-  if rows_multiple < 1 or bucket < 1:
-    raise ValueError(f"rows_multiple ({rows_multiple}) and bucket ({bucket}) must be positive.")
-  longest, total = max(sizes), sum(sizes)
-  first = -(-longest // bucket) * bucket
-  last = max(first, -(-total // bucket) * bucket)
+def choose_layout(sizes: list, *, rows_multiple: int = 1, candidates: int = 24) -> tuple[int, int, list]:
+  """(R, S, bins) packing spans of `sizes` into R rows of S positions with the fewest positions R·S: S from
+  `candidates` lengths between the longest span and the total (each `round_up`), R the number of
+  first-fit-decreasing bins rounded up to `rows_multiple`; ties go to the shorter row."""
+  if rows_multiple < 1 or not sizes:
+    raise ValueError(f"rows_multiple ({rows_multiple}) must be positive and there must be spans ({len(sizes)}).")
+  longest, total = max(sizes), -(-sum(sizes) // rows_multiple)
+  lengths = sorted({round_up(int(x)) for x in np.linspace(longest, max(longest, total), candidates)})
   best = None
-  for s in range(first, min(last, first + (candidates - 1) * bucket) + 1, bucket):
+  for s in lengths:
     bins = first_fit(sizes, s)
     r = -(-len(bins) // rows_multiple) * rows_multiple
-    cost = r * s * (1 + s / span)
-    if best is None or cost < best[0]:
-      best = (cost, r, s, bins)
-  return best[1], best[2], best[3]
+    if best is None or r * s < best[0] * best[1]:
+      best = (r, s, bins)
+  return best
 
 
 def pack_groups(tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int, *, rows_multiple: int = 1,
-                bucket: Optional[int] = None, span: float = math.inf) -> Packed:
+                max_span: Optional[int] = None) -> Packed:
   """The packed layout of a batch (module docstring): each group's prompt once, then its completions.
 
   Args:
     tokens, attn_mask: [B, P + T] with P = prompt_len (left-padded prompts, right-padded completions).
     rows_multiple: R is a multiple of it (micro-batches, devices on the batch axes).
-    bucket: S is a multiple of it (None: `default_bucket` of the longest group); span: `choose_layout`.
+    max_span: longer groups are split (`split_groups`; their prompt is then computed once per part).
+  The window is the longest span `round_up`; N the most completion tokens of a row, `round_up`.
   """
   groups = groups_of(tokens, attn_mask, prompt_len)
+  if max_span is not None:
+    groups = split_groups(groups, max_span)
   b, t = tokens.shape[0], tokens.shape[1] - prompt_len
   sizes = [len(p) + sum(len(c) for _, c in members) for p, members in groups]
-  bucket = default_bucket(max(sizes)) if bucket is None else bucket
-  r, s, bins = choose_layout(sizes, rows_multiple=rows_multiple, bucket=bucket, span=span)
-  out = Packed(*(np.zeros((r, s), np.int32) for _ in range(5)), dest=np.full((r, s), b * t, np.int32))
-  for row, members_of_row in enumerate(bins):
-    at = 0
-    for seg, g in enumerate(members_of_row, start=1):
-      prompt, members = groups[g]
-      at = _place_group(out, row, at, seg, prompt, members, t)
+  r, s, bins = choose_layout(sizes, rows_multiple=rows_multiple)
+  n = round_up(max([sum(sizes[g] - len(groups[g][0]) for g in row) for row in bins] + [1]))
+  out = Packed(*(np.zeros((r, s), np.int32) for _ in range(4)), np.zeros((r, n), np.int32),
+               np.zeros((r, n), np.int32), np.full((r, n), b * t, np.int32), window=round_up(max(sizes)))
+  for row, groups_of_row in enumerate(bins):
+    at, k = 0, 0
+    for seg, g in enumerate(groups_of_row, start=1):
+      at, k = _place_group(out, row, at, k, seg, *groups[g], t)
   return out
 
 
-def _place_group(out: Packed, row: int, at: int, seg: int, prompt: np.ndarray, members: list, t: int) -> int:
-  """Writes one group's span at out[row, at:] (in place) and returns the next free position."""
+def _place_group(out: Packed, row: int, at: int, k: int, seg: int, prompt: np.ndarray, members: list,
+                 t: int) -> tuple[int, int]:
+  """Writes one group's span at out[row, at:] and its targets at out[row, k:] (in place); returns the next free
+  position and target slot."""
   lp = len(prompt)
   last = at + lp - 1                                   # the prompt's last token predicts every first token
-  out.tokens[row, at:at + lp] = prompt
-  out.positions[row, at:at + lp] = np.arange(lp)
-  out.segment[row, at:at + lp] = seg
+  out.tokens[row, at:at + lp], out.positions[row, at:at + lp], out.segment[row, at:at + lp] = prompt, np.arange(lp), seg
   at += lp
   for j, (b, comp) in enumerate(members, start=1):
     n = len(comp)
-    sl = slice(at, at + n)
-    out.tokens[row, sl] = comp
-    out.positions[row, sl] = lp + np.arange(n)
-    out.segment[row, sl] = seg
-    out.member[row, sl] = j
-    out.source[row, sl] = np.concatenate([[last], np.arange(at, at + n - 1)])[:n]
-    out.dest[row, sl] = b * t + np.arange(n)
-    at += n
-  return at
+    span, slots = slice(at, at + n), slice(k, k + n)
+    out.tokens[row, span], out.positions[row, span] = comp, lp + np.arange(n)
+    out.segment[row, span], out.member[row, span] = seg, j
+    out.targets[row, slots] = comp
+    out.source[row, slots] = np.concatenate([[last], np.arange(at, at + n - 1)])[:n]
+    out.dest[row, slots] = b * t + np.arange(n)
+    at, k = at + n, k + n
+  return at, k
 
 
 def layout_stats(packed: Packed, tokens: np.ndarray, attn_mask: np.ndarray) -> dict:
-  """Positions the forward computes, packed (R·S) and plain (B·(P + T)), against the batch's real tokens
+  """Positions the decoder computes, packed (R·S) and plain (B·(P + T)), against the batch's real tokens
   (Σ mask) and its distinct real tokens (each group's prompt counted once: the packed spans' total)."""
   return {"packed_positions": int(packed.tokens.size), "plain_positions": int(np.asarray(tokens).size),
           "real_tokens": int(np.asarray(attn_mask).astype(bool).sum()),
-          "distinct_tokens": int((packed.segment > 0).sum())}
+          "distinct_tokens": int((np.asarray(packed.segment) > 0).sum())}

@@ -12,6 +12,8 @@ prompt once, completions unpadded, several groups per row), where the shared pre
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -57,15 +59,57 @@ def packed_mask(segment: Array, member: Array) -> Array:
   j ≤ i ∧ seg_i = seg_j > 0 ∧ (mem_j = 0 ∨ mem_j = mem_i), and i = j always (a padding position sees itself,
   so its softmax is defined). Prompt tokens (mem 0) see their prompt; completion j its prompt and itself."""
   s = segment.shape[1]
-  causal = jnp.tril(jnp.ones((s, s), bool))[None]
-  same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] > 0)
-  prefix_or_own = (member[:, None, :] == 0) | (member[:, :, None] == member[:, None, :])
-  return (causal & same & prefix_or_own) | jnp.eye(s, dtype=bool)[None]
+  return _allowed(jnp.arange(s), jnp.arange(s), segment, member, segment, member)
+
+
+def _allowed(qi, kj, q_seg, q_mem, k_seg, k_mem):
+  """`packed_mask` for query indices qi [C] and key indices kj [W] with their segments/members [R, C], [R, W]."""
+  causal = (kj[None, :] <= qi[:, None])[None]
+  same = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] > 0)
+  prefix_or_own = (k_mem[:, None, :] == 0) | (q_mem[:, :, None] == k_mem[:, None, :])
+  return (causal & same & prefix_or_own) | (kj[None, :] == qi[:, None])[None]
+
+
+def banded_attention(q: Array, k: Array, v: Array, segment: Array, member: Array, window: int, cfg: ModelConfig,
+                     chunk: int = 0) -> Array:
+  """softmax(q kᵀ/√hd + `packed_mask`) v on packed rows, one block of C queries at a time against the
+  window + C keys before and inside it: exact when no span is longer than `window` (a query's keys all lie
+  in its own span), and C·(window + C) scores per block instead of C·S (the rows can be long).
+
+  q [R, S, H, hd], k/v [R, S, K, hd] → [R, S, H·hd]; C = `chunk` or min(cfg.attn_chunk, max(16, window/4)).
+  Products in float32 for cfg.attention == "full" (as `_attention`), else in the input dtype with float32
+  accumulation; each block is recomputed in the backward pass.
+  """
+  r, s, h, hd = q.shape
+  kh = k.shape[2]
+  c = min(chunk or min(cfg.attn_chunk, max(16, window // 4)), s)
+  n = -(-s // c)
+  end = n * c - s
+  dt = jnp.float32 if cfg.attention == "full" else q.dtype
+  qb = jnp.pad(q, ((0, 0), (0, end), (0, 0), (0, 0))).astype(dt).reshape(r, n, c, kh, h // kh, hd).swapaxes(0, 1)
+  blocks = lambda x: jnp.pad(x, ((0, 0), (0, end))).reshape(r, n, c).swapaxes(0, 1)
+  front = lambda x: jnp.pad(x, ((0, 0), (window, end)) + ((0, 0),) * (x.ndim - 2))
+  kp, vp, seg_k, mem_k = front(k.astype(dt)), front(v.astype(dt)), front(segment), front(member)
+
+  @jax.checkpoint
+  def block(_, xs):
+    i, qc, q_seg, q_mem = xs
+    sl = lambda x: jax.lax.dynamic_slice_in_dim(x, i * c, window + c, axis=1)    # original keys i·c − window ..
+    kc, vc = sl(kp), sl(vp)
+    allowed = _allowed(i * c + jnp.arange(c), i * c - window + jnp.arange(window + c), q_seg, q_mem,
+                       sl(seg_k), sl(mem_k))
+    scores = jnp.einsum("bckgd,btkd->bkgct", qc, kc, preferred_element_type=jnp.float32) / math.sqrt(hd)
+    probs = jax.nn.softmax(jnp.where(allowed[:, None, None], scores, -1e30), axis=-1)
+    out = jnp.einsum("bkgct,btkd->bckgd", probs.astype(dt), vc, preferred_element_type=jnp.float32)
+    return None, out.astype(q.dtype)
+
+  _, out = jax.lax.scan(block, None, (jnp.arange(n), qb, blocks(segment), blocks(member)))
+  return out.swapaxes(0, 1).reshape(r, n * c, h * hd)[:, :s]
 
 
 def scatter_rows(values: Array, dest: Array, shape: tuple[int, int]) -> Array:
-  """[R, S] values into the [B, T] completion layout: out[b, t] = values at the position with dest = b·T + t,
-  0 where no position points (padding); dest = B·T is discarded."""
+  """[R, N] values into the [B, T] completion layout: out[b, t] = the value whose dest = b·T + t, 0 where none
+  points (padding); dest = B·T is discarded."""
   b, t = shape
   return jnp.zeros((b * t + 1,), values.dtype).at[dest.reshape(-1)].add(values.reshape(-1))[:-1].reshape(b, t)
 
@@ -76,18 +120,19 @@ def packed_logprobs(params: dict, cfg: ModelConfig, packed, shape: tuple[int, in
   (rl_jax.packing.pack_groups), equal to `rl_jax.logprobs.token_logprobs` on the plain [B, P + T] layout at
   every real completion token (0 at padding).
 
-  h = decoder(tokens, positions, `packed_mask`) [R, S, D]; completion token x at position i is scored by the
-  hidden state at source_i (its predecessor, or its prompt's last token): log p(x) = log softmax(h_src · W)[x],
-  then scattered to [B, T] by dest. Each prompt is computed once for its G completions; the gradient through
-  that one copy is the sum of the G copies' gradients of the plain layout (Prefix Grouper, arXiv 2506.05433).
-  `shape` = (B, T) of the completion layout; `packed` holds arrays (rl_jax.packing.Packed).
+  h = decoder(tokens, positions, `banded_attention`) [R, S, D]; target x_n of a row is scored by the hidden
+  state at its source position (its predecessor, or its prompt's last token): log p(x_n) = log softmax(h_src · W)[x_n]
+  (the output projection runs on completion tokens only), then scattered to [B, T] by dest. Each prompt is
+  computed once for its G completions; the gradient through that one copy is the sum of the G copies'
+  gradients of the plain layout (Prefix Grouper, arXiv 2506.05433). `shape` = (B, T); `packed`: a
+  rl_jax.packing.Packed of arrays.
   """
-  allowed = packed_mask(packed.segment, packed.member)
-  h = hidden_states(params, packed.tokens, cfg, positions=packed.positions, allowed=allowed)   # [R, S, D]
-  r, s, d = h.shape
-  pred = jnp.take_along_axis(h, packed.source[..., None], axis=1).reshape(r * s, d)
+  attention = lambda q, k, v: banded_attention(q, k, v, packed.segment, packed.member, packed.window, cfg)
+  h = hidden_states(params, packed.tokens, cfg, positions=packed.positions, attention=attention)   # [R, S, D]
+  pred = jnp.take_along_axis(h, packed.source[..., None], axis=1)                                   # [R, N, D]
+  r, n, d = pred.shape
   w = lm_head_weight(cast_params(params, cfg), cfg)
-  logp, ent = logprobs_from_hidden(constrain_rows(pred), w, constrain_rows(packed.tokens.reshape(-1)),
+  logp, ent = logprobs_from_hidden(constrain_rows(pred.reshape(r * n, d)), w, constrain_rows(packed.targets.reshape(-1)),
                                    vocab_chunk=vocab_chunk)
-  logp, ent = scatter_rows(logp.reshape(r, s), packed.dest, shape), scatter_rows(ent.reshape(r, s), packed.dest, shape)
+  logp, ent = scatter_rows(logp.reshape(r, n), packed.dest, shape), scatter_rows(ent.reshape(r, n), packed.dest, shape)
   return logp, jax.lax.stop_gradient(ent)

@@ -12,8 +12,9 @@ import pytest
 from rl_jax import objectives
 from rl_jax.logprobs import token_logprobs
 from rl_jax.models import init_params, tiny_config
-from rl_jax.packing import choose_layout, first_fit, layout_stats, pack_groups
-from rl_jax.prefix_grouper import packed_logprobs, packed_mask
+from rl_jax.models.llama import _attention
+from rl_jax.packing import choose_layout, first_fit, groups_of, layout_stats, pack_groups, round_up
+from rl_jax.prefix_grouper import banded_attention, packed_logprobs, packed_mask
 from rl_jax.train import RLBatch, init_state, make_logprob_fn, make_rl_step
 
 CFG = tiny_config(31, max_seq_len=64, qkv_bias=True, qk_norm=True)
@@ -122,7 +123,7 @@ def test_packed_logprob_fn_with_micro_batches():
   tokens, attn = make_batch(ALL, seed=6)
   plain = make_logprob_fn(CFG, prompt_len=P)(params, jnp.asarray(tokens), jnp.asarray(attn))
   packed = make_logprob_fn(CFG, prompt_len=P, micro_batches=2, packed=True)(
-      params, jnp.asarray(tokens), jnp.asarray(attn), rows_of(tokens, attn, rows_multiple=2, bucket=8))
+      params, jnp.asarray(tokens), jnp.asarray(attn), rows_of(tokens, attn, rows_multiple=2))
   m = attn[:, P:].astype(bool)
   np.testing.assert_allclose(np.asarray(packed)[m], np.asarray(plain)[m], rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="needs the batch's Packed rows"):
@@ -133,13 +134,15 @@ def test_layout_by_hand():
   # two groups: prompt [11 12] with completions [21 22] and [31]; prompt [13] with completion []
   tokens = np.array([[0, 11, 12, 21, 22], [0, 11, 12, 31, 0], [0, 0, 13, 0, 0]], np.int32)
   attn = (tokens > 0).astype(np.int32)
-  rows = pack_groups(tokens, attn, 3, bucket=8)
+  rows = pack_groups(tokens, attn, 3)
   np.testing.assert_array_equal(rows.tokens, [[11, 12, 21, 22, 31, 13, 0, 0]])
   np.testing.assert_array_equal(rows.positions, [[0, 1, 2, 3, 2, 0, 0, 0]])
   np.testing.assert_array_equal(rows.segment, [[1, 1, 1, 1, 1, 2, 0, 0]])
   np.testing.assert_array_equal(rows.member, [[0, 0, 1, 1, 2, 0, 0, 0]])
-  np.testing.assert_array_equal(rows.source, [[0, 0, 1, 2, 1, 0, 0, 0]])
-  np.testing.assert_array_equal(rows.dest, [[6, 6, 0, 1, 2, 6, 6, 6]])   # b·T + t, T = 2; 6 = discarded
+  np.testing.assert_array_equal(rows.targets, [[21, 22, 31, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(rows.source, [[1, 2, 1, 0, 0, 0, 0, 0]])   # 21 and 31 from 12, 22 from 21
+  np.testing.assert_array_equal(rows.dest, [[0, 1, 2, 6, 6, 6, 6, 6]])     # b·T + t, T = 2; 6 = discarded
+  assert rows.window == 8                                                  # the longest span, 5, rounded up
   allowed = np.asarray(packed_mask(jnp.asarray(rows.segment), jnp.asarray(rows.member)))[0]
   np.testing.assert_array_equal(allowed[4], [1, 1, 0, 0, 1, 0, 0, 0])     # 31 sees its prompt and itself only
   np.testing.assert_array_equal(allowed[3], [1, 1, 1, 1, 0, 0, 0, 0])
@@ -149,13 +152,42 @@ def test_layout_by_hand():
                                               "distinct_tokens": 6}
 
 
+@pytest.mark.parametrize("chunk,attention", [(3, "full"), (4, "chunked"), (64, "full")])
+def test_banded_attention_equals_the_dense_packed_mask(chunk, attention):
+  tokens, attn = make_batch(ALL, seed=8)
+  rows = pack_groups(tokens, attn, P, rows_multiple=2)
+  r, s = rows.tokens.shape
+  q, k, v = (jax.random.normal(key, (r, s, n, 16)) for key, n in zip(jax.random.split(jax.random.PRNGKey(0), 3),
+                                                                     (4, 2, 2)))
+  cfg = dataclasses.replace(CFG, attention=attention)
+  seg, mem = jnp.asarray(rows.segment), jnp.asarray(rows.member)
+  dense = _attention(q, k, v, packed_mask(seg, mem), CFG)
+  banded = jax.jit(lambda q, k, v: banded_attention(q, k, v, seg, mem, rows.window, cfg, chunk=chunk))(q, k, v)
+  assert rows.window < s                                        # the band is narrower than a row
+  np.testing.assert_allclose(np.asarray(banded), np.asarray(dense), rtol=1e-5, atol=1e-5)
+
+
 def test_bin_packing_and_the_row_length_choice():
   assert first_fit([5, 3, 4, 4], 8) == [[0, 1], [2, 3]]
-  # spans 9, 7, 5, 4 (25 tokens): one row of 28 when only positions count (3·12 = 36, 2·16 = 32, …);
-  # rows of 12 when attention makes a row of S cost S·(1 + S/12): 3·12·2 = 72 < 2·16·(1 + 16/12) ≈ 75 < 28·(1 + 28/12)
-  assert choose_layout([9, 7, 5, 4], bucket=4)[:2] == (1, 28)
-  assert choose_layout([9, 7, 5, 4], bucket=4, span=12.0) == (3, 12, [[0], [1, 2], [3]])
-  assert choose_layout([9, 7, 5, 4], bucket=4, rows_multiple=4)[:2] == (4, 12)   # 4·12 < 4·16 < … < 4·28
+  assert [round_up(n) for n in (5, 16, 100, 1000, 1025)] == [8, 16, 104, 1024, 1088]
+  # spans 9, 7, 5, 4 (25 tokens); row lengths 16, 24, 32: 2·16 = 32 ties 1·32 (the shorter row wins), 2·24 = 48
+  assert choose_layout([9, 7, 5, 4]) == (2, 16, [[0, 1], [2, 3]])
+  assert choose_layout([9, 7, 5, 4], rows_multiple=4)[:2] == (4, 16)
+
+
+def test_long_groups_split_with_their_prompt_repeated():
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  tokens, attn = make_batch(ALL, seed=7)
+  rows = rows_of(tokens, attn, max_span=P + T)                       # every group in parts of at most one plain row
+  seg = np.asarray(rows.segment)
+  spans = [int((row == k).sum()) for row in seg for k in range(1, row.max() + 1)]
+  assert max(spans) <= P + T < max(len(p) + sum(len(c) for _, c in m) for p, m in groups_of(tokens, attn, P))
+  assert layout_stats(rows, tokens, attn)["distinct_tokens"] > layout_stats(pack_groups(tokens, attn, P), tokens,
+                                                                            attn)["distinct_tokens"]
+  logp, _ = jax.jit(lambda p, r: packed_logprobs(p, CFG, r, (len(tokens), T)))(params, rows)
+  ref, _ = token_logprobs(params, jnp.asarray(tokens), CFG, prompt_len=P, attn_mask=jnp.asarray(attn))
+  m = attn[:, P:].astype(bool)
+  np.testing.assert_allclose(np.asarray(logp)[m], np.asarray(ref)[m], rtol=1e-5, atol=1e-5)
 
 
 def test_bad_layouts_are_refused():
@@ -171,3 +203,31 @@ def test_bad_layouts_are_refused():
   batch = RLBatch(jnp.asarray(tokens), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 2)), None, jnp.ones((1,)))
   with pytest.raises(ValueError, match="needs batch.packed"):
     make_rl_step(CFG, opt, objectives.grpo, prompt_len=2, packed=True)(state, batch)
+
+
+@pytest.mark.slow
+def test_a_loop_run_packed_equals_the_plain_run(tmp_path, monkeypatch):
+  from rl_jax import loop
+  from rl_jax.experiments import arithmetic_tiny as exp
+  packs = []
+  monkeypatch.setattr(loop, "pack_groups", lambda *a, **k: packs.append(1) or pack_groups(*a, **k))
+
+  def run(packed):
+    cfg = exp.Config(digits=1, d_model=32, sft_steps=20, sft_batch=16, rl_steps=2, prompts_per_step=4, group_size=4,
+                     epochs=2, minibatches=2, beta=0.05, eval_every=2, eval_size=8, checkpoint_every=0,
+                     packed=packed, run_dir=str(tmp_path / str(packed)), progress_bar=False)
+    return exp.main(cfg)
+  packed = run(True)
+  assert len(packs) == 2 * (1 + 2 * 2)     # per step: the π_old and reference forwards' batch, 2 epochs × 2 mini-batches
+  plain = run(False)
+  assert len(packs) == 10
+  assert exp.Config().packed is True                               # the loop's default
+  assert len(packed["history"]) == len(plain["history"]) == 2
+  for a, b in zip(packed["history"], plain["history"]):
+    assert a["reward"] == b["reward"] and set(a) == set(b)
+    for key in a:
+      if not key.endswith("seconds") and key != "tokens_per_s":
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+  assert packed["history"][-1]["kl"] > 0                           # the reference forward ran (β > 0)
+  assert packed["accuracy"] == plain["accuracy"]
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), packed["params"], plain["params"])

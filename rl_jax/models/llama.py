@@ -15,7 +15,7 @@ Parameter tree:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -179,8 +179,9 @@ def attend(q, k, v, allowed, cfg):
   return _attention(q, k, v, allowed, cfg)
 
 
-def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=None):
-  """One pre-norm decoder block. With a cache, writes this step's k/v at cache_index first."""
+def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=None, attention=None):
+  """One pre-norm decoder block. With a cache, writes this step's k/v at cache_index first. `attention`
+  (q, k, v) -> [B, S, H·hd] replaces the masked attention of `allowed` when given."""
   b, s, _ = x.shape
   h = rms_norm(x, lp["attn_norm"], cfg.rms_eps)
   q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
@@ -200,7 +201,7 @@ def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=
     ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (layer, 0, cache_index, 0, 0))
     cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (layer, 0, cache_index, 0, 0))
     k, v, new_kv = ck[layer], cv[layer], (ck, cv)
-  x = x + attend(q, k, v, allowed, cfg) @ lp["wo"]
+  x = x + (attend(q, k, v, allowed, cfg) if attention is None else attention(q, k, v)) @ lp["wo"]
   h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
   x = x + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
   return x, new_kv
@@ -220,28 +221,27 @@ def default_positions(attn_mask: Array) -> Array:
 
 
 def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: Optional[Array] = None,
-                  attn_mask: Optional[Array] = None, allowed: Optional[Array] = None) -> Array:
+                  attn_mask: Optional[Array] = None, attention: Optional[Callable] = None) -> Array:
   """Final-norm hidden states [B, S, D] for tokens [B, S] (no cache).
 
-  `allowed` [B, S, S] (bool, query × key) replaces the causal padding mask of `attn_mask` (packed sequences,
-  rl_jax.prefix_grouper); `positions` must then be given.
+  `attention` (q [B, S, H, hd], k, v [B, S, K, hd]) -> [B, S, H·hd] replaces the causal padding-masked attention
+  (packed sequences: rl_jax.prefix_grouper.banded_attention); `positions` must then be given.
   """
   if tokens.ndim != 2:
     raise ValueError(f"tokens must be [B, S], got shape {tokens.shape}.")
-  if allowed is not None and positions is None:
-    raise ValueError("hidden_states: an explicit `allowed` mask needs explicit `positions`.")
+  if attention is not None and positions is None:
+    raise ValueError("hidden_states: an explicit `attention` needs explicit `positions`.")
   if attn_mask is None:
     attn_mask = jnp.ones(tokens.shape, jnp.int32)
   if positions is None:
     positions = default_positions(attn_mask)
-  if allowed is None:
-    allowed = causal_mask(attn_mask)
+  allowed = None if attention is not None else causal_mask(attn_mask)
   inv_freq = rope_frequencies(cfg)
   params = cast_params(params, cfg)
   x = constrain_rows(params["embed"][tokens])
 
   def body(x, lp):
-    x, _ = _layer(cfg, inv_freq, x, lp, positions, allowed)
+    x, _ = _layer(cfg, inv_freq, x, lp, positions, allowed, attention=attention)
     return constrain_rows(x), None
 
   if cfg.remat:
