@@ -63,6 +63,7 @@ class RLConfig:
   prompts_per_step: int = 8         # P questions per step
   group_size: int = 4               # G samples per question
   temperature: float = 1.0          # rollout sampling temperature
+  temperature_tau: float = 0.0      # HAPO adaptive sampling temperature τ in [0, 1) (0 = fixed; --objective=hapo)
   top_p: float = 1.0                # rollout nucleus sampling
   lr: float = 5e-6                  # Adam, global-norm clip 1.0
   epochs: int = 1                   # optimizer passes per rollout batch (1 and minibatches 1: on-policy, no π_old pass)
@@ -359,7 +360,7 @@ class Run:
     test over many methods, compiles each function once)."""
     kind = key[0]
     settings = {"sample": (self.cfg.temperature, self.cfg.top_p, self.cfg.group_size, self.task.max_new_tokens,
-                           tuple(self.task.stop_tokens), self.decode_block),
+                           tuple(self.task.stop_tokens), self.decode_block, self.cfg.temperature_tau),
                 "logp": (self.logprob_micro_batches,),
                 "step": (self.cfg.lr, self.objective, self._kw_key, self.micro_batches)}[kind]
     full = (self.model_cfg, self.mesh, settings) + tuple(key)
@@ -374,12 +375,14 @@ class Run:
     t, g = self.task, self.cfg.group_size
 
     def build():
-      fn = lambda params, prompts, mask, rng: generate_raw(
+      tau = self.cfg.temperature_tau   # HAPO: a fifth argument, the entropy statistics [4]
+      fn = lambda params, prompts, mask, rng, stats=None: generate_raw(
           params, self.model_cfg, prompts, mask, rng, max_new_tokens=t.max_new_tokens,
           temperature=self.cfg.temperature, top_p=self.cfg.top_p, stop_tokens=tuple(t.stop_tokens),
-          dtype=sampler_dtype(self.model_cfg), decode_block=self.decode_block, group_size=g)
-      rows, out = self.rows(n), self.rows(n * g)
-      return jax.jit(fn, in_shardings=(self.param_sharding, rows, rows, NamedSharding(self.mesh, P())),
+          dtype=sampler_dtype(self.model_cfg), decode_block=self.decode_block, group_size=g,
+          temperature_stats=stats, temperature_tau=tau)
+      rows, out, one = self.rows(n), self.rows(n * g), NamedSharding(self.mesh, P())
+      return jax.jit(fn, in_shardings=(self.param_sharding, rows, rows, one) + ((one,) if tau else ()),
                      out_shardings=Samples(out, out, out))
     return self._cached(("sample", n, prompt_len, g), build)
 
@@ -425,7 +428,8 @@ class Run:
   def rollout(self, params, prompts: Prompts, key) -> Rollouts:
     """`group_size` samples per prompt (prompt i → rows i·G..i·G+G−1) from the run's sampler."""
     g = self.cfg.group_size
-    out = self.call(self.sampler(*prompts.ids.shape), params, jnp.asarray(prompts.ids), jnp.asarray(prompts.mask), key)
+    out = self.call(self.sampler(*prompts.ids.shape), params, jnp.asarray(prompts.ids), jnp.asarray(prompts.mask), key,
+                    *self.extras.sampler_inputs())
     comp, cmask, lp = (np.asarray(x) for x in out)
     p_rep, m_rep = np.repeat(prompts.ids, g, axis=0), np.repeat(prompts.mask, g, axis=0)
     tokens = np.concatenate([p_rep, comp], axis=1)
@@ -699,6 +703,7 @@ def rl_step(run: Run, state: TrainState, step: int, ref_params, adv_state):
                           epochs=cfg.epochs, minibatches=cfg.minibatches, ref_params=ref_params,
                           keep_groups=needs_groups(run.objective), valid_rows=run.extras.valid_rows(rewards),
                           pack=functools.partial(run.pack, prompt_len=prompt_len) if cfg.packed else None)
+  run.extras.after_update(m)
   row = dict(m, reward=float(rewards.mean()), **task_row, gen_batches=ds["gen_batches"], gen_seconds=gen_s,
              step_seconds=timer.elapsed(), tokens_per_s=float(ro.completion_mask.sum()) / timer.elapsed())
   # the question ids of a dynamically sampled batch are not tracked
@@ -717,7 +722,7 @@ def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,
   Either way the run waits for the write and exits with status 143. Returns (final state, these steps' rows)."""
   cfg, ckpt = run.cfg, rd.ckpt
   adv_state = advantage_state(run, rd, start)
-  run.extras.restore_from(rd.path / "rewards.jsonl", start)
+  run.extras.restore_from(rd.path, start)
   live = {"state": state, "position": start, "adv_state": adv_state}
 
   def save(position, state, adv_state):

@@ -26,6 +26,9 @@ from rl_jax import registry
 from rl_jax.data import curation
 from rl_jax.rewards import group_shaping as gs
 
+# HAPO's metrics that carry the sampler's entropy statistics (m, s, k₊, k₋) from one step to the next.
+TEMPERATURE_KEYS = ("temperature_center", "temperature_scale", "temperature_k_pos", "temperature_k_neg")
+
 # Keywords the loop sets itself (never --reward_shaping.KEY=VALUE).
 SHAPING_INPUTS = ("step", "total_steps", "max_len", "formats")
 
@@ -116,6 +119,11 @@ def check_config(cfg) -> dict:
   for key in ("prompt_sampling", "replay", "group_filter"):
     if getattr(cfg, key):
       CHOICES[key][getattr(cfg, key)](**kw[key])
+  if not 0.0 <= cfg.temperature_tau < 1.0:
+    raise ValueError(f"--temperature_tau must lie in [0, 1), got {cfg.temperature_tau}.")
+  if cfg.temperature_tau and cfg.objective != "hapo":
+    raise ValueError("--temperature_tau (HAPO's adaptive sampling temperature) reads the entropy statistics HAPO's "
+                     f"objective reports; use it with --objective=hapo, not {cfg.objective}.")
   for key in ("prompt_sampling", "replay"):
     if getattr(cfg, key) and cfg.dynamic_sampling:
       raise ValueError(f"{key}={getattr(cfg, key)} follows each question's groups (question ids, all-negative groups),"
@@ -131,6 +139,7 @@ class Extras:
     self.cfg, self.task, self.kw = cfg, task, check_config(cfg)
     self.pass_rates: dict = {}
     self.buffer: dict = {}
+    self.temperature_stats = np.array([0.0, 1.0, 0.0, 0.0], np.float32)   # ĥ = 0: the fixed temperature
     if cfg.prompt_sampling and not hasattr(task, "prompts_for"):
       raise ValueError(f"prompt_sampling={cfg.prompt_sampling} needs a task that builds prompts for chosen "
                        "question ids (prompts_for); this one does not.")
@@ -156,10 +165,27 @@ class Extras:
                                           np.random.default_rng([self.cfg.seed, 11, step]),
                                           **self.kw["prompt_sampling"]))
 
-  def restore_from(self, rewards_log, position: int) -> None:
-    """`restore` from the run's rewards.jsonl (read only when prompt sampling keeps state)."""
+  def restore_from(self, run_dir, position: int) -> None:
+    """`restore` from the run's rewards.jsonl (when prompt sampling keeps state) and the adaptive temperature's
+    statistics from the metrics row of step `position` (HAPO)."""
     from rl_jax.metrics_log import read_metrics
-    self.restore(read_metrics(rewards_log) if self.cfg.prompt_sampling else [], position)
+    self.restore(read_metrics(run_dir / "rewards.jsonl") if self.cfg.prompt_sampling else [], position)
+    if self.cfg.temperature_tau and position:
+      rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] == position and TEMPERATURE_KEYS[0] in r]
+      if not rows:
+        raise RuntimeError(f"metrics.jsonl has no temperature statistics for RL step {position}: start the run "
+                           "afresh (--resume=false).")
+      self.after_update(rows[-1])
+
+  def sampler_inputs(self) -> tuple:
+    """The sampler's extra arguments: HAPO's entropy statistics when the temperature adapts, else none."""
+    return (np.asarray(self.temperature_stats, np.float32),) if self.cfg.temperature_tau else ()
+
+  def after_update(self, metrics: dict) -> None:
+    """The next rollouts' temperature statistics: those of this step's training batches (HAPO's objective
+    reports them, `objectives.entropy_temperature_stats`)."""
+    if self.cfg.temperature_tau:
+      self.temperature_stats = np.array([metrics[k] for k in TEMPERATURE_KEYS], np.float32)
 
   def restore(self, log_rows: Sequence[dict], position: int) -> None:
     """Pass rates after `position` logged steps, rebuilt from rewards.jsonl rows ({"question_ids", "correct"});

@@ -46,7 +46,22 @@ def test_vas_resumes_with_the_pass_rates_of_the_logged_steps(tmp_path):
   assert [r["question_ids"] for r in cut] == [r["question_ids"] for r in full] and len(full) == 3
 
 
-BAD = [(dict(reward_shaping="length"), "Unknown reward_shaping 'length'"),
+def test_hapo_adaptive_temperature_runs_and_resumes_with_the_logged_statistics(tmp_path):
+  # a warmed-up model (peaked next-token distributions, so the temperature changes what is sampled)
+  kw = dict(_tiny(tmp_path), rl_steps=2, checkpoint_every=1, objective="hapo", temperature_tau=0.5, sft_steps=40,
+            sft_batch=32, d_model=32, prompts_per_step=4, group_size=4)
+  full = exp.main(exp.Config(**dict(kw, run_dir=str(tmp_path / "full"))))["history"]
+  assert all(np.isfinite(r["loss"]) and r["temperature_scale"] >= 0 for r in full)
+  exp.main(exp.Config(**dict(kw, run_dir=str(tmp_path / "cut"), rl_steps=1)))
+  exp.main(exp.Config(**dict(kw, run_dir=str(tmp_path / "cut"))))
+  rows = {d: [r for r in read_metrics(tmp_path / d / "metrics.jsonl") if r["phase"] == "rl"] for d in ("full", "cut")}
+  for key in ("loss", "reward", "entropy", "temperature_center", "temperature_scale"):   # same rollouts
+    assert [r[key] for r in rows["cut"]] == [r[key] for r in rows["full"]], key
+
+
+BAD = [(dict(temperature_tau=1.0, objective="hapo"), "temperature_tau"),
+       (dict(temperature_tau=0.05), "objective=hapo"),
+       (dict(reward_shaping="length"), "Unknown reward_shaping 'length'"),
        (dict(reward_shaping="kimi", reward_shaping_args="wieght=1"), r"takes no \['wieght'\]"),
        (dict(reward_shaping="kimi", reward_shaping_args="weight=big"), "expects float"),
        (dict(reward_shaping="tlts", reward_shaping_args="step=3"), "step is set by the run"),

@@ -94,5 +94,7 @@ def hapo(logp, old_logp, advantages, mask, *, entropy, ref_logp=None, eps_low=0.
   per_token, clipped = trust_regions.clip_bounds_loss(ratio, adv, 1.0 - eps_low_t, 1.0 + eps_high_t)
   if dual_clip_c is not None:
     per_token, clipped = trust_regions.dual_clip(per_token, adv, clipped, dual_clip_c)
+  stats = entropy_temperature_stats(h, inp.mask, pivot=entropy_pivot)   # for the sampler's adaptive temperature
+  extra = dict(zip(("temperature_center", "temperature_scale", "temperature_k_pos", "temperature_k_neg"), stats))
   return policy_loss(per_token, inp, ratio=ratio, clipped=clipped, agg=agg, max_len=max_len, beta=beta,
-                     kl_estimator=kl_estimator, token_weights=token_weights)
+                     kl_estimator=kl_estimator, token_weights=token_weights, extra_metrics=extra)

@@ -51,6 +51,12 @@ RECIPES = (
     common.Recipe("cispo", "cispo", "grpo"),
     common.Recipe("gtpo", "gtpo", "dr_grpo"),     # GTPO shapes the unnormalised R − mean (its docstring)
     common.Recipe("hapo", "hapo", "grpo"),
+    common.Recipe("opmd", "opmd", "opmd"),
+    common.Recipe("asymre", "opmd", "asymre", objective_kw=(("tau", 0.0),)),   # plain REINFORCE, shifted baseline
+    common.Recipe("disco", "disco", "grpo"),      # DisCO reads only the advantage's sign (positive vs negative)
+    common.Recipe("steer", "steer", "grpo"),
+    common.Recipe("llds", "llds", "grpo"),
+    common.Recipe("spine", "spine", "grpo"),      # with the verifier's reward (the paper's is a majority vote)
 )
 QUICK = ("grpo", "dcpo", "ngrpo")
 
