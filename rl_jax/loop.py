@@ -155,11 +155,13 @@ LOOP_KEYWORDS = ("beta", "group_size", "rng", "rollout_logp", "entropy", "token_
 # Advantage estimators beyond the ones that read only the group rewards [P, G].
 TOKEN_ADVANTAGES = ("tempo",)        # (tokens [P, G, T], mask, rewards)
 STATEFUL_ADVANTAGES = ("dcpo",)      # (rewards, question ids, per-question state)
+MASK_ADVANTAGE = ("rewards", "mask")  # positional data of estimators of (rewards, completion mask [P, G, T])
 
 
-def reward_advantages() -> list[str]:
-  """Registered advantages computed from the group rewards [P, G] alone (one required argument, `rewards`)."""
-  return [n for n in advantages_lib.names() if registry.positional(advantages_lib.get(n)) == ["rewards"]
+def reward_advantages(data: tuple = ("rewards",)) -> list[str]:
+  """Registered advantages computed from the group rewards [P, G] alone (one required argument, `rewards`), or
+  from the positional arguments `data` (("rewards", "mask"): rewards and the completion mask [P, G, T])."""
+  return [n for n in advantages_lib.names() if registry.positional(advantages_lib.get(n)) == list(data)
           and not registry.needs(advantages_lib.get(n))]
 
 
@@ -173,7 +175,8 @@ def check_methods(objective: str, advantage: str, *, dynamic_sampling: bool = Fa
   if missing:
     raise ValueError(f"objective={objective} needs {missing}, which the RL loop does not provide (it provides "
                      f"{sorted(OBJECTIVE_INPUTS)}).")
-  runnable = reward_advantages() + list(TOKEN_ADVANTAGES) + list(STATEFUL_ADVANTAGES)
+  runnable = (reward_advantages() + reward_advantages(MASK_ADVANTAGE) + list(TOKEN_ADVANTAGES)
+              + list(STATEFUL_ADVANTAGES))
   if advantage not in runnable:
     fn = advantages_lib.get(advantage)
     raise ValueError(f"Advantage {advantage!r} cannot run here: it needs {registry.positional(fn) + registry.needs(fn)},"
@@ -655,6 +658,9 @@ def advantages(run: Run, ro: Rollouts, rewards: np.ndarray, question_ids: np.nda
   fn = functools.partial(advantages_lib.get(name), **run.advantage_kw)
   if name in STATEFUL_ADVANTAGES:
     adv, adv_state = fn(r, jnp.asarray(question_ids), adv_state)
+    return (lambda _, a=adv: a), adv_state
+  if name in reward_advantages(MASK_ADVANTAGE):   # token-level from rewards and the completion mask
+    adv = fn(r, jnp.asarray(ro.completion_mask.reshape(*rewards.shape, -1)))
     return (lambda _, a=adv: a), adv_state
   if name in TOKEN_ADVANTAGES:
     p, g = rewards.shape

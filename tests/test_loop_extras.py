@@ -59,6 +59,13 @@ def test_hapo_adaptive_temperature_runs_and_resumes_with_the_logged_statistics(t
     assert [r[key] for r in rows["cut"]] == [r[key] for r in rows["full"]], key
 
 
+@pytest.mark.parametrize("name", ["hapo_tlga", "reinforce_pp", "reinforce_pp_baseline"])
+def test_mask_level_advantages_run_one_step(name, tmp_path):
+  assert name in loop.reward_advantages(loop.MASK_ADVANTAGE)
+  out = exp.main(loop.command_line(exp.Config(), TINY + [f"--run_dir={tmp_path}", f"--advantage={name}"]))
+  assert len(out["history"]) == 1 and np.isfinite(out["history"][0]["loss"])
+
+
 BAD = [(dict(temperature_tau=1.0, objective="hapo"), "temperature_tau"),
        (dict(temperature_tau=0.05), "objective=hapo"),
        (dict(reward_shaping="length"), "Unknown reward_shaping 'length'"),

@@ -478,3 +478,31 @@ def test_gcpo_rewards_against_reference_and_hand_example():
     rewards.gcpo_rewards(f32([[1, 0]]), f32([[1, 0]]), f32([[1, 1]]), margin=-0.1)
   with pytest.raises(ValueError, match="uses_aux"):
     rewards.gcpo_rewards(f32([[1, 0]]), f32([[1, 0, 1]]), f32([[1, 1]]))
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_hapo_token_level_group_average_against_reference(jit):
+  rng = np.random.default_rng(111)
+  rewards = rng.integers(0, 2, (6, 4)).astype(np.float64)
+  rewards[0] = [1, 1, 1, 0]                                # long correct rows: a padded 0 lands far from μ
+  mask = (np.arange(30)[None, None, :] < rng.integers(1, 31, (6, 4))[..., None]).astype(np.float64)
+  mask[0] = np.arange(30)[None, :] < np.array([[30], [30], [30], [2]])
+  for kw in ({}, {"check_padding": False}, {"fallback": 1.0}):
+    fn = lambda r, m, kw=kw: advantages.hapo_tlga(r, m, **kw)
+    got = (jax.jit(fn) if jit else fn)(f32(rewards), f32(mask))
+    np.testing.assert_allclose(np.asarray(got), ref.hapo_tlga(rewards, mask, **kw), rtol=1e-5, atol=1e-5)
+
+
+def test_hapo_token_level_group_average_hand_example():
+  # R = [1, 0] with lengths 1 and 3: μ = 1/4, σ = √3/4 → [√3, −1/√3 ×3]; no |A| ≥ 5, so no fallback.
+  mask = f32([[[1, 0, 0], [1, 1, 1]]])
+  got = np.asarray(advantages.hapo_tlga(f32([[1.0, 0.0]]), mask))
+  s3 = math.sqrt(3)
+  np.testing.assert_allclose(got, [[[s3, 0, 0], [-1 / s3] * 3]], rtol=1e-5)
+  # 9 correct tokens and 1 wrong: the wrong token sits at −3 σ, a padded slot at −μ/σ = −3; fallback 2.5 → GRPO
+  mask = f32([[[1] * 9 + [0], [1] + [0] * 9]])
+  grpo_adv = np.asarray(advantages.grpo(f32([[1.0, 0.0]])))[0]
+  got = np.asarray(advantages.hapo_tlga(f32([[1.0, 0.0]]), mask, fallback=2.5))
+  np.testing.assert_allclose(got[0, 0, :9], grpo_adv[0], rtol=1e-5)
+  with pytest.raises(ValueError, match="fallback"):
+    advantages.hapo_tlga(f32([[1.0, 0.0]]), mask, fallback=0.0)

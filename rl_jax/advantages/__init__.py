@@ -13,6 +13,6 @@ from rl_jax.advantages.selection import dars, forking_tokens, hicra, lp_reg, pre
 from rl_jax.advantages.stateful import (RewardStats, ValueTracker, dcpo, init_reward_stats, init_value_tracker,
                                         single_stream, tracker_rho)
 from rl_jax.advantages.structured import brpo, budget_prior, gigpo, rank_grpo, rank_rewards, s_grpo
-from rl_jax.advantages.token import gae, masked_whiten, reinforce_pp, reinforce_pp_baseline
+from rl_jax.advantages.token import gae, hapo_tlga, masked_whiten, reinforce_pp, reinforce_pp_baseline
 from rl_jax.advantages.tree import prefix_values, shared_prefix, spo_chain, spo_chain_cut_points, tempo, treepo
 from rl_jax.advantages.span import zoom_zero

@@ -166,3 +166,33 @@ def gae(rewards, values, mask, *, kl=None, beta: float = 0.0, gamma: float = 1.0
   if whiten:
     adv = masked_whiten(adv, m)
   return jax.lax.stop_gradient(adv * m), jax.lax.stop_gradient(returns)
+
+
+@register
+def hapo_tlga(rewards, mask, *, eps: float = 1e-6, scale_by_std: bool = True, fallback: float = 5.0,
+              check_padding: bool = True) -> Array:
+  """HAPO's Token-Level Group Average: group statistics over the group's tokens, so a response counts by its length.
+
+    s_{i,t} = R_i·m_{i,t},  μ_p, σ_p = mean and std (ddof 0) of s over the group's valid tokens,
+    A_{i,t} = (s_{i,t} − μ_p)/(σ_p + eps);  a group with any |A| ≥ `fallback` takes GRPO's advantage instead.
+
+  "From Uniform to Heterogeneous" (HAPO), arXiv 2509.16591; the rule and constants from the official code
+  (compute_hapo_outcome_advantage): eps 1e-6, the fallback at 5 to GRPO (verl: unbiased std). The code tests
+  |A| ≥ 5 at padded positions too (where s = 0, A = −μ/σ), which `check_padding=True` reproduces; False tests
+  valid tokens only. `mask` [P, G, T] is the completion mask; returns [P, G, T] (0 on padding).
+  Example: R = [1, 0], lengths [1, 3]: μ = 1/4, σ = √3/4 → A = [√3, −1/√3 (×3)].
+  """
+  from rl_jax.advantages.group import grpo
+  check_hparam("eps", eps, low=0.0, method="hapo_tlga")
+  check_hparam("fallback", fallback, low=0.0, strict=True, method="hapo_tlga")
+  r = check_rewards(rewards, method="hapo_tlga")
+  _, m = check_tokens(jnp.zeros(jnp.shape(mask), jnp.int32), mask, r.shape, method="hapo_tlga")
+  s = r[..., None] * m
+  n = jnp.maximum(m.sum(axis=(1, 2), keepdims=True), 1.0)
+  mean = s.sum(axis=(1, 2), keepdims=True) / n
+  std = jnp.sqrt((jnp.square(s - mean) * m).sum(axis=(1, 2), keepdims=True) / n)
+  normed = (s - mean) / (std + eps) if scale_by_std else s - mean
+  tested = normed if check_padding else normed * m
+  use_grpo = jnp.any(jnp.abs(tested) >= fallback, axis=(1, 2), keepdims=True)
+  group = grpo(r, eps=eps, scale_by_std=scale_by_std)[..., None]
+  return jax.lax.stop_gradient(jnp.where(use_grpo, group, normed) * m)

@@ -315,3 +315,22 @@ def gcpo_rewards(correct, uses_aux, lengths, *, margin=0.05, aux_weight=1.0, len
     for i, (c, a, n) in enumerate(zip(correct[p], uses_aux[p], lengths[p])):
       out[p, i] = c + aux_weight * sign * a + length_weight * min(n / max_len, 1.0) * c
   return out
+
+
+def hapo_tlga(rewards, mask, *, eps=1e-6, fallback=5.0, check_padding=True):
+  """Per group: token-weighted mean/std (ddof 0) of R over valid tokens; GRPO (unbiased std) when any
+  |A| >= fallback (padding included when check_padding, where the score is 0)."""
+  P, G, T = mask.shape
+  out = np.zeros((P, G, T))
+  for p in range(P):
+    vals = [rewards[p, i] for i in range(G) for t in range(T) if mask[p, i, t] > 0]
+    mu = sum(vals) / max(len(vals), 1)
+    sd = math.sqrt(sum((v - mu) ** 2 for v in vals) / max(len(vals), 1))
+    a = np.array([[((rewards[p, i] if mask[p, i, t] > 0 else 0.0) - mu) / (sd + eps) for t in range(T)]
+                  for i in range(G)])
+    tested = a if check_padding else a * (mask[p] > 0)
+    if np.any(np.abs(tested) >= fallback):
+      r = rewards[p]
+      a = np.repeat(((r - r.mean()) / (r.std(ddof=1) + eps))[:, None], T, axis=1)
+    out[p] = a * (mask[p] > 0)
+  return out
