@@ -390,11 +390,10 @@ class Run:
     return self._cached(("sample", n, prompt_len, g), build)
 
   def pack(self, tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int):
-    """The rows in the packed layout (rl_jax.packing.pack_groups): a number of packed rows that every
-    micro-batch count and the mesh's batch axes divide; a group longer than 4 plain rows is split in parts
-    (so the attention window stays within 4 plain rows)."""
-    devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-    multiple = math.lcm(self.micro_batches, self.logprob_micro_batches, devices)
+    """The rows in the packed layout (rl_jax.packing.pack_groups): R a multiple of lcm(micro-batch counts) ×
+    the devices on the batch axes, so every micro-batch's rows spread over all of them; a group longer than
+    4 plain rows is split in parts (so the attention window stays within 4 plain rows)."""
+    multiple = packed_row_multiple(self)
     return pack_groups(tokens, attn_mask, prompt_len, rows_multiple=multiple, max_span=4 * tokens.shape[1])
 
   def logprob_jit(self, prompt_len: int, n: int, packed=None) -> Callable:
@@ -441,6 +440,12 @@ class Run:
 
 
 _COMPILED: dict = {}   # Run._cached
+
+
+def packed_row_multiple(run: Run) -> int:
+  """Packed rows come in multiples of lcm(train, log-prob micro-batch counts) × devices on the batch axes: a
+  micro-batch (every k-th row, `rl_jax.train.split_micro`) then holds rows for every device."""
+  return math.lcm(run.micro_batches, run.logprob_micro_batches) * run.mesh.shape["data"] * run.mesh.shape["fsdp"]
 
 
 def layout_key(tree) -> tuple:
