@@ -506,3 +506,46 @@ def test_hapo_token_level_group_average_hand_example():
   np.testing.assert_allclose(got[0, 0, :9], grpo_adv[0], rtol=1e-5)
   with pytest.raises(ValueError, match="fallback"):
     advantages.hapo_tlga(f32([[1.0, 0.0]]), mask, fallback=0.0)
+
+
+# ----------------------------------------------------------------------------- OTR (one-token rollout SFT loss)
+
+@pytest.mark.parametrize("jit,kw", [(False, {}), (True, {}), (True, dict(neg_reward=-0.5, baseline=False))])
+def test_otr_surrogate_against_reference(jit, kw):
+  from rl_jax import sft_losses
+  rng = np.random.default_rng(121)
+  logits = rng.normal(size=(3, 4, 5)) * 2
+  targets = rng.integers(0, 5, (3, 4))
+  cands = rng.integers(0, 5, (3, 4, 6))
+  cands[0, 0, :3] = targets[0, 0]
+  mask = (np.arange(4)[None, :] < np.array([4, 2, 0])[:, None]).astype(np.float64)
+  fn = lambda z: sft_losses.otr_surrogate(z, jnp.asarray(cands), jnp.asarray(targets), f32(mask), **kw)[0]
+  vg = jax.value_and_grad(fn)
+  loss, grad = (jax.jit(vg) if jit else vg)(f32(logits))
+  want = lambda z: ref.otr_surrogate(z, cands, targets, mask, **kw)
+  assert float(loss) == pytest.approx(want(logits), rel=1e-5, abs=1e-6)
+  h, num = 1e-6, np.zeros_like(logits)
+  for idx in np.ndindex(logits.shape):
+    up, down = logits.copy(), logits.copy()
+    up[idx] += h
+    down[idx] -= h
+    num[idx] = (want(up) - want(down)) / (2 * h)
+  np.testing.assert_allclose(np.asarray(grad), num, rtol=2e-3, atol=1e-5)
+
+
+def test_otr_expected_gradient_raises_the_data_tokens_probability():
+  # Without a baseline E[∇ℓ] = −∇π(y): dπ(y)/dz_j = π(y)(1[j = y] − π_j). Checked with 40000 sampled candidates.
+  from rl_jax import sft_losses
+  logits = f32([[[1.0, 0.0, -1.0, 0.5]]])
+  y, mask = jnp.array([[2]]), f32([[1.0]])
+  g = jax.grad(lambda z: sft_losses.otr_loss(z, y, mask, jax.random.PRNGKey(0), num_samples=40000,
+                                            baseline=False)[0])(logits)
+  p = np.exp(np.asarray(logits[0, 0]) - np.log(np.exp(np.asarray(logits[0, 0])).sum()))
+  want = -p[2] * (np.eye(4)[2] - p)
+  np.testing.assert_allclose(np.asarray(g)[0, 0], want, atol=3e-3)
+  _, metrics = sft_losses.otr_loss(logits, y, mask, jax.random.PRNGKey(1), num_samples=40000)
+  assert float(metrics["otr_hit_rate"]) == pytest.approx(p[2], abs=0.01)
+  for kw, match in ((dict(num_samples=0), "num_samples"), (dict(temperature=0.0), "temperature"),
+                    (dict(neg_reward=2.0), "neg_reward")):
+    with pytest.raises(ValueError, match=match):
+      sft_losses.otr_loss(logits, y, mask, jax.random.PRNGKey(0), **kw)

@@ -334,3 +334,20 @@ def hapo_tlga(rewards, mask, *, eps=1e-6, fallback=5.0, check_padding=True):
       a = np.repeat(((r - r.mean()) / (r.std(ddof=1) + eps))[:, None], T, axis=1)
     out[p] = a * (mask[p] > 0)
   return out
+
+
+# ----------------------------------------------------------------------------- OTR
+
+def otr_surrogate(logits, candidates, targets, mask, *, neg_reward=0.0, baseline=True):
+  total, n = 0.0, 0
+  for b in range(logits.shape[0]):
+    for t in range(logits.shape[1]):
+      if mask[b, t] <= 0:
+        continue
+      z = logits[b, t] - logits[b, t].max()
+      logp = z - math.log(np.exp(z).sum())
+      r = [1.0 if a == targets[b, t] else neg_reward for a in candidates[b, t]]
+      base = sum(r) / len(r) if baseline else 0.0
+      total += -sum((rk - base) * logp[a] for rk, a in zip(r, candidates[b, t])) / len(r)
+      n += 1
+  return total / max(n, 1)
