@@ -58,3 +58,25 @@ def otr_loss(logits: Array, targets: Array, mask: Array, rng: Array, *, num_samp
   check_hparam("neg_reward", neg_reward, high=1.0, method="otr")
   cands = otr_candidates(rng, logits, num_samples=num_samples, temperature=temperature)
   return otr_surrogate(logits, cands, targets, mask, neg_reward=neg_reward, baseline=baseline)
+
+
+def make_otr_sft_step(cfg, optimizer, **otr_kw):
+  """Jitted (state, SFTBatch) -> (state, metrics) training on `otr_loss` instead of cross-entropy: the logits at
+  the answer positions (position j predicts token j + 1), candidates drawn with fold_in(state.rng, state.step)."""
+  import optax
+  from rl_jax.models import forward
+  from rl_jax.train import _apply
+
+  def loss_fn(params, batch, key):
+    tokens = jnp.concatenate([batch.prompts, batch.answers], axis=1)
+    attn = jnp.concatenate([batch.prompt_mask, batch.answer_mask], axis=1)
+    logits = forward(params, tokens, cfg, attn_mask=attn)[:, batch.prompts.shape[1] - 1:-1]
+    return otr_loss(logits, batch.answers, batch.answer_mask, key, **otr_kw)
+
+  @jax.jit
+  def step(state, batch):
+    key = jax.random.fold_in(state.rng, state.step)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+    return _apply(optimizer, state, grads), dict(metrics, sft_loss=loss, grad_norm=optax.global_norm(grads))
+
+  return step

@@ -549,3 +549,22 @@ def test_otr_expected_gradient_raises_the_data_tokens_probability():
                     (dict(neg_reward=2.0), "neg_reward")):
     with pytest.raises(ValueError, match=match):
       sft_losses.otr_loss(logits, y, mask, jax.random.PRNGKey(0), **kw)
+
+
+def test_otr_warm_up_of_the_arithmetic_experiment_lowers_cross_entropy():
+  import optax
+  from rl_jax.experiments import arithmetic_tiny as exp
+  from rl_jax.models import init_params
+  from rl_jax.train import SFTBatch, init_state, make_sft_step
+  cfg = exp.Config(sft_loss="otr", sft_steps=30, sft_batch=32, d_model=32, progress_bar=False)
+  task, model_cfg = exp.build(cfg)
+  problems = task.problems(64, stream=9, index=0)
+  batch = SFTBatch(*(jnp.asarray(x) for x in (*task.encode_prompts([p for p, _ in problems]),
+                                               *task.encode_answers([a for _, a in problems]))))
+  ce = make_sft_step(model_cfg, optax.sgd(0.0))                       # lr 0: measures the loss only
+  before = init_params(model_cfg, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1))
+  loss = lambda params: float(ce(init_state(params, optax.sgd(0.0), jax.random.PRNGKey(0)), batch)[1]["sft_loss"])
+  after = exp.warm_up(cfg, task, model_cfg).params
+  assert loss(after) < 0.8 * loss(before)
+  with pytest.raises(ValueError, match="sft_loss"):
+    exp.Config(sft_loss="dft")

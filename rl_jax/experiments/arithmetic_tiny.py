@@ -25,6 +25,7 @@ from rl_jax.metrics_log import plot_curves, read_metrics
 from rl_jax.models import init_params, tiny_config
 from rl_jax.progress import progress
 from rl_jax.sampling import generate
+from rl_jax.sft_losses import make_otr_sft_step
 from rl_jax.tasks import ArithmeticTask
 from rl_jax.train import SFTBatch, init_state, make_sft_step
 
@@ -38,6 +39,7 @@ class Config(loop.RLConfig):
   sft_steps: int = 50              # supervised warm-up steps (leaves the model partly right, ~40%)
   sft_batch: int = 64
   sft_lr: float = 3e-3
+  sft_loss: str = "ce"             # warm-up loss: "ce" (cross-entropy) or "otr" (One-Token Rollout, rl_jax.sft_losses)
   rl_steps: int = 60
   prompts_per_step: int = 32
   group_size: int = 8
@@ -56,6 +58,8 @@ class Config(loop.RLConfig):
 
   def __post_init__(self):
     super().__post_init__()
+    if self.sft_loss not in ("ce", "otr"):
+      raise ValueError(f"--sft_loss must be 'ce' or 'otr', got {self.sft_loss!r}.")
     if not self.ops or set(self.ops) - set("+-*"):
       raise ValueError(f"--ops must be drawn from '+-*', got {self.ops!r}.")
 
@@ -124,7 +128,7 @@ def warm_up(cfg: Config, task: ArithmeticTask, model_cfg):
   params = init_params(model_cfg, jax.random.fold_in(rng, 1))
   sft_opt = optax.adam(cfg.sft_lr)
   state = init_state(params, sft_opt, jax.random.fold_in(rng, 2))
-  sft_step = make_sft_step(model_cfg, sft_opt)
+  sft_step = make_otr_sft_step(model_cfg, sft_opt) if cfg.sft_loss == "otr" else make_sft_step(model_cfg, sft_opt)
   for i in progress(range(cfg.sft_steps), desc="warm-up (SFT)", enabled=cfg.progress_bar):
     problems = task.problems(cfg.sft_batch, stream=0, index=i)
     p_ids, p_mask = task.encode_prompts([p for p, _ in problems])
