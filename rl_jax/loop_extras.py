@@ -121,6 +121,8 @@ def check_config(cfg) -> dict:
       CHOICES[key][getattr(cfg, key)](**kw[key])
   if not 0.0 <= cfg.temperature_tau < 1.0:
     raise ValueError(f"--temperature_tau must lie in [0, 1), got {cfg.temperature_tau}.")
+  if cfg.temperature_tau and getattr(cfg, "aot", ""):
+    raise ValueError("--temperature_tau: the ahead-of-time compile does not build the adaptive-temperature sampler.")
   if cfg.temperature_tau and cfg.objective != "hapo":
     raise ValueError("--temperature_tau (HAPO's adaptive sampling temperature) reads the entropy statistics HAPO's "
                      f"objective reports; use it with --objective=hapo, not {cfg.objective}.")

@@ -68,6 +68,7 @@ def test_mask_level_advantages_run_one_step(name, tmp_path):
 
 BAD = [(dict(temperature_tau=1.0, objective="hapo"), "temperature_tau"),
        (dict(temperature_tau=0.05), "objective=hapo"),
+       (dict(temperature_tau=0.05, objective="hapo", aot="v5p-8"), "ahead-of-time"),
        (dict(reward_shaping="length"), "Unknown reward_shaping 'length'"),
        (dict(reward_shaping="kimi", reward_shaping_args="wieght=1"), r"takes no \['wieght'\]"),
        (dict(reward_shaping="kimi", reward_shaping_args="weight=big"), "expects float"),
