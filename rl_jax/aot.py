@@ -186,11 +186,31 @@ def sampler_call(run, shapes: RunShapes):
   return run.sampler(n, shapes.prompt_len), (abstract_state(run).params, prompts, prompts, key)
 
 
+def packed_rows(run, shapes: RunShapes, n: int):
+  """Abstract packed rows (rl_jax.packing.Packed) for `n` rows when the run packs (cfg.packed), else None: the
+  longest layout the loop can hand over, every prompt full and every completion at the cap, n/G prompts and n
+  completions in R rows (R = the row multiple of `Run.pack`), the window the longest span `Run.pack` allows."""
+  if not run.cfg.packed:
+    return None
+  from rl_jax.packing import Packed, round_up
+  p, t, g = shapes.prompt_len, shapes.new_tokens, shapes.group_size
+  span = min(p + g * t, 4 * (p + t))                     # Run.pack splits groups longer than 4 plain rows
+  parts = -(-(p + g * t) // span) if g > 1 else 1
+  from rl_jax.loop import packed_row_multiple
+  r = packed_row_multiple(run)
+  s = round_up(max(span, -(-(-(-n // g) * parts * p + n * t) // r)))
+  m = round_up(-(-n * t // r))
+  tok, tgt = _rows(run, (r, s), jnp.int32), _rows(run, (r, m), jnp.int32)
+  return Packed(tok, tok, tok, tok, tgt, tgt, tgt, window=round_up(span))
+
+
 def logprob_call(run, shapes: RunShapes):
   """The run's no-gradient log-prob forward (π_old or the reference) and its abstract arguments."""
   n = shapes.logprob_rows
   tokens = _rows(run, (n, shapes.prompt_len + shapes.new_tokens), jnp.int32)
-  return run.logprob_jit(shapes.prompt_len, n), (abstract_state(run).params, tokens, tokens)
+  packed = packed_rows(run, shapes, n)
+  extra = () if packed is None else (packed,)
+  return run.logprob_jit(shapes.prompt_len, n, *extra), (abstract_state(run).params, tokens, tokens) + extra
 
 
 def train_call(run, shapes: RunShapes):
@@ -201,7 +221,7 @@ def train_call(run, shapes: RunShapes):
   per_token = _rows(run, (b, t), jnp.float32)
   adv = per_token if shapes.token_advantages else _rows(run, (b,), jnp.float32)
   batch = RLBatch(tokens, tokens, per_token, per_token if shapes.old_logp else None, adv,
-                  per_token if shapes.reference else None, per_token)
+                  per_token if shapes.reference else None, per_token, packed_rows(run, shapes, b))
   return run.train_jit(shapes.prompt_len, batch), (abstract_state(run), batch)
 
 

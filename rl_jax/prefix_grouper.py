@@ -111,7 +111,8 @@ def scatter_rows(values: Array, dest: Array, shape: tuple[int, int]) -> Array:
   """[R, N] values into the [B, T] completion layout: out[b, t] = the value whose dest = b·T + t, 0 where none
   points (padding); dest = B·T is discarded."""
   b, t = shape
-  return jnp.zeros((b * t + 1,), values.dtype).at[dest.reshape(-1)].add(values.reshape(-1))[:-1].reshape(b, t)
+  flat = jnp.zeros((b * t + 1,), values.dtype).at[dest.reshape(-1)].add(values.reshape(-1))
+  return constrain_rows(flat[:-1].reshape(b, t))
 
 
 def packed_logprobs(params: dict, cfg: ModelConfig, packed, shape: tuple[int, int], *,

@@ -111,17 +111,21 @@ def accumulated_value_and_grad(logp_fn: Callable, loss_of_logp: Callable, params
   """
   k = micro_batches
   parts = jax.tree.map(lambda x: split_micro(x, k), inputs)
-  logp, ent = jax.lax.map(lambda x: logp_fn(jax.lax.stop_gradient(params), x), parts)
-  merge = (lambda x: jnp.sum(x, axis=0)) if scattered else merge_micro
-  (loss, aux), g = jax.value_and_grad(loss_of_logp, has_aux=True)(merge(logp), merge(ent), batch)
-  cotangents = jnp.broadcast_to(g, (k,) + g.shape) if scattered else split_micro(g, k)
+  frozen = jax.lax.stop_gradient(params)
+  if scattered:      # summed in a carry: one [B, T] pair, not k of them
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(lambda x: logp_fn(frozen, x), jax.tree.map(lambda x: x[0], parts)))
+    (logp, ent), _ = jax.lax.scan(lambda acc, x: (jax.tree.map(jnp.add, acc, logp_fn(frozen, x)), None), zeros, parts)
+  else:
+    logp, ent = (merge_micro(x) for x in jax.lax.map(lambda x: logp_fn(frozen, x), parts))
+  (loss, aux), g = jax.value_and_grad(loss_of_logp, has_aux=True)(logp, ent, batch)
 
   def body(acc, xs):
-    x, g_j = xs
+    x, g_j = xs if not scattered else (xs, g)
     _, vjp = jax.vjp(lambda p: logp_fn(p, x)[0], params)
     return jax.tree.map(jnp.add, acc, vjp(g_j)[0]), None
 
-  grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (parts, cotangents))
+  grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), parts if scattered else (parts, split_micro(g, k)))
   return (loss, aux), grads
 
 
