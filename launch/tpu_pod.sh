@@ -2,7 +2,8 @@
 # Run an rl_jax experiment on every worker of a Cloud TPU pod slice.
 #
 #   launch/tpu_pod.sh --name=rl-v5p --zone=us-east5-a --type=v5p-64 [--version=v2-alpha-tpuv5] \
-#       [--project=P] [--skip-install] [--data=DIR] [--dry-run] -- rl_jax.experiments.configs.gsm8k_pod --preset=qwen2.5-math-7b
+#       [--project=P] [--skip-install] [--data=DIR] [--dry-run] -- rl_jax.experiments.gsm8k_smollm2 --preset=pod \
+#       --model=qwen2.5-math-7b --hf_folder=PATH
 #
 # Steps: create the TPU VM unless it already exists (describe || create), copy this checkout to
 # every worker, install it with its tpu extra at the versions of constraints.txt, put the data on

@@ -209,3 +209,148 @@ def evaluate_math(params, cfg, tokenizer, records: Sequence[dict], rng, *, sampl
           for texts, r in zip(sampled, records)) / len(records)
   result["grading_failures"] = len(grade.failures)
   return result
+
+
+# ------------------------------------------------------------------------------- before / after a run
+
+def evaluate_sets(params, cfg, tokenizer, names: Sequence[str], rng, *, size: int = 0, tag: str = "eval",
+                  cache_root: Optional[str | pathlib.Path] = None, log: Callable = print, **kw) -> dict:
+  """`evaluate_math` on the test split of each named `rl_jax.data` set (its first `size` problems; 0 = all):
+  {name: metrics, with "seconds" and one greedy "example"}. Finished sampling batches land in
+  cache_root/<tag>_<name> while a set is evaluated (so an interrupted evaluation resumes) and are removed after."""
+  import shutil
+  import time
+
+  from rl_jax import data as data_lib
+  out = {}
+  for name in names:
+    recs = data_lib.load(name, "test", limit=size or None)
+    t0 = time.perf_counter()
+    cache = None if cache_root is None else pathlib.Path(cache_root) / f"{tag}_{name}"
+    res = evaluate_math(params, cfg, tokenizer, recs, rng, cache_dir=cache, **kw)
+    if cache is not None:
+      shutil.rmtree(cache, ignore_errors=True)
+      if cache.parent.exists() and not any(cache.parent.iterdir()):
+        cache.parent.rmdir()
+    res["seconds"] = time.perf_counter() - t0
+    metrics = {k: v for k, v in res.items() if k != "greedy_texts"}
+    log(f"[{tag}] {name} (n={res['n']}): " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "n"))
+    out[name] = dict(metrics, example=res["greedy_texts"][0][:400])
+  return out
+
+
+def train_seconds(rows: Sequence[dict]) -> float:
+  """Sum of `step_seconds` over the RL-step rows of metrics.jsonl (generation, updates, first-step compiles).
+
+  A resumed run keeps the rows up to its checkpoint and logs the rest again, so each step is counted once;
+  model loading, evaluations and the checkpoints' writes are not in it."""
+  return float(sum(r["step_seconds"] for r in rows if r.get("phase") == "rl" and "step_seconds" in r))
+
+
+def summary_table(summary: dict) -> str:
+  """Markdown table of a summary's "before" and "after" metrics per evaluation set."""
+  lines = ["| eval set | metric | before | after |", "|---|---|---|---|"]
+  for name, before in summary.get("before", {}).items():
+    after = summary.get("after", {}).get(name, {})
+    for k, v in before.items():
+      if k in ("n", "seconds", "example"):
+        continue
+      lines.append(f"| {name} (n={before['n']}) | {k} | {v:.3f} | {after.get(k, float('nan')):.3f} |")
+  return "\n".join(lines)
+
+
+def same_settings(previous: Optional[dict], current: dict, ignore: Sequence[str] = ()) -> bool:
+  """Whether a run dir's stored settings equal `current` outside `ignore` (None: there were none)."""
+  return previous is not None and all(previous.get(k) == v for k, v in current.items() if k not in set(ignore))
+
+
+class BeforeAfter:
+  """summary.json of a run evaluated before and after RL, kept true across resumes (written atomically).
+
+  `evaluate(params, tag)` -> {set: metrics with "greedy"}; `eval_fields`: the settings that decide the "before"
+  evaluation (two runs that agree on them have the same one); `bookkeeping`: settings whose change leaves a
+  finished run's summary standing. `rd` is the run's `rl_jax.loop.RunDir` (path, logger, previous, trim).
+  """
+
+  def __init__(self, rd, settings: dict, evaluate: Callable, *, eval_fields: Sequence[str],
+               bookkeeping: Sequence[str] = (), before_from: str = ""):
+    self.rd, self.settings, self.evaluate = rd, settings, evaluate
+    self.eval_fields, self.bookkeeping, self.before_from = tuple(eval_fields), set(bookkeeping), before_from
+    self.path = pathlib.Path(rd.path) / "summary.json"
+
+  def write(self, summary: dict) -> None:
+    from rl_jax.metrics_log import atomic_write_text
+    if self.rd.primary:
+      atomic_write_text(self.path, json.dumps(summary, indent=2))
+
+  def same_evaluation(self, other: Optional[dict]) -> bool:
+    return other is not None and all(other.get(k) == self.settings[k] for k in self.eval_fields)
+
+  def finished_as_now(self) -> bool:
+    """Whether the run dir's previous settings trained and evaluated exactly as now (then its summary stands)."""
+    return same_settings(self.rd.previous, self.settings, self.bookkeeping)
+
+  def reused_before(self) -> dict:
+    """The "before" evaluation of the run in `before_from`, after checking it was made with the same settings."""
+    src = pathlib.Path(self.before_from)
+    if not (src / "summary.json").exists() or not (src / "config.json").exists():
+      raise FileNotFoundError(f"before_from={src}: no summary.json / config.json there (run that evaluation first).")
+    other = json.loads((src / "config.json").read_text())
+    diff = {k: (other.get(k), self.settings[k]) for k in self.eval_fields if other.get(k) != self.settings[k]}
+    if diff:
+      raise ValueError(f"before_from={src} was evaluated with different settings (theirs, ours): {diff}.")
+    before = json.loads((src / "summary.json").read_text()).get("before")
+    if not before:
+      raise ValueError(f"before_from={src}: its summary.json holds no 'before' evaluation.")
+    print(f"[before] reused from {src}")
+    return before
+
+  def log_before(self, params) -> dict:
+    """A new summary holding the "before" evaluation (made now, or reused from `before_from`), logged at step 0."""
+    summary = ({"before": self.reused_before(), "before_from": self.before_from} if self.before_from
+               else {"before": self.evaluate(params, "before")})
+    self.write(summary)
+    for name, m in summary["before"].items():
+      self.rd.logger.log(0, {f"{name}_greedy": m["greedy"]}, phase="eval")
+    return summary
+
+  def open(self, position: Optional[int], rl_steps: int, params) -> tuple[dict, bool]:
+    """(summary, finished) at the start of an invocation (`position`: the restored RL step, None for a fresh run):
+    a fresh run evaluates "before"; a resumed one keeps what still holds under the current evaluation settings;
+    a finished run with the same settings returns its summary (finished True)."""
+    if position is None:
+      return self.log_before(params), False
+    summary = json.loads(self.path.read_text()) if self.path.exists() else {}
+    if position == rl_steps and "after" in summary and self.finished_as_now():
+      print(f"run already finished ({rl_steps} RL steps, evaluated): returning its summary")
+      print(summary_table(summary))
+      return summary, True
+    redo_before = "before" not in summary or not self.same_evaluation(self.rd.previous)
+    # config.json already holds the new settings: drop what the summary holds under the old ones now, so a run
+    # killed during the evaluations below cannot later pass the old scores off as new ones
+    summary.pop("after", None)
+    if redo_before:
+      summary.pop("before", None)
+    self.write(summary)
+    self.rd.trim(position, drop_initial_eval=redo_before)   # the "after" evaluation is always made again
+    return (self.log_before(params) if redo_before else summary), False
+
+  def finish(self, summary: dict, params, initial_digest: str, rl_steps: int, **extra) -> dict:
+    """The "after" evaluation (the "before" one stands for it when no weight moved), logged at `rl_steps`, and
+    summary.json with `extra` and the run's train_seconds (every RL step once, whichever invocation made it)."""
+    from rl_jax.metrics_log import read_metrics
+    if params_digest(params) == initial_digest and summary.get("before"):
+      # no step moved a weight (e.g. every group all-wrong: zero advantages, zero gradient, zero Adam update);
+      # the evaluation is a function of the weights, the eval settings and the seed's key, all equal to "before"'s
+      print("[after] parameters bit-identical to the initial model: the 'before' evaluation stands for 'after'")
+      after, summary["after_is_before"] = json.loads(json.dumps(summary["before"])), True
+    else:
+      after = self.evaluate(params, "after")
+      summary.pop("after_is_before", None)
+    for name, m in after.items():
+      self.rd.logger.log(rl_steps, {f"{name}_greedy": m["greedy"]}, phase="eval")
+    rows = read_metrics(pathlib.Path(self.rd.path) / "metrics.jsonl")
+    summary.update(after=after, rl_steps=rl_steps, train_seconds=train_seconds(rows), **extra)
+    self.write(summary)
+    print(summary_table(summary))
+    return summary

@@ -10,8 +10,8 @@ POD = ["bash", str(ROOT / "launch/tpu_pod.sh")]
 
 def dry_run(*extra):
   return subprocess.run(POD + ["--name=rl-v5p", "--zone=us-east5-a", "--type=v5p-64", "--project=proj", "--dry-run",
-                               "--no-aot-check", *extra, "--", "rl_jax.experiments.configs.gsm8k_pod", "--preset=qwen2.5-math-7b",
-                               "--smoke_steps=2"], capture_output=True, text=True, check=True).stdout.splitlines()
+                               "--no-aot-check", *extra, "--", "rl_jax.experiments.gsm8k_smollm2", "--preset=pod",
+                               "--model=qwen2.5-math-7b"], capture_output=True, text=True, check=True).stdout.splitlines()
 
 
 def test_tpu_pod_dry_run_prints_the_command_sequence():
@@ -34,7 +34,7 @@ def test_tpu_pod_dry_run_prints_the_command_sequence():
   command = shlex.split(start)[-1]  # what every worker runs
   assert command.startswith("--command=cd ~/rl_jax && ")
   assert "RL_JAX_MULTIHOST=1" in command
-  assert command.endswith("python3 -m rl_jax.experiments.configs.gsm8k_pod --preset=qwen2.5-math-7b --smoke_steps=2")
+  assert command.endswith("python3 -m rl_jax.experiments.gsm8k_smollm2 --preset=pod --model=qwen2.5-math-7b")
 
 
 def test_tpu_pod_copies_a_data_folder_to_every_worker(tmp_path):

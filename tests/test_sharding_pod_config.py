@@ -1,13 +1,17 @@
-"""The pod config: its documented meshes shard every large weight and split the batch evenly;
-the mesh is changed by overrides alone; a sharded smoke step runs on 8 fake CPU devices."""
+"""The pod recipe's layout: on its slices (and another mesh given by --mesh) every large weight of the published
+Qwen2.5-Math models is sharded and the rollout batch splits evenly; the mesh is one command-line option. Whether
+the run fits a slice is compiled, not counted (tests/test_aot.py, rl_jax.aot)."""
+
+import math
 
 import jax
-import numpy as np
 import pytest
+from jax.sharding import AbstractMesh, PartitionSpec
 
-from rl_jax.experiments.configs import gsm8k_pod
-from rl_jax.config import apply_overrides
-
+from rl_jax import loop
+from rl_jax.models import init_params
+from rl_jax.models.published import published_config
+from rl_jax.sharding import AXES, BATCH, param_specs
 
 
 def hand_count(m):
@@ -18,32 +22,38 @@ def hand_count(m):
   return m.n_layers * layer + m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2) + m.d_model
 
 
-@pytest.mark.parametrize("preset,devices,mesh,billions", [("qwen2.5-math-1.5b", 16, (2, 8, 1), 1.54),
-                                                          ("qwen2.5-math-7b", 32, (2, 4, 4), 7.62)])
-def test_presets_shard_every_large_weight(preset, devices, mesh, billions):
-  cfg = apply_overrides(gsm8k_pod.Config(), [f"--preset={preset}", "--beta=0.04"])
-  p = gsm8k_pod.plan(cfg, devices)
-  assert tuple(p["mesh"].values()) == mesh and p["devices"] == devices
-  assert p["params"] == hand_count(cfg.model) and round(p["params"] / 1e9, 2) == billions  # Qwen2.5 model cards
-  assert p["large_replicated"] == []
-  assert p["batch_divides"]
-  assert "param_bytes_per_device" not in p   # memory is measured by compiling for the slice (rl_jax.aot)
+def replicated_large_weights(mesh, params) -> list[str]:
+  """Leaves of at least 2^20 elements that no mesh axis splits."""
+  specs = jax.tree.leaves(param_specs(mesh, params), is_leaf=lambda s: isinstance(s, PartitionSpec))
+  out = []
+  for (path, x), spec in zip(jax.tree_util.tree_leaves_with_path(params), specs):
+    split = math.prod(mesh.shape[a] for ax in spec if ax is not None for a in (ax if isinstance(ax, tuple) else (ax,)))
+    if split == 1 and x.size >= 1 << 20:
+      out.append(jax.tree_util.keystr(path))
+  return out
 
 
-def test_the_mesh_is_a_config_override():
-  cfg = apply_overrides(gsm8k_pod.Config(), ["--mesh_data=-1", "--mesh_fsdp=4", "--mesh_tensor=2"])
-  assert gsm8k_pod.plan(cfg, 32)["mesh"] == {"data": 4, "fsdp": 4, "tensor": 2}
-  with pytest.raises(ValueError, match="do not split"):
-    gsm8k_pod.plan(apply_overrides(gsm8k_pod.Config(), ["--mesh_data=-1", "--mesh_fsdp=3"]), 32)
-  with pytest.raises(ValueError, match="Unknown preset"):
-    apply_overrides(gsm8k_pod.Config(), ["--preset=qwen9"])
-  with pytest.raises(ValueError, match="Unknown objective"):
-    apply_overrides(gsm8k_pod.Config(), ["--objective=nope"])
+@pytest.mark.parametrize("model,chips,billions", [("qwen2.5-math-1.5b", 16, 1.54), ("qwen2.5-math-7b", 32, 7.62)])
+@pytest.mark.parametrize("mesh_option", ["1,-1,1", "2,-1,4"])
+def test_pod_meshes_shard_every_large_weight(model, chips, billions, mesh_option):
+  from rl_jax.experiments import gsm8k_smollm2 as exp
+  cfg = exp.make_config(["--preset=pod", f"--model={model}", f"--mesh={mesh_option}"])
+  shape = loop.mesh_config(cfg.mesh).shape(chips)
+  mesh = AbstractMesh(shape, AXES)
+  m = published_config(model)
+  params = jax.eval_shape(lambda: init_params(m, jax.random.PRNGKey(0)))
+  n = sum(x.size for x in jax.tree.leaves(params))
+  assert n == hand_count(m) and round(n / 1e9, 2) == billions          # the Qwen2.5-Math model cards
+  assert replicated_large_weights(mesh, params) == []
+  shards = math.prod(mesh.shape[a] for a in BATCH)
+  assert cfg.prompts_per_step % shards == 0 and (cfg.prompts_per_step * cfg.group_size // cfg.minibatches) % shards == 0
 
 
-def test_smoke_step_runs_sharded_on_fake_devices():
-  assert jax.device_count() == 8
-  cfg = apply_overrides(gsm8k_pod.Config(), ["--preset=tiny", "--smoke_steps=2"])
-  out = gsm8k_pod.smoke(cfg, 2)
-  assert [o["step"] for o in out] == [0, 1]
-  assert all(np.isfinite(o["loss"]) and o["grad_norm"] > 0 for o in out)
+def test_the_mesh_is_one_option():
+  from rl_jax.experiments import gsm8k_smollm2 as exp
+  assert exp.make_config(["--preset=pod"]).mesh == "1,-1,1"                  # FSDP over the whole slice
+  assert loop.mesh_config(exp.make_config(["--preset=pod", "--mesh=-1,4,2"]).mesh).shape(32) == (4, 4, 2)
+  with pytest.raises(ValueError, match="spelled --mesh=data,fsdp,tensor"):
+    exp.make_config(["--preset=pod", "--mesh_data=2"])
+  with pytest.raises(ValueError, match="--mesh expects three sizes"):
+    exp.make_config(["--mesh=2,2"])

@@ -1,1 +1,0 @@
-"""Experiment configs that are sized for a particular machine (pod slices)."""
