@@ -28,6 +28,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rl_jax.models.config import ModelConfig
@@ -203,7 +204,7 @@ def packed_rows(run, shapes: RunShapes, n: int):
 
 
 def logprob_call(run, shapes: RunShapes):
-  """The run's no-gradient log-prob forward (π_old or the reference) and its abstract arguments."""
+  """The run's no-gradient log-prob forward (π_old or the reference) and its abstract arguments (whole groups)."""
   n = shapes.logprob_rows
   tokens = _rows(run, (n, shapes.prompt_len + shapes.new_tokens), jnp.int32)
   packed = packed_rows(run, shapes, n)
@@ -393,7 +394,8 @@ def aot_report(topology: str, build: Callable, shapes: RunShapes, *, log: Callab
     error = str(e)
   shapes = dataclasses.replace(shapes, micro_batches=max(shapes.micro_batches, 1))
   return {"topology": topology, "jax_topology": jax_topology, "chip": chip.name, "chips": chips,
-          "mesh": dict(run.mesh.shape), "hbm_gib": chip.hbm_gib, "hbm_fraction": HBM_FRACTION, "resident": resident,
+          "mesh": dict(run.mesh.shape), "packed": bool(getattr(run.cfg, "packed", False)), "hbm_gib": chip.hbm_gib,
+          "hbm_fraction": HBM_FRACTION, "resident": resident,
           "functions": functions, "fits": error is None and all(f["fits"] for f in functions.values()),
           "error": error, "estimate": roofline(run.model_cfg, shapes, chip, chips, run.mesh.shape["tensor"]),
           "run": dataclasses.asdict(shapes), "model": dataclasses.asdict(run.model_cfg), "versions": versions()}
@@ -425,7 +427,8 @@ def pick_for_devices(build: Callable[[int, int], object], shapes: RunShapes, *, 
 
 def format_report(report: dict) -> str:
   """Markdown table of a report (GiB per chip) and its roofline estimate."""
-  lines = [f"{report['topology']} ({report['chips']} chips, mesh {report['mesh']}, {report['hbm_gib']} GiB HBM/chip): "
+  layout = "packed" if report.get("packed") else "plain"
+  lines = [f"{report['topology']} ({report['chips']} chips, mesh {report['mesh']}, {layout} rows, {report['hbm_gib']} GiB HBM/chip): "
            f"fits={str(report['fits']).lower()}",
            "| function | rows | micro-batches | arguments | outputs | temporaries | peak | + resident | total |",
            "|---|---|---|---|---|---|---|---|---|"]

@@ -38,6 +38,7 @@ def test_tiny_gsm8k_run_compiles_for_v5p_8(tmp_path):
   report = exp.main(cfg)
   assert json.loads(out.read_text())["fits"] is True and report["fits"] is True
   assert report["chips"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert report["packed"] is True     # the loop's default layout, at its most tokens (every completion full length)
   assert set(report["functions"]) == {"sampler", "logprobs", "train_step"}
   model = exp.model_shapes(cfg)
   n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
