@@ -41,6 +41,7 @@ import rl_jax
 from rl_jax import advantages as advantages_lib
 from rl_jax import objectives as objectives_lib
 from rl_jax import loop_extras, registry, sharding
+from rl_jax.advantages import batch as batch_adv
 from rl_jax.advantages.stateful import init_reward_stats
 from rl_jax.checkpoint import Checkpoints, RunLock, SaveOnSigterm, abstract, check_layout, saved_steps
 from rl_jax.distributed import is_main_process
@@ -51,6 +52,8 @@ from rl_jax.run_dir import open_run, restart_logs
 from rl_jax.models.llama import sampler_dtype
 from rl_jax.packing import pack_groups
 from rl_jax.sampling import DECODE_BLOCK, Samples, generate_raw
+from rl_jax.tree_rollout import TreeRollout, first_width, impute_empty_rows, tree_rollout_raw, tree_to_rollouts, tree_widths
+from rl_jax.mc_values import SPO_CHAIN_INTERVAL, SPO_CHAIN_THRESHOLD, spo_chain_mc_values
 from rl_jax.train import (RLBatch, Rollouts, Timer, TrainState, dynamic_sampling, init_state, make_logprob_fn,
                           make_rl_step, rl_iteration)
 
@@ -83,6 +86,8 @@ class RLConfig:
   beta: float = 0.0                 # KL to the reference (the initial policy); > 0 runs a reference forward
   dynamic_sampling: bool = False    # DAPO: drop groups whose rewards all agree, refill from fresh prompts
   max_gen_batches: int = 4          # DAPO: rollout batches tried per step before giving up (<= 0: unlimited)
+  rollout: str = "group"            # "group": G independent samples per prompt; "tree": TreePO tree rollouts of G leaves
+  tree_segment_len: int = 1         # tree: tokens per segment (depth ceil(max_new_tokens / segment), forks in 2)
   checkpoint_every: int = 4         # RL steps between checkpoints (0 = never)
   checkpoint_keep: int = 3          # checkpoints kept: the newest ones
   checkpoint_keep_every: int = 0    # also keep every checkpoint whose step is a multiple of this (0 = none)
@@ -102,7 +107,7 @@ class RLConfig:
       rl_steps=NON_NEGATIVE, prompts_per_step=AT_LEAST_ONE, group_size=AT_LEAST_ONE, temperature=POSITIVE, top_p=UNIT,
       lr=POSITIVE, epochs=AT_LEAST_ONE, minibatches=AT_LEAST_ONE, beta=NON_NEGATIVE, checkpoint_every=NON_NEGATIVE,
       checkpoint_keep=AT_LEAST_ONE, checkpoint_keep_every=NON_NEGATIVE, micro_batches=NON_NEGATIVE,
-      logprob_micro_batches=NON_NEGATIVE)
+      logprob_micro_batches=NON_NEGATIVE, tree_segment_len=AT_LEAST_ONE)
 
   def __post_init__(self):
     check(self)            # the subclass's BOUNDS (which extend these)
@@ -117,9 +122,16 @@ class RLConfig:
     if self.aot_json and not self.aot:
       raise ValueError("--aot_json names where --aot=TOPOLOGY writes its report; give --aot too.")
     mesh_config(self.mesh)
-    check_methods(self.objective, self.advantage, dynamic_sampling=self.dynamic_sampling)
+    check_methods(self.objective, self.advantage, dynamic_sampling=self.dynamic_sampling, rollout=self.rollout)
     objective_kwargs(self, 1)
-    advantage_kwargs(self)
+    if advantage_kwargs(self) and (self.advantage == "spo_tree" or (self.rollout == "tree" and self.advantage == "grpo")):
+      raise ValueError(f"advantage={self.advantage} on tree rollouts takes no keywords (got {self.advantage_args!r}).")
+    if self.rollout == "tree" and self.temperature_tau:
+      raise ValueError("temperature_tau (HAPO's adaptive temperature) drives the group sampler; the tree sampler "
+                       "keeps --temperature. Use group rollouts.")
+    if self.rollout == "tree" and self.replay:
+      raise ValueError(f"replay={self.replay} swaps rows of a group, which would break a tree's paths; "
+                       "use group rollouts.")
     loop_extras.check_config(self)
 
 
@@ -156,6 +168,8 @@ LOOP_KEYWORDS = ("beta", "group_size", "rng", "rollout_logp", "entropy", "token_
 TOKEN_ADVANTAGES = ("tempo",)        # (tokens [P, G, T], mask, rewards)
 STATEFUL_ADVANTAGES = ("dcpo",)      # (rewards, question ids, per-question state)
 MASK_ADVANTAGE = ("rewards", "mask")  # positional data of estimators of (rewards, completion mask [P, G, T])
+MC_ADVANTAGES = ("spo_chain",)       # Monte-Carlo values of continuations (the task's `reward` scores them)
+ROLLOUTS = ("group", "tree")
 
 
 def reward_advantages(data: tuple = ("rewards",)) -> list[str]:
@@ -165,22 +179,31 @@ def reward_advantages(data: tuple = ("rewards",)) -> list[str]:
           and not registry.needs(advantages_lib.get(n))]
 
 
-def check_methods(objective: str, advantage: str, *, dynamic_sampling: bool = False) -> None:
+def check_methods(objective: str, advantage: str, *, dynamic_sampling: bool = False, rollout: str = "group") -> None:
   """Raises a ValueError naming what is missing when the loop cannot run `objective` with `advantage`."""
   if objective not in objectives_lib.names():
     raise ValueError(f"Unknown objective {objective!r}; choose from {objectives_lib.names()}.")
   if advantage not in advantages_lib.names():
     raise ValueError(f"Unknown advantage {advantage!r}; choose from {advantages_lib.names()}.")
+  if rollout not in ROLLOUTS:
+    raise ValueError(f"--rollout must be one of {ROLLOUTS}, got {rollout!r}.")
   missing = [n for n in registry.needs(objectives_lib.get(objective)) if n not in OBJECTIVE_INPUTS]
   if missing:
     raise ValueError(f"objective={objective} needs {missing}, which the RL loop does not provide (it provides "
                      f"{sorted(OBJECTIVE_INPUTS)}).")
   runnable = (reward_advantages() + reward_advantages(MASK_ADVANTAGE) + list(TOKEN_ADVANTAGES)
-              + list(STATEFUL_ADVANTAGES))
+              + list(STATEFUL_ADVANTAGES) + list(MC_ADVANTAGES) + list(batch_adv.PATH_ADVANTAGES))
   if advantage not in runnable:
     fn = advantages_lib.get(advantage)
     raise ValueError(f"Advantage {advantage!r} cannot run here: it needs {registry.positional(fn) + registry.needs(fn)},"
                      f" which the RL loop does not provide; choose one of {sorted(runnable)}.")
+  if advantage in batch_adv.PATH_ADVANTAGES and rollout != "tree":
+    fn = advantages_lib.get(advantage)
+    raise ValueError(f"Advantage {advantage!r} cannot run here: it needs {registry.positional(fn)} from the tree "
+                     "paths of --rollout=tree.")
+  if rollout == "tree" and (advantage not in batch_adv.TREE_ADVANTAGES or dynamic_sampling):
+    raise ValueError(f"rollout=tree runs the advantages {batch_adv.TREE_ADVANTAGES} without dynamic_sampling "
+                     f"(got advantage={advantage}, dynamic_sampling={dynamic_sampling}).")
   if advantage in STATEFUL_ADVANTAGES and dynamic_sampling:
     raise ValueError(f"advantage={advantage} keeps per-question statistics; it does not run with "
                      "dynamic_sampling (which drops and refills groups).")
@@ -296,6 +319,8 @@ class Task(Protocol):
   def score(self, rollouts: Rollouts, prompts: Prompts) -> Scored:
     """Rewards of the rows of `rollouts` (prompt i → rows i·G..i·G+G−1)."""
 
+  # Optional, for SPO-chain's Monte-Carlo values: reward(completion token ids [T'], one of Prompts.answers) -> float.
+
 
 # ---------------------------------------------------------------------------------------------- run
 
@@ -331,6 +356,11 @@ class Run:
     self.objective_kw = dict(objective_kw or {}) if objective else objective_kwargs(cfg, task.max_new_tokens)
     self.advantage, self.advantage_kw = cfg.advantage, advantage_kwargs(cfg)
     self.extras = loop_extras.Extras(cfg, task)
+    if cfg.advantage in MC_ADVANTAGES and not callable(getattr(task, "reward", None)):
+      raise ValueError(f"advantage={cfg.advantage} scores Monte-Carlo continuations: the task needs a "
+                       "reward(completion_ids, answer) method.")
+    if cfg.rollout == "tree":
+      tree_widths(group_size=cfg.group_size, branch_factor=2, **self.tree_shape())   # the tree reaches G leaves
     self.abstract_state = jax.eval_shape(lambda p: init_state(p, self.optimizer, jax.random.PRNGKey(0)), params)
     self.state_sharding = sharding.state_shardings(self.mesh, self.abstract_state, self.optimizer)
     self.param_sharding = self.state_sharding.params
@@ -362,8 +392,10 @@ class Run:
     """One jitted function per key, shared by every Run of the same model and mesh (a grid of runs, or a
     test over many methods, compiles each function once)."""
     kind = key[0]
-    settings = {"sample": (self.cfg.temperature, self.cfg.top_p, self.cfg.group_size, self.task.max_new_tokens,
-                           tuple(self.task.stop_tokens), self.decode_block, self.cfg.temperature_tau),
+    sample = (self.cfg.temperature, self.cfg.top_p, self.cfg.group_size, self.task.max_new_tokens,
+              tuple(self.task.stop_tokens))
+    settings = {"sample": sample + (self.decode_block, self.cfg.temperature_tau),
+                "tree": sample + (self.cfg.tree_segment_len,),
                 "logp": (self.logprob_micro_batches,),
                 "step": (self.cfg.lr, self.objective, self._kw_key, self.micro_batches)}[kind]
     full = (self.model_cfg, self.mesh, settings) + tuple(key)
@@ -395,6 +427,28 @@ class Run:
     4 plain rows is split in parts (so the attention window stays within 4 plain rows)."""
     multiple = packed_row_multiple(self)
     return pack_groups(tokens, attn_mask, prompt_len, rows_multiple=multiple, max_span=4 * tokens.shape[1])
+
+  def tree_shape(self) -> dict:
+    """max_depth (segments to cover max_new_tokens) and first_width (the smallest power of two that reaches G
+    leaves forking in 2) of the run's tree rollouts."""
+    depth = -(-self.task.max_new_tokens // self.cfg.tree_segment_len)
+    return {"max_depth": depth, "first_width": first_width(self.cfg.group_size, depth)}
+
+  def tree_sampler(self, n: int, prompt_len: int) -> Callable:
+    """Jitted (params, prompts [n, L], mask, rng) -> TreeRollout [n, G, D·segment]: TreePO tree rollouts
+    (arXiv 2508.17445) of cfg.tree_segment_len-token segments, each unfinished node forking in 2 at the
+    highest-entropy open nodes until the prompt holds G = cfg.group_size leaves."""
+    t, cfg = self.task, self.cfg
+
+    def build():
+      fn = lambda params, prompts, mask, rng: tree_rollout_raw(
+          params, self.model_cfg, prompts, mask, rng, group_size=cfg.group_size, segment_len=cfg.tree_segment_len,
+          branch_factor=2, branch_by="entropy", temperature=cfg.temperature, top_p=cfg.top_p,
+          stop_tokens=tuple(t.stop_tokens), **self.tree_shape())
+      rows, leaves = self.rows(n), self.rows(n, 3)
+      return jax.jit(fn, in_shardings=(self.param_sharding, rows, rows, NamedSharding(self.mesh, P())),
+                     out_shardings=TreeRollout(leaves, leaves, leaves, leaves, rows))
+    return self._cached(("tree", n, prompt_len, cfg.group_size), build)
 
   def logprob_jit(self, prompt_len: int, n: int, packed=None) -> Callable:
     """Jitted (params, tokens [n, L + T], attn[, packed]) -> completion log-probs [n, T]; with `packed` (the
@@ -437,6 +491,14 @@ class Run:
     tokens = np.concatenate([p_rep, comp], axis=1)
     attn = np.concatenate([m_rep, cmask.astype(np.int32)], axis=1)
     return Rollouts(tokens, attn, comp, cmask, lp)
+
+  def tree_rollout(self, params, prompts: Prompts, key) -> tuple[Rollouts, np.ndarray, np.ndarray]:
+    """Tree rollouts as rows (prompt i → rows i·G..i·G+G−1), their tree paths [P, G, D] and valid rows [P·G]
+    (False on the empty rows of a prompt whose branches all ended early)."""
+    tr = self.call(self.tree_sampler(*prompts.ids.shape), params, jnp.asarray(prompts.ids), jnp.asarray(prompts.mask),
+                   key)
+    ro, valid = tree_to_rollouts(prompts.ids, prompts.mask, tr)
+    return ro, np.asarray(tr.paths), valid
 
 
 _COMPILED: dict = {}   # Run._cached
@@ -657,21 +719,71 @@ def advantage_state(run: Run, rd: RunDir, position: int):
   return jax.tree.map(jnp.asarray, rd.estimator)
 
 
-def advantages(run: Run, ro: Rollouts, rewards: np.ndarray, question_ids: np.ndarray, adv_state):
-  """(advantages_fn for rl_iteration, the estimator's new state) for this step's rollouts."""
-  name, r = run.advantage, jnp.asarray(rewards, jnp.float32)
-  fn = functools.partial(advantages_lib.get(name), **run.advantage_kw)
+class StepRollouts(NamedTuple):
+  """A step's training batch: rollouts [P·G rows], rewards [P, G], and what the estimators may read."""
+  rollouts: Rollouts
+  rewards: np.ndarray
+  prompts: Prompts            # the first batch's prompts (the batch's own unless dynamic sampling refilled it)
+  scored: list                # the Scored of every rollout batch sampled
+  gen_batches: int
+  paths: Optional[np.ndarray] = None   # tree rollouts: [P, G, D] tree paths
+  valid: Optional[np.ndarray] = None   # tree rollouts: [P·G] rows that hold a leaf
+
+
+def sample_step(run: Run, params, step: int, key) -> StepRollouts:
+  """The rollouts of data position `step`: one batch (group or tree rollouts), or dynamic sampling's refills,
+  each scored by the task and then `run.extras` (replay, reward shaping). Tree rollouts' empty rows get
+  their group's valid mean reward (they are left out of the loss and of the group statistics)."""
+  cfg, task, scored = run.cfg, run.task, []
+  if cfg.rollout == "tree":
+    prompts = run.extras.prompts(step, 0)
+    ro, paths, valid = run.tree_rollout(params, prompts, key)
+    ro, sc = run.extras.score(ro, prompts, task.score(ro, prompts), step)
+    rewards = impute_empty_rows(np.asarray(sc.rewards, np.float32), valid.reshape(sc.rewards.shape))
+    return StepRollouts(ro, rewards, prompts, [sc], 1, paths, valid)
+
+  def sample(attempt):
+    prompts = run.extras.prompts(step, attempt)
+    ro = run.rollout(params, prompts, key if attempt == 0 else jax.random.fold_in(key, attempt))
+    ro, score = run.extras.score(ro, prompts, task.score(ro, prompts), step)
+    scored.append((prompts, score))
+    return ro, score.rewards
+
+  if cfg.dynamic_sampling:
+    ro, rewards, ds = dynamic_sampling(sample, cfg.prompts_per_step, cfg.group_size, max_batches=cfg.max_gen_batches)
+  else:
+    (ro, rewards), ds = sample(0), {"gen_batches": 1}
+  return StepRollouts(ro, rewards, scored[0][0], [sc for _, sc in scored], ds["gen_batches"])
+
+
+def mc_values(run: Run, params, batch: StepRollouts, key):
+  """SPO-chain's Monte-Carlo values of the batch's cut points (continuations scored by `task.reward`)."""
+  g, kw, prompts = run.cfg.group_size, run.advantage_kw, batch.prompts
+  return spo_chain_mc_values(params, run.model_cfg, prompts.ids, prompts.mask, batch.rollouts,
+                             lambda ids, row: run.task.reward(ids, prompts.answers[row // g]), key, group=g,
+                             stop_tokens=tuple(run.task.stop_tokens), interval=kw.get("interval", SPO_CHAIN_INTERVAL),
+                             threshold=kw.get("threshold", SPO_CHAIN_THRESHOLD))
+
+
+def advantages(run: Run, batch: StepRollouts, adv_state, params, key):
+  """(advantages [P, G] or [P, G, T], the estimator's new state, metrics, loss mask [P·G, T] or None) of the
+  step's batch: stateful estimators carry their per-question state; the rest are
+  `rl_jax.advantages.batch.batch_advantages` (group, token, tree and Monte-Carlo estimators)."""
+  name, rewards, ro = run.advantage, batch.rewards, batch.rollouts
   if name in STATEFUL_ADVANTAGES:
-    adv, adv_state = fn(r, jnp.asarray(question_ids), adv_state)
-    return (lambda _, a=adv: a), adv_state
-  if name in reward_advantages(MASK_ADVANTAGE):   # token-level from rewards and the completion mask
-    adv = fn(r, jnp.asarray(ro.completion_mask.reshape(*rewards.shape, -1)))
-    return (lambda _, a=adv: a), adv_state
-  if name in TOKEN_ADVANTAGES:
-    p, g = rewards.shape
-    adv = fn(jnp.asarray(ro.completion.reshape(p, g, -1)), jnp.asarray(ro.completion_mask.reshape(p, g, -1)), r)
-    return (lambda _, a=adv: a), adv_state
-  return fn, adv_state
+    fn = functools.partial(advantages_lib.get(name), **run.advantage_kw)
+    adv, adv_state = fn(jnp.asarray(rewards, jnp.float32), jnp.asarray(batch.prompts.question_ids), adv_state)
+    return adv, adv_state, {}, None
+  p, g = rewards.shape
+  if name in reward_advantages(MASK_ADVANTAGE) and batch.paths is None:   # from rewards and the completion mask
+    fn = functools.partial(advantages_lib.get(name), **run.advantage_kw)
+    return fn(jnp.asarray(rewards, jnp.float32), jnp.asarray(ro.completion_mask.reshape(p, g, -1))), adv_state, {}, None
+  mc = mc_values(run, params, batch, key) if name in MC_ADVANTAGES else None
+  out = batch_adv.batch_advantages(name, run.advantage_kw, ro.completion.reshape(p, g, -1),
+                                   ro.completion_mask.reshape(p, g, -1), rewards, paths=batch.paths,
+                                   valid=None if batch.valid is None else batch.valid.reshape(p, g), mc=mc)
+  loss_mask = None if out.loss_mask is None else out.loss_mask.reshape(p * g, -1)
+  return out.advantages, adv_state, out.metrics, loss_mask
 
 
 def batch_rows(rows: Sequence[dict]) -> dict:
@@ -689,38 +801,31 @@ def batch_rows(rows: Sequence[dict]) -> dict:
 def rl_step(run: Run, state: TrainState, step: int, ref_params, adv_state):
   """One RL step on data position `step`: rollouts (with dynamic-sampling refills), rewards, advantages,
   epochs × mini-batches of updates. Returns (state, metrics row, estimator state, rewards record, sample)."""
-  cfg, task, timer = run.cfg, run.task, Timer()
+  cfg, timer = run.cfg, Timer()
   rng, key = jax.random.split(state.rng)
   state = state._replace(rng=rng)
-  scored = []
-
-  def sample(attempt):
-    prompts = run.extras.prompts(step, attempt)
-    ro = run.rollout(state.params, prompts, key if attempt == 0 else jax.random.fold_in(key, attempt))
-    ro, score = run.extras.score(ro, prompts, task.score(ro, prompts), step)
-    scored.append((prompts, score))
-    return ro, scored[-1][1].rewards
-
-  if cfg.dynamic_sampling:
-    ro, rewards, ds = dynamic_sampling(sample, cfg.prompts_per_step, cfg.group_size, max_batches=cfg.max_gen_batches)
-  else:
-    (ro, rewards), ds = sample(0), {"gen_batches": 1, "short": 0}
+  batch = sample_step(run, state.params, step, key)
   gen_s = timer.elapsed()
-  prompts, first = scored[0]
-  task_row = batch_rows([sc.row for _, sc in scored])
-  adv_fn, adv_state = advantages(run, ro, rewards, prompts.question_ids, adv_state)
+  adv, adv_state, adv_metrics, loss_mask = advantages(run, batch, adv_state, state.params, jax.random.fold_in(key, 7))
+  ro, rewards = batch.rollouts, batch.rewards
+  train_ro = ro if loss_mask is None else ro._replace(completion_mask=loss_mask)
   prompt_len = ro.tokens.shape[1] - ro.completion.shape[1]
-  state, m = rl_iteration(state, run.train_step(prompt_len), run.logprob_fn(prompt_len), ro, rewards, adv_fn,
-                          epochs=cfg.epochs, minibatches=cfg.minibatches, ref_params=ref_params,
-                          keep_groups=needs_groups(run.objective), valid_rows=run.extras.valid_rows(rewards),
+  valid = [v for v in (batch.valid, run.extras.valid_rows(rewards)) if v is not None]
+  state, m = rl_iteration(state, run.train_step(prompt_len), run.logprob_fn(prompt_len), train_ro, rewards,
+                          lambda _: adv, epochs=cfg.epochs, minibatches=cfg.minibatches, ref_params=ref_params,
+                          valid_rows=np.logical_and.reduce(valid) if valid else None,
+                          keep_groups=needs_groups(run.objective),
                           pack=functools.partial(run.pack, prompt_len=prompt_len) if cfg.packed else None)
   run.extras.after_update(m)
-  row = dict(m, reward=float(rewards.mean()), **task_row, gen_batches=ds["gen_batches"], gen_seconds=gen_s,
-             step_seconds=timer.elapsed(), tokens_per_s=float(ro.completion_mask.sum()) / timer.elapsed())
+  reward = rewards.mean() if batch.valid is None else rewards.reshape(-1)[batch.valid].mean()
+  row = dict(m, reward=float(reward), **batch_rows([sc.row for sc in batch.scored]), **adv_metrics,
+             gen_batches=batch.gen_batches, gen_seconds=gen_s, step_seconds=timer.elapsed(),
+             tokens_per_s=float(ro.completion_mask.sum()) / timer.elapsed())
   # the question ids of a dynamically sampled batch are not tracked
-  record = None if cfg.dynamic_sampling else {"question_ids": [int(i) for i in prompts.question_ids],
-                                              "rewards": np.asarray(rewards).tolist(), **run.extras.record(first)}
-  return state, row, adv_state, record, first.sample
+  record = None if cfg.dynamic_sampling else {"question_ids": [int(i) for i in batch.prompts.question_ids],
+                                              "rewards": np.asarray(rewards).tolist(),
+                                              **run.extras.record(batch.scored[0])}
+  return state, row, adv_state, record, batch.scored[0].sample
 
 
 def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,

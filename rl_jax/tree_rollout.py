@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rl_jax.advantages.batch import masked_group_stats  # noqa: F401  (statistics of tree groups)
 from rl_jax.models.config import ModelConfig
 from rl_jax.models.llama import KVCache, default_positions, forward_with_cache, init_cache
 from rl_jax.sampling import filter_logits
@@ -239,14 +240,6 @@ def impute_empty_rows(rewards: np.ndarray, valid: np.ndarray) -> np.ndarray:
   cnt = valid.sum(1, keepdims=True)
   mean = np.where(cnt > 0, (rewards * valid).sum(1, keepdims=True) / np.maximum(cnt, 1), 0.0)
   return np.where(valid, rewards, mean).astype(np.float32)
-
-
-def masked_group_stats(rewards: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and unbiased std [P, 1] of each group's valid rows (std 0 with fewer than two)."""
-  cnt = valid.sum(1, keepdims=True)
-  mu = (rewards * valid).sum(1, keepdims=True) / np.maximum(cnt, 1)
-  var = (np.square(rewards - mu) * valid).sum(1, keepdims=True) / np.maximum(cnt - 1, 1)
-  return mu, np.where(cnt > 1, np.sqrt(var), 0.0)
 
 
 def first_width(group: int, depth: int) -> int:

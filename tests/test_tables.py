@@ -152,9 +152,8 @@ def test_paired_difference_subtracts_the_baseline_seed_by_seed():
 
 
 def test_warmup_note_counts_seeds_already_at_the_target():
-  b = common.Budget(target_accuracy=0.6)
-  assert common.warmup_note([0.4, 0.6, 0.7], b).startswith("2 of 3 seeds reach 0.60 already")
-  assert common.warmup_note([0.4, 0.5], b) == "No seed reaches 0.60 after the warm-up."
+  assert common.warmup_note([0.4, 0.6, 0.7], 0.6).startswith("2 of 3 seeds reach 0.60 already")
+  assert common.warmup_note([0.4, 0.5], 0.6) == "No seed reaches 0.60 after the warm-up."
 
 
 def test_retable_renders_the_stored_run_again_without_training(tmp_path, monkeypatch):

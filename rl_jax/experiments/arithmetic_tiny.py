@@ -103,6 +103,10 @@ class Problems:
     rewards = np.array([self.task.reward(c, a) for c, a in zip(ro.completion, answers)], np.float32)
     return loop.Scored(rewards.reshape(-1, self.cfg.group_size), {})
 
+  def reward(self, completion_ids, answer) -> float:
+    """The verifier on one completion (SPO-chain's Monte-Carlo continuations)."""
+    return self.task.reward(completion_ids, answer)
+
 
 def evaluate(params, model_cfg, task: ArithmeticTask, n: int) -> float:
   """Greedy accuracy on a fixed held-out stream (stream 1)."""
@@ -137,9 +141,17 @@ def warm_up(cfg: Config, task: ArithmeticTask, model_cfg):
   return state
 
 
-def main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
+def warm_start(cfg: Config, task: ArithmeticTask, model_cfg):
+  """(the warmed-up TrainState, its greedy accuracy): the RL run's starting point."""
+  warm = warm_up(cfg, task, model_cfg)
+  return warm, evaluate(warm.params, model_cfg, task, cfg.eval_size)
+
+
+def main(cfg: Config, objective_fn=None, objective_kw=None, *, start=warm_start, plot: bool = True) -> dict:
   """Runs the experiment. `objective_fn` replaces the named objective with your own function (same
-  signature as rl_jax.objectives.*; `objective_kw` are its keyword arguments)."""
+  signature as rl_jax.objectives.*; `objective_kw` are its keyword arguments). `start(cfg, task, model_cfg)`
+  -> (TrainState, accuracy) makes the warm start of a fresh run (a grid of runs shares one per seed).
+  Returns the accuracy curve, the evaluations [(step, accuracy)], the RL rows, and the final parameters."""
   if cfg.aot:
     task, model_cfg = build(cfg)
     return loop.ahead_of_time(cfg, model_cfg, prompt_len=task.prompt_len, max_new_tokens=task.answer_len,
@@ -153,8 +165,7 @@ def main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
                         objective_kw=objective_kw)
     restored = rd.restore(run, params, jax.random.PRNGKey(cfg.seed))
     if restored is None:
-      warm = warm_up(cfg, task, model_cfg)
-      acc = evaluate(warm.params, model_cfg, task, cfg.eval_size)
+      warm, acc = start(cfg, task, model_cfg)
       print(f"after warm-up: greedy accuracy {acc:.3f}")
       rd.logger.log(0, {"accuracy": acc}, phase="eval")
       state, start = run.init_state(warm.params, warm.rng), 0
@@ -166,12 +177,13 @@ def main(cfg: Config, objective_fn=None, objective_kw=None) -> dict:
                             evaluate=lambda p: {"accuracy": evaluate(p, model_cfg, task, cfg.eval_size)})
   rows = read_metrics(rd.path / "metrics.jsonl")
   name = getattr(objective_fn, "__name__", cfg.objective)
-  plot = plot_curves(rows, rd.path / "curves.png", keys=("reward", "accuracy", "clip_frac"),
-                     title=f"arithmetic_tiny: {name} / {cfg.advantage}")
-  accs = [r["accuracy"] for r in rows if "accuracy" in r]
-  print(f"accuracy curve: {' -> '.join(f'{a:.3f}' for a in accs)}")
-  print(f"plot: {plot}")
-  return {"accuracy": accs, "history": history, "params": jax.device_get(state.params),
+  if plot:
+    path = plot_curves(rows, rd.path / "curves.png", keys=("reward", "accuracy", "clip_frac"),
+                       title=f"arithmetic_tiny: {name} / {cfg.advantage}")
+    print(f"plot: {path}")
+  evals = [(r["step"], r["accuracy"]) for r in rows if "accuracy" in r]
+  print(f"accuracy curve: {' -> '.join(f'{a:.3f}' for _, a in evals)}")
+  return {"accuracy": [a for _, a in evals], "evals": evals, "history": history, "params": jax.device_get(state.params),
           "params_sharding": jax.tree.map(lambda x: x.sharding, state.params)}
 
 

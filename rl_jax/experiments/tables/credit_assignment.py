@@ -52,7 +52,7 @@ def main(argv=()) -> dict:
     return common.replot_grid(NAME, PLOT_TITLE, argv)
   args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK, doc=__doc__)
   header = ["method", "rollouts", "advantage", "final accuracy", "Δ vs grpo (paired)",
-            f"steps to {budget.target_accuracy:.2f}",
+            f"steps to {common.TARGET_ACCURACY:.2f}",
             "tokens with a tree term", "non-zero-adv tokens", "entropy (end)", "wall s / run"]
   rows = []
   for r in recipes:
@@ -65,12 +65,12 @@ def main(argv=()) -> dict:
   acc0 = common.warmup_accuracies(grid)
   notes = [f"Task: 1-digit addition, 2-layer d=64 transformer, {budget.sft_steps} supervised warm-up steps "
            f"(greedy accuracy after warm-up {common.mean_std(acc0)}), then {budget.rl_steps} RL steps × "
-           f"{budget.prompts} prompts × {budget.group} samples (tree rollouts: one-token segments, first width "
-           f"{common.first_width(budget.group, 3)}, fork factor 2, forking at the highest-entropy open nodes), "
+           f"{budget.prompts_per_step} prompts × {budget.group_size} samples (tree rollouts: one-token segments, first width "
+           f"{common.first_width(budget.group_size, 3)}, fork factor 2, forking at the highest-entropy open nodes), "
            f"GRPO loss, {budget.epochs} epochs × {budget.minibatches} mini-batches; mean ± std over seeds "
            f"{list(args.seeds)}.",
            "Δ vs grpo (paired): final accuracy minus GRPO's (group rollouts) on the same seed, mean ± std over "
-           "seeds. " + common.warmup_note(acc0, budget),
+           "seeds. " + common.warmup_note(acc0, common.TARGET_ACCURACY),
            "On tree rollouts a prompt whose branches all end early has fewer than G leaves; the empty rows are "
            "left out of the loss and of every group statistic.",
            f"spo_chain: cut points every {common.SPO_CHAIN_INTERVAL}th token with p < {common.SPO_CHAIN_THRESHOLD} "

@@ -47,7 +47,7 @@ def main(argv=()) -> dict:
     return common.replot_grid(NAME, PLOT_TITLE, argv)
   args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, doc=__doc__)
   header = ["tokens trained", "final accuracy", "Δ vs all tokens (paired)", "best accuracy",
-            f"steps to {budget.target_accuracy:.2f}",
+            f"steps to {common.TARGET_ACCURACY:.2f}",
             "entropy (end)", "clipped tokens"]
   rows = []
   for r in recipes:
@@ -61,10 +61,10 @@ def main(argv=()) -> dict:
   acc0 = common.warmup_accuracies(grid)
   notes = [f"Task: 1-digit addition (answers of 2-3 tokens, so 20% of a mini-batch's tokens is mostly the first "
            f"answer digit), {budget.sft_steps} warm-up steps (accuracy {common.mean_std(acc0)}), "
-           f"{budget.rl_steps} RL steps × {budget.prompts} prompts × {budget.group} samples, DAPO loss, "
+           f"{budget.rl_steps} RL steps × {budget.prompts_per_step} prompts × {budget.group_size} samples, DAPO loss, "
            f"ρ = {RHO} per mini-batch; mean ± std over seeds {list(args.seeds)}.",
            "Δ vs all tokens (paired): final accuracy minus the all-tokens row's on the same seed, mean ± std over "
-           "seeds. " + common.warmup_note(acc0, budget),
+           "seeds. " + common.warmup_note(acc0, common.TARGET_ACCURACY),
            f"Claim 'top 20% ≥ all tokens > bottom 80%': measured final accuracy {top:.3f} / {all_:.3f} / {bottom:.3f} — "
            + ("agrees." if top >= all_ - 1e-9 and all_ > bottom else "does NOT hold here.")]
   return common.write_grid_report(report, "Table 4 — 80/20 forking tokens", PLOT_TITLE, header, rows, notes, grid,

@@ -106,7 +106,7 @@ def main(argv=()) -> dict:
     return common.replot_grid(NAME, PLOT_TITLE, argv)
   args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK, doc=__doc__)
   header = ["objective", "objective / advantage", "final accuracy", "Δ vs grpo (paired)",
-            f"steps to {budget.target_accuracy:.2f}",
+            f"steps to {common.TARGET_ACCURACY:.2f}",
             "clipped tokens", "non-zero-adv tokens", "flat groups with signal", "token ratio std", "entropy (end)"]
   rows = []
   for r in recipes:
@@ -119,14 +119,14 @@ def main(argv=()) -> dict:
   acc0 = common.warmup_accuracies(grid)
   notes = [f"Task: 1-digit addition, 2-layer d=64 transformer, {budget.sft_steps} supervised warm-up steps "
            f"(greedy accuracy after warm-up {common.mean_std(acc0)}), then {budget.rl_steps} RL steps × "
-           f"{budget.prompts} prompts × {budget.group} samples, {budget.epochs} epochs × {budget.minibatches} "
+           f"{budget.prompts_per_step} prompts × {budget.group_size} samples, {budget.epochs} epochs × {budget.minibatches} "
            f"mini-batches, Adam lr {budget.lr}; greedy accuracy on {budget.eval_size} held-out problems every "
            f"{budget.eval_every} steps; mean ± std over seeds {list(args.seeds)}.",
            "Every objective runs with its own defaults (rl_jax.objectives) and the advantage its paper pairs it with "
            "(column 2). "
            "DAPO here is its loss (clip-higher, token-mean) without dynamic sampling, so that every method "
            "gets the same rollouts; SSPO treats each response as one segment (no sentence delimiters).",
-           "steps-to-target is n/a when a run never reached it (n = runs that did). " + common.warmup_note(acc0, budget),
+           "steps-to-target is n/a when a run never reached it (n = runs that did). " + common.warmup_note(acc0, common.TARGET_ACCURACY),
            "Δ vs grpo (paired): final accuracy minus GRPO's on the same seed (same warm-up, same prompts), mean ± "
            "std over seeds; it leaves out the spread between warm-ups that the final-accuracy column carries."]
   notes += claims(s)

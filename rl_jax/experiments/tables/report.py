@@ -110,11 +110,11 @@ def paired_difference(per_seed: dict, name: str, baseline: str, key: str = "accu
   return mean_std(d, fmt).replace("± +", "± ")   # a sign on the mean, not on the std
 
 
-def warmup_note(acc0: Sequence[float], budget) -> str:
-  """How many seeds' warm-up already reaches the steps-to-target accuracy (their steps-to-target is 0)."""
-  k = sum(a >= budget.target_accuracy for a in acc0)
-  return (f"{k} of {len(acc0)} seeds reach {budget.target_accuracy:.2f} already after the warm-up; their "
-          "steps-to-target is 0." if k else f"No seed reaches {budget.target_accuracy:.2f} after the warm-up.")
+def warmup_note(acc0: Sequence[float], target: float) -> str:
+  """How many seeds' warm-up already reaches the steps-to-target accuracy `target` (their steps-to-target is 0)."""
+  k = sum(a >= target for a in acc0)
+  return (f"{k} of {len(acc0)} seeds reach {target:.2f} already after the warm-up; their "
+          "steps-to-target is 0." if k else f"No seed reaches {target:.2f} after the warm-up.")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
