@@ -147,9 +147,9 @@ def warm_start(cfg: Config, task: ArithmeticTask, model_cfg):
   return warm, evaluate(warm.params, model_cfg, task, cfg.eval_size)
 
 
-def main(cfg: Config, objective_fn=None, objective_kw=None, *, start=warm_start, plot: bool = True) -> dict:
+def main(cfg: Config, objective_fn=None, objective_kw=None, *, begin=warm_start, plot: bool = True) -> dict:
   """Runs the experiment. `objective_fn` replaces the named objective with your own function (same
-  signature as rl_jax.objectives.*; `objective_kw` are its keyword arguments). `start(cfg, task, model_cfg)`
+  signature as rl_jax.objectives.*; `objective_kw` are its keyword arguments). `begin(cfg, task, model_cfg)`
   -> (TrainState, accuracy) makes the warm start of a fresh run (a grid of runs shares one per seed).
   Returns the accuracy curve, the evaluations [(step, accuracy)], the RL rows, and the final parameters."""
   if cfg.aot:
@@ -165,7 +165,7 @@ def main(cfg: Config, objective_fn=None, objective_kw=None, *, start=warm_start,
                         objective_kw=objective_kw)
     restored = rd.restore(run, params, jax.random.PRNGKey(cfg.seed))
     if restored is None:
-      warm, acc = start(cfg, task, model_cfg)
+      warm, acc = begin(cfg, task, model_cfg)
       print(f"after warm-up: greedy accuracy {acc:.3f}")
       rd.logger.log(0, {"accuracy": acc}, phase="eval")
       state, start = run.init_state(warm.params, warm.rng), 0

@@ -104,7 +104,7 @@ def run_recipe(recipe: Recipe, seed: int, budget: arithmetic_tiny.Config, runs: 
 
   t0 = time.perf_counter()
   custom = None if isinstance(recipe.objective, str) else recipe.objective
-  out = arithmetic_tiny.main(cfg, custom, recipe.kw if custom else None, start=start, plot=False)
+  out = arithmetic_tiny.main(cfg, custom, recipe.kw if custom else None, begin=start, plot=False)
   return {"steps": out["history"], "evals": out["evals"], "wall_s": time.perf_counter() - t0 - sum(warm_s)}
 
 
