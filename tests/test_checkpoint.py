@@ -3,12 +3,6 @@ the earlier layout refused, and two processes saving, restoring and stopping at 
 
 import dataclasses
 import json
-import os
-import pathlib
-import socket
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,11 +10,11 @@ import numpy as np
 import optax
 import pytest
 
+from local_processes import run_workers
 from rl_jax.checkpoint import (Checkpoints, OldCheckpointLayout, abstract, check_layout, check_meta, saved_steps)
 from rl_jax.sharding import MeshConfig, make_mesh, state_shardings
 from rl_jax.train import init_state
 
-HERE = pathlib.Path(__file__).resolve().parent
 
 
 def sharded_state():
@@ -83,29 +77,10 @@ def test_checkpoints_of_the_earlier_layout_are_refused_naming_the_format(tmp_pat
   assert (tmp_path / "previous_runs" / "1" / "checkpoints" / "step_2" / "COMPLETE").exists()
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_save_restore_and_stop_at_the_same_preemption_step(tmp_path):
-  port, directory = free_port(), tmp_path / "ckpt"
-  env = dict(os.environ, PYTHONPATH=str(HERE.parent))
-  env.pop("XLA_FLAGS", None)
-  procs = [subprocess.Popen([sys.executable, str(HERE / "multiprocess_checkpoint_worker.py"), str(i), str(port),
-                             str(directory), str(tmp_path / f"out_{i}.json")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  logs, deadline = [], time.monotonic() + 150
-  try:
-    for p in procs:
-      logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  assert all(p.returncode == 0 for p in procs), "\n".join(logs)[-4000:]
+  directory = tmp_path / "ckpt"
+  codes, logs = run_workers("multiprocess_checkpoint_worker.py", 2, lambda i: (directory, tmp_path / f"out_{i}.json"), 150)
+  assert codes == [0, 0], "\n".join(logs)[-4000:]
   outs = [json.loads((tmp_path / f"out_{i}.json").read_text()) for i in range(2)]
   for out in outs:
     assert out["steps"] == [2, 3] and out["restored_step"] == 3      # keep=2: the manager deleted step 1
