@@ -49,7 +49,10 @@ def entropy_temperature_stats(entropy: Array, mask: Array, *, pivot: float = 0.8
   e = jnp.log(jnp.maximum(sg(entropy), 1e-8))
   n = jnp.sum(valid)
   sorted_e = jnp.sort(jnp.where(valid, e, jnp.inf).reshape(-1))
-  q = sorted_e[jnp.clip(jnp.round(pivot * (n - 1)).astype(jnp.int32), 0, sorted_e.size - 1)]
+  if sorted_e.size == 0:                # an empty batch: statistics 0, like every other metric of it
+    q = jnp.zeros((), e.dtype)
+  else:                                  # no valid token: q = 0 rather than the +inf fill
+    q = jnp.where(n > 0, sorted_e[jnp.clip(jnp.round(pivot * (n - 1)).astype(jnp.int32), 0, sorted_e.size - 1)], 0.0)
   centred = jnp.where(valid, e - q, 0.0)
   scale = jnp.sqrt(jnp.sum(jnp.square(centred)) / jnp.maximum(n, 1))
   h = centred / jnp.where(scale > 0, scale, 1.0)
