@@ -4,6 +4,7 @@ import pytest
 
 from rl_jax.experiments import gsm8k_smollm2 as gsm
 from rl_jax.chat import MATH_INSTRUCTION, check_prompt_lengths
+from rl_jax.tasks import math_questions as mq
 
 
 class WordTokenizer:
@@ -29,23 +30,23 @@ def test_check_prompt_lengths_counts_chat_templated_tokens():
 
 
 def test_questions_used_cover_every_question_the_run_draws():
-  order = gsm.train_order(gsm.Config(), 100)
+  order = mq.train_order(gsm.Config(), 100)
   cfg = gsm.Config(rl_steps=3, prompts_per_step=4)
-  assert gsm.questions_used(cfg, order) == sorted({int(order[i]) for i in range(12)})
+  assert mq.questions_used(cfg, order) == sorted({int(order[i]) for i in range(12)})
   ds = gsm.Config(rl_steps=2, prompts_per_step=4, dynamic_sampling=True, max_gen_batches=3)
-  drawn = {i for s in range(2) for a in range(3) for i in gsm.question_ids(ds, order, s, a)}
-  assert set(gsm.questions_used(ds, order)) == drawn and len(drawn) == 24
+  drawn = {i for s in range(2) for a in range(3) for i in mq.question_ids(ds, order, s, a)}
+  assert set(mq.questions_used(ds, order)) == drawn and len(drawn) == 24
   unbounded = gsm.Config(rl_steps=1, dynamic_sampling=True, max_gen_batches=0)
-  assert gsm.questions_used(unbounded, order) == list(range(100))
+  assert mq.questions_used(unbounded, order) == list(range(100))
 
 
 def test_a_too_small_max_prompt_len_fails_before_loading_the_model(tmp_path, monkeypatch):
   monkeypatch.setattr(gsm, "load_tokenizer", lambda path: WordTokenizer())
-  monkeypatch.setattr(gsm, "tokenizer_path", lambda cfg: "unused")
+  monkeypatch.setattr(gsm.named, "tokenizer_path", lambda name, hf_folder="": "unused")
 
   def no_model(*a, **k):
     raise AssertionError("the model was loaded before the prompt budget was checked")
-  monkeypatch.setattr(gsm, "load_model", no_model)
+  monkeypatch.setattr(gsm.named, "load_model", no_model)
   monkeypatch.setattr(gsm, "evaluate_all", no_model)
   cfg = gsm.Config(model="tiny-random", run_dir=str(tmp_path / "run"), max_prompt_len=20, progress_bar=False)
   with pytest.raises(ValueError, match="more than max_prompt_len=20"):
