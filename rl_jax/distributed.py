@@ -23,8 +23,9 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   """Initialises JAX's multi-host runtime when asked to (args given or RL_JAX_MULTIHOST=1)."""
   if coordinator_address is None and os.environ.get("RL_JAX_MULTIHOST") != "1":
     return False
-  if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # CPU collectives across processes (only read by the CPU backend). Asking jax which backend is in use
+  # here would start it, and jax.distributed.initialize must come before any backend starts.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                              process_id=process_id)
   quiet_non_main_stdout()

@@ -417,8 +417,8 @@ class Run:
           dtype=sampler_dtype(self.model_cfg), decode_block=self.decode_block, group_size=g,
           temperature_stats=stats, temperature_tau=tau)
       rows, out, one = self.rows(n), self.rows(n * g), NamedSharding(self.mesh, P())
-      return jax.jit(fn, in_shardings=(self.param_sharding, rows, rows, one) + ((one,) if tau else ()),
-                     out_shardings=Samples(out, out, out))
+      return sharding.jit_global(fn, in_shardings=(self.param_sharding, rows, rows, one) + ((one,) if tau else ()),
+                                 out_shardings=Samples(out, out, out))
     return self._cached(("sample", n, prompt_len, g), build)
 
   def pack(self, tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int):
@@ -446,8 +446,8 @@ class Run:
           branch_factor=2, branch_by="entropy", temperature=cfg.temperature, top_p=cfg.top_p,
           stop_tokens=tuple(t.stop_tokens), **self.tree_shape())
       rows, leaves = self.rows(n), self.rows(n, 3)
-      return jax.jit(fn, in_shardings=(self.param_sharding, rows, rows, NamedSharding(self.mesh, P())),
-                     out_shardings=TreeRollout(leaves, leaves, leaves, leaves, rows))
+      return sharding.jit_global(fn, in_shardings=(self.param_sharding, rows, rows, NamedSharding(self.mesh, P())),
+                                 out_shardings=TreeRollout(leaves, leaves, leaves, leaves, rows))
     return self._cached(("tree", n, prompt_len, cfg.group_size), build)
 
   def logprob_jit(self, prompt_len: int, n: int, packed=None) -> Callable:
@@ -457,7 +457,7 @@ class Run:
                           packed=packed is not None)
     rows = self.rows(n)
     packed_sh = () if packed is None else (jax.tree.map(lambda x: self.rows(x.shape[0], len(x.shape)), packed),)
-    return self._cached(("logp", prompt_len, n, layout_key(packed)), lambda: jax.jit(
+    return self._cached(("logp", prompt_len, n, layout_key(packed)), lambda: sharding.jit_global(
         raw, in_shardings=(self.param_sharding, rows, rows) + packed_sh, out_shardings=rows))
 
   def logprob_fn(self, prompt_len: int) -> Callable:
@@ -474,7 +474,8 @@ class Run:
       raw = make_rl_step(self.model_cfg, self.optimizer, self.objective, self.objective_kw, prompt_len=prompt_len,
                          jit=False, micro_batches=self.micro_batches, packed=batch.packed is not None)
       batch_sh = jax.tree.map(lambda x: self.rows(x.shape[0], len(x.shape)), batch)
-      return jax.jit(raw, in_shardings=(self.state_sharding, batch_sh), out_shardings=(self.state_sharding, None))
+      return sharding.jit_global(raw, in_shardings=(self.state_sharding, batch_sh),
+                                 out_shardings=(self.state_sharding, None))
     return self._cached(("step", prompt_len, shapes), build)
 
   def train_step(self, prompt_len: int) -> Callable:
@@ -486,7 +487,7 @@ class Run:
     g = self.cfg.group_size
     out = self.call(self.sampler(*prompts.ids.shape), params, jnp.asarray(prompts.ids), jnp.asarray(prompts.mask), key,
                     *self.extras.sampler_inputs())
-    comp, cmask, lp = (np.asarray(x) for x in out)
+    comp, cmask, lp = (sharding.to_host(x) for x in out)
     p_rep, m_rep = np.repeat(prompts.ids, g, axis=0), np.repeat(prompts.mask, g, axis=0)
     tokens = np.concatenate([p_rep, comp], axis=1)
     attn = np.concatenate([m_rep, cmask.astype(np.int32)], axis=1)
@@ -497,8 +498,9 @@ class Run:
     (False on the empty rows of a prompt whose branches all ended early)."""
     tr = self.call(self.tree_sampler(*prompts.ids.shape), params, jnp.asarray(prompts.ids), jnp.asarray(prompts.mask),
                    key)
+    tr = jax.tree.map(sharding.to_host, tr)
     ro, valid = tree_to_rollouts(prompts.ids, prompts.mask, tr)
-    return ro, np.asarray(tr.paths), valid
+    return ro, tr.paths, valid
 
 
 _COMPILED: dict = {}   # Run._cached

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -130,6 +130,47 @@ def batch_shardings(mesh: Mesh, batch):
 def cache_spec(mesh: Mesh, shape) -> P:
   """KV cache [L, B, S, K, hd]: batch over data × fsdp, KV heads over tensor."""
   return fit_spec(mesh, P(None, BATCH, None, "tensor", None), tuple(shape))
+
+
+def to_host(x) -> np.ndarray:
+  """The whole global value of `x` as a numpy array on every process: a plain fetch when this process holds
+  every shard, otherwise an all-gather across processes (a multi-host run's sharded rollouts)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def global_input(x, s: NamedSharding):
+  """`x` as a jax.Array laid out by `s`. On a multi-host mesh (`s` spans other processes' devices) a host or
+  process-local value, the same on every process, becomes the global array whose local shards this process
+  holds; arrays already spread over the mesh, and every input of a single-process run, pass unchanged."""
+  if s.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+    return x
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
+
+
+class GlobalInputs:
+  """A jitted function whose host inputs become global arrays first (`global_input`, one sharding per
+  argument subtree, as jax.jit's in_shardings); everything else (`lower`, ...) is the jitted function's."""
+
+  def __init__(self, jitted: Callable, in_shardings: tuple):
+    self.jitted, self.in_shardings = jitted, tuple(in_shardings)
+
+  def __call__(self, *args):
+    if jax.process_count() > 1:
+      args = tuple(jax.tree.map(lambda x, s=s: global_input(x, s), a) if isinstance(s, NamedSharding)
+                   else jax.tree.map(global_input, a, s) for a, s in zip(args, self.in_shardings))
+    return self.jitted(*args)
+
+  def __getattr__(self, name):
+    return getattr(self.jitted, name)
+
+
+def jit_global(fn: Callable, *, in_shardings: tuple, **kw) -> GlobalInputs:
+  """jax.jit(fn, in_shardings=..., **kw) that also takes host inputs on a multi-host mesh (GlobalInputs)."""
+  return GlobalInputs(jax.jit(fn, in_shardings=in_shardings, **kw), in_shardings)
 
 
 def shard(tree, shardings):

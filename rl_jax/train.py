@@ -23,6 +23,7 @@ from rl_jax.models.llama import sampler_dtype
 from rl_jax.packing import Packed
 from rl_jax.prefix_grouper import packed_logprobs
 from rl_jax.sampling import DECODE_BLOCK, generate
+from rl_jax.sharding import to_host
 
 Array = jax.Array
 
@@ -282,8 +283,8 @@ def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rol
   logp_of = (lambda params: logprob_fn(params, tokens, attn)) if pack is None else (
       lambda params, rows=packed_of(slice(None)): logprob_fn(params, tokens, attn, rows))
   single = epochs == 1 and minibatches == 1 and not recompute_old_logp
-  old_logp = None if single else np.asarray(logp_of(state.params))
-  ref_logp = None if ref_params is None else np.asarray(logp_of(ref_params))
+  old_logp = None if single else to_host(logp_of(state.params))
+  ref_logp = None if ref_params is None else to_host(logp_of(ref_params))
   cmask = rollouts.completion_mask.astype(np.float32)
   if valid_rows is not None:
     cmask = cmask * valid_rows[:, None]
