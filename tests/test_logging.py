@@ -11,19 +11,24 @@ from rl_jax.metrics_log import MetricsLogger, read_metrics
 from rl_jax.progress import progress
 
 
-def _tb_scalars(folder):
-  """{tag: [(step, value)]} read from TensorBoard event files (TFRecord framing: u64 length, u32 crc, data,
+def _tb_events(folder):
+  """The events of a folder's TensorBoard event files in order (TFRecord framing: u64 length, u32 crc, data,
   u32 crc), parsed with tensorboardX's own Event proto."""
   from tensorboardX.proto import event_pb2
-  out = {}
   for path in sorted(folder.glob("events.out.tfevents.*")):
     data, pos = path.read_bytes(), 0
     while pos < len(data):
       (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      yield event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
       pos += 12 + length + 4
-      for v in event.summary.value:
-        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+
+
+def _tb_scalars(folder):
+  """{tag: [(step, value)]} of every scalar in the folder's event files."""
+  out = {}
+  for event in _tb_events(folder):
+    for v in event.summary.value:
+      out.setdefault(v.tag, []).append((event.step, v.simple_value))
   return out
 
 
@@ -45,17 +50,11 @@ def test_process_zero_writes_jsonl_and_tensorboard(tmp_path):
 def _tb_view(folder, tag):
   """(step, value) of `tag` as TensorBoard shows them: a session START event at step s (what purge_step
   writes) hides the events logged before it with step >= s."""
-  from tensorboardX.proto import event_pb2
   shown = []
-  for path in sorted(folder.glob("events.out.tfevents.*")):
-    data, pos = path.read_bytes(), 0
-    while pos < len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4
-      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
-        shown = [(s, v) for s, v in shown if s < event.step]
-      shown += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
+  for event in _tb_events(folder):
+    if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+      shown = [(s, v) for s, v in shown if s < event.step]
+    shown += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
   return shown
 
 
