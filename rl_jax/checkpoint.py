@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import pathlib
 import re
 import signal
 import warnings
@@ -55,6 +56,13 @@ class Restored(NamedTuple):
   state: Any
   ref_params: Any = None
   estimator: Any = None
+
+
+def _absolute(directory) -> epath.Path:
+  """`directory` as an absolute path (orbax refuses relative ones); remote paths (gs://...) unchanged."""
+  if "://" in str(directory):
+    return epath.Path(directory)
+  return epath.Path(pathlib.Path(directory).absolute())
 
 
 def check_layout(directory) -> None:
@@ -120,7 +128,7 @@ class Checkpoints:
       raise ValueError(f"keep must be >= 1 (the checkpoint just written is always kept), got {keep}.")
     if keep_every < 0:
       raise ValueError(f"keep_every must be >= 0 (0: none kept beyond the newest), got {keep_every}.")
-    self.directory = epath.Path(directory)
+    self.directory = _absolute(directory)
     check_layout(self.directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None,
                                            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)

@@ -98,3 +98,16 @@ def test_the_checkpoint_dir_is_the_run_dirs_own_or_any_path_orbax_reaches():
   gs = loop.checkpoint_dir(dataclasses.replace(cfg, checkpoint_dir="gs://bucket/runs/a"))
   assert loop.is_shared_storage(gs)
   assert str(gs / "4") == "gs://bucket/runs/a/4"     # etils.epath keeps the scheme (pathlib would give gs:/bucket)
+
+
+def test_a_relative_checkpoint_dir_saves_and_restores(tmp_path, monkeypatch):
+  # orbax writes only absolute paths; `--run_dir=runs/x` from the command line is relative.
+  monkeypatch.chdir(tmp_path)
+  state, _ = sharded_state()
+  with Checkpoints("runs/x/checkpoints") as ckpt:
+    ckpt.save(2, state)
+  assert saved_steps(tmp_path / "runs/x/checkpoints") == [2]
+  with Checkpoints("runs/x/checkpoints") as ckpt:
+    restored = ckpt.restore_latest(abstract(state))
+  assert restored.position == 2
+  np.testing.assert_array_equal(np.asarray(restored.state.params["w"]), np.asarray(state.params["w"]))
