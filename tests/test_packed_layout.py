@@ -207,10 +207,10 @@ def test_bad_layouts_are_refused():
 
 @pytest.mark.slow
 def test_a_loop_run_packed_equals_the_plain_run(tmp_path, monkeypatch):
-  from rl_jax import loop
+  from rl_jax import loop_run
   from rl_jax.experiments import arithmetic_tiny as exp
   packs = []
-  monkeypatch.setattr(loop, "pack_groups", lambda *a, **k: packs.append(1) or pack_groups(*a, **k))
+  monkeypatch.setattr(loop_run, "pack_groups", lambda *a, **k: packs.append(1) or pack_groups(*a, **k))
 
   def run(packed):
     cfg = exp.Config(digits=1, d_model=32, sft_steps=20, sft_batch=16, rl_steps=2, prompts_per_step=4, group_size=4,
