@@ -51,8 +51,11 @@ class Recipe:
 
 
 # Every cell of tables 1, 2 and 4 is an arithmetic_tiny run with these settings (the experiment's own,
-# evaluated every 5 RL steps) and its recipe's method; --quick shrinks them.
-TABLE = arithmetic_tiny.Config(eval_every=5, checkpoint_every=0, progress_bar=False)
+# evaluated every 5 RL steps) and its recipe's method; --quick shrinks them. Plain rows (packed=False): the
+# packed layout's row count and length change with every mini-batch of these short completions, and each new
+# shape compiles the train step again (about 15 s each on a loaded 2-core CPU, against 0.2 s for a whole plain
+# RL step); the two layouts give the same metrics and parameters (tests/test_packed_layout.py).
+TABLE = arithmetic_tiny.Config(eval_every=5, checkpoint_every=0, progress_bar=False, packed=False)
 QUICK = dataclasses.replace(TABLE, sft_steps=10, rl_steps=2, prompts_per_step=4, group_size=4, epochs=1,
                             minibatches=2, eval_every=2, eval_size=16)
 TARGET_ACCURACY = 0.6       # "steps to accuracy" threshold
@@ -146,18 +149,20 @@ def run_grid(recipes: Sequence[Recipe], seeds: Sequence[int], budget: arithmetic
   return out
 
 
-def run_table(name: str, argv, recipes: Sequence[Recipe], quick: Sequence[str] = (), doc: str = ""):
+def run_table(name: str, argv, recipes: Sequence[Recipe], quick: Sequence[str] = (), doc: str = "",
+              baseline: str = ""):
   """The shared start of tables 1, 2 and 4: arguments, report, budget, the recipes to run (`quick` names
-  the subset for --quick; empty = all) and their grid over the seeds. Returns (args, report, budget,
+  the subset for --quick; empty = all; --rows=a,b names them, and must include `baseline`, the row the
+  paired column subtracts) and their grid over the seeds. Returns (args, report, budget,
   recipes, grid, summaries name -> per-seed).
 
   --retable: the grid is read back from `<out>/<name>.json` (the per-seed numbers and curves of an earlier
   run with the same budget, seeds and rows) instead of trained, so a new table layout or note applies to a
   finished run; the report names the run the numbers come from."""
   retable = "--retable" in argv
-  args = parse_args([a for a in argv if a != "--retable"], keys=(), doc=doc)
+  args = parse_args([a for a in argv if a != "--retable"], keys=("rows",), doc=doc)
   budget = QUICK if args.quick else TABLE
-  recipes = [r for r in recipes if not (args.quick and quick) or r.name in quick]
+  recipes = select_rows(recipes, extra_value(args, "rows", ""), quick if args.quick else (), baseline)
   source = load_grid(args.out / f"{name}.json", recipes, args.seeds, budget) if retable else None
   report = Report(name, args, argv)
   if source is not None:
@@ -165,6 +170,20 @@ def run_table(name: str, argv, recipes: Sequence[Recipe], quick: Sequence[str] =
   else:
     grid = run_grid(recipes, args.seeds, budget, args.out / f"{name}_runs")
   return args, report, budget, recipes, grid, {n: cell["summary"] for n, cell in grid.items()}
+
+
+def select_rows(recipes: Sequence[Recipe], rows: str, quick: Sequence[str] = (), baseline: str = "") -> list:
+  """The recipes a run measures: those named in `rows` ("a,b,c", the --rows option; "" = every row), in the
+  table's order, else the `quick` subset (--quick; empty = all). An unknown name, or `rows` without the
+  `baseline` row, stops the run before any compute."""
+  names = [n for n in rows.split(",") if n]
+  unknown = sorted(set(names) - {r.name for r in recipes})
+  if unknown:
+    raise SystemExit(f"--rows: unknown row(s) {unknown}; this table has {[r.name for r in recipes]}.")
+  if names and baseline and baseline not in names:
+    raise SystemExit(f"--rows must include {baseline!r}, the row the paired column subtracts.")
+  keep = names or quick
+  return [r for r in recipes if not keep or r.name in keep]
 
 
 def load_grid(path: pathlib.Path, recipes: Sequence[Recipe], seeds: Sequence[int], budget: arithmetic_tiny.Config):

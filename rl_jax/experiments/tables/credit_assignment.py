@@ -50,7 +50,8 @@ PLOT_TITLE = "Credit assignment, 1-digit addition (mean ± std over seeds)"
 def main(argv=()) -> dict:
   if "--replot" in argv:   # redraw the figure from the stored json, no training
     return common.replot_grid(NAME, PLOT_TITLE, argv)
-  args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK, doc=__doc__)
+  args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK, doc=__doc__,
+                                                            baseline="grpo")
   header = ["method", "rollouts", "advantage", "final accuracy", "Δ vs grpo (paired)",
             f"steps to {common.TARGET_ACCURACY:.2f}",
             "tokens with a tree term", "non-zero-adv tokens", "entropy (end)", "wall s / run"]

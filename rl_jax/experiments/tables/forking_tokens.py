@@ -45,7 +45,8 @@ PLOT_TITLE = "80/20 forking tokens, 1-digit addition (mean ± std over seeds)"
 def main(argv=()) -> dict:
   if "--replot" in argv:   # redraw the figure from the stored json, no training
     return common.replot_grid(NAME, PLOT_TITLE, argv)
-  args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, doc=__doc__)
+  args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, doc=__doc__,
+                                                            baseline="all tokens")
   header = ["tokens trained", "final accuracy", "Δ vs all tokens (paired)", "best accuracy",
             f"steps to {common.TARGET_ACCURACY:.2f}",
             "entropy (end)", "clipped tokens"]

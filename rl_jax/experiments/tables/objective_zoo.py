@@ -15,6 +15,7 @@ Claims checked (printed under the table with the measured numbers):
 Run:  python -m rl_jax.experiments.tables.objective_zoo [--quick] [--seeds=0,1,2] [--out=results/tables]
       python -m rl_jax.experiments.tables.objective_zoo --replot   # redraw the PNG from the stored json
       python -m rl_jax.experiments.tables.objective_zoo --retable [--seeds=...]   # table + PNG from the stored json
+      python -m rl_jax.experiments.tables.objective_zoo --rows=grpo,opmd,disco   # only these rows (grpo: the baseline)
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ PLOT_TITLE = "Objective zoo, 1-digit addition (mean ± std over seeds)"
 def main(argv=()) -> dict:
   if "--replot" in argv:   # redraw the figure from the stored json, no training
     return common.replot_grid(NAME, PLOT_TITLE, argv)
-  args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK, doc=__doc__)
+  args, report, budget, recipes, grid, s = common.run_table(NAME, argv, RECIPES, QUICK, doc=__doc__,
+                                                            baseline=BASELINE)
   header = ["objective", "objective / advantage", "final accuracy", "Δ vs grpo (paired)",
             f"steps to {common.TARGET_ACCURACY:.2f}",
             "clipped tokens", "non-zero-adv tokens", "flat groups with signal", "token ratio std", "entropy (end)"]
