@@ -300,3 +300,16 @@ def test_gsm8k_table_passes_the_update_schedule_to_every_cell():
   assert (cfg.epochs, cfg.minibatches, cfg.eval_samples, cfg.advantage, cfg.seed) == (2, 4, 4, "dcpo", 1)
   default = gsm8k.cell_overrides(common.parse_args([]))
   assert (default["epochs"], default["minibatches"], default["eval_samples"]) == (1, 1, 8)
+
+
+def test_rows_option_selects_named_rows_and_refuses_bad_ones_before_compute(tmp_path):
+  from rl_jax.experiments.tables import objective_zoo
+  names = [r.name for r in common.select_rows(objective_zoo.RECIPES, "disco,grpo", (), "grpo")]
+  assert names == ["grpo", "disco"]                                  # the table's order, not the option's
+  assert [r.name for r in common.select_rows(objective_zoo.RECIPES, "", ("grpo", "dcpo"))] == ["grpo", "dcpo"]
+  assert len(common.select_rows(objective_zoo.RECIPES, "", ())) == len(objective_zoo.RECIPES)
+  with pytest.raises(SystemExit, match="unknown row"):
+    objective_zoo.main(["--rows=grpo,nope", f"--out={tmp_path}"])
+  with pytest.raises(SystemExit, match="must include 'grpo'"):
+    objective_zoo.main(["--rows=opmd,disco", f"--out={tmp_path}"])
+  assert not any(tmp_path.iterdir())                                 # nothing was run or written
