@@ -313,3 +313,16 @@ def test_rows_option_selects_named_rows_and_refuses_bad_ones_before_compute(tmp_
   with pytest.raises(SystemExit, match="must include 'grpo'"):
     objective_zoo.main(["--rows=opmd,disco", f"--out={tmp_path}"])
   assert not any(tmp_path.iterdir())                                 # nothing was run or written
+
+
+def test_gain_claims_read_paired_differences_in_standard_errors():
+  from rl_jax.experiments.tables import objective_zoo
+  acc = lambda *v: [{"accuracy": x} for x in v]
+  s = {"grpo": acc(0.5, 0.6, 0.7), "steer": acc(0.7, 0.8, 0.9), "opmd": acc(0.1, 0.3, 0.2), "llds": acc(0.5, 0.7, 0.6)}
+  lines = objective_zoo.gain_claims(s, [0.4, 0.5, 0.6])
+  # steer: differences 0.2 on every seed (no spread); opmd: −0.4, −0.3, −0.5 → mean −0.4, s.e. 0.1/√3.
+  assert lines[0].startswith("OPMD vs GRPO (paired, 3 seeds): -0.400 ± 0.058") and "-6.9 s.e.: below GRPO" in lines[0]
+  assert "ends below the warm-up (0.200 vs 0.500)" in lines[0]
+  assert lines[1].endswith("+inf s.e.: above GRPO.")                              # steer: +0.2 on every seed
+  assert lines[2].startswith("LLDS vs GRPO (paired, 3 seeds): +0.000") and "within noise" in lines[2]
+  assert objective_zoo.gain_claims({"steer": acc(0.7)}, []) == []                  # no baseline row: nothing
