@@ -30,10 +30,10 @@ Array = jax.Array
 
 
 class DecodeWeights(NamedTuple):
-  layers: tuple     # L dicts of one layer's weights (the stacked tree split once per sampler call)
+  layers: tuple     # L dicts of one layer's weights, output-major (see `decode_weights`)
   embed: Array      # [V, D]
   final_norm: Array  # [D]
-  head: Array       # [D, V] output projection, materialised once (the tied embedding transposed)
+  head: Array       # [V, D] output projection, output-major (the embedding itself when tied: no copy)
 
 
 class DecodeCache(NamedTuple):
@@ -41,12 +41,27 @@ class DecodeCache(NamedTuple):
   v: tuple          # L × [B, K, S, hd] values
 
 
+def _out_major(w: Array) -> Array:
+  """A [L, D_in, D_out] stacked projection as [L, D_out, D_in]."""
+  return jnp.swapaxes(w, 1, 2)
+
+
 def decode_weights(params: dict, cfg: ModelConfig, dtype=None) -> DecodeWeights:
-  """Split the stacked layer weights into per-layer arrays (optionally cast, e.g. to bfloat16)."""
+  """Per-layer decode weights (optionally cast, e.g. to bfloat16), each projection stored output-major [N, K]
+  and the projections that read the same input concatenated: w_qkv [(H + 2K)·hd, D], w_gu [2F, D] (gate; up),
+  w_o [D, H·hd], w_down [D, F]; b_qkv [(H + 2K)·hd] with qkv_bias. Built once per sampler call."""
   cast = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))
-  stacked = params["layers"]
-  layers = tuple({name: cast(w[i]) for name, w in stacked.items()} for i in range(cfg.n_layers))
-  return DecodeWeights(layers, cast(params["embed"]), params["final_norm"], cast(lm_head_weight(params, cfg)))
+  st = params["layers"]
+  fused = dict(attn_norm=st["attn_norm"], mlp_norm=st["mlp_norm"], w_o=_out_major(st["wo"]),
+               w_qkv=_out_major(jnp.concatenate([st["wq"], st["wk"], st["wv"]], axis=2)),
+               w_gu=_out_major(jnp.concatenate([st["w_gate"], st["w_up"]], axis=2)), w_down=_out_major(st["w_down"]))
+  if cfg.qkv_bias:
+    fused["b_qkv"] = jnp.concatenate([st["bq"], st["bk"], st["bv"]], axis=1)
+  if cfg.qk_norm:
+    fused.update(q_norm=st["q_norm"], k_norm=st["k_norm"])
+  layers = tuple({name: cast(w[i]) for name, w in fused.items()} for i in range(cfg.n_layers))
+  head = params["embed"] if cfg.tie_embeddings else params["lm_head"].T
+  return DecodeWeights(layers, cast(params["embed"]), params["final_norm"], cast(head))
 
 
 def decode_cache_from(cache: KVCache) -> DecodeCache:
@@ -81,47 +96,62 @@ def _write_slot(cache_k: Array, cache_v: Array, k: Array, v: Array, slot: Array)
           cache_v.at[rows, :, slot, :].set(v.astype(cache_v.dtype)))
 
 
-def _cache_attention(q: Array, cache_k: Array, cache_v: Array, allowed: Array, cfg: ModelConfig) -> Array:
-  """softmax(q·kᵀ/√hd) v for one query per row: q [B, H, hd], allowed [B, S] → [B, H·hd] (float32 math)."""
+def dense(x: Array, w: Array, preferred_element_type=None) -> Array:
+  """x [B, K] · wᵀ for an output-major weight w [N, K] → [B, N] (the layout a small-batch matmul reads fastest
+  on XLA's CPU backend; the contraction runs over both minor axes)."""
+  return jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=preferred_element_type)
+
+
+def attention_bias(allowed: Array) -> Array:
+  """Additive mask [B, S]: 0 where a slot may be attended, −1e30 elsewhere (one per step, shared by all layers)."""
+  return jnp.where(allowed, 0.0, -1e30).astype(jnp.float32)
+
+
+def _cache_attention(q: Array, cache_k: Array, cache_v: Array, bias: Array, cfg: ModelConfig) -> Array:
+  """softmax(q·kᵀ/√hd + bias) v for one query per row: q [B, H, hd], bias [B, S] → [B, H·hd] (float32 math;
+  q is scaled before the product, exact when hd is a power of 4)."""
   b = q.shape[0]
   kh, hd = cfg.n_kv_heads, cfg.head_dim
-  q = q.reshape(b, kh, cfg.n_heads // kh, hd).astype(jnp.float32)
-  scores = jnp.einsum("bkgd,bkds->bkgs", q, cache_k.astype(jnp.float32)) / math.sqrt(hd)
-  scores = jnp.where(allowed[:, None, None, :], scores, -1e30)
+  q = q.reshape(b, kh, cfg.n_heads // kh, hd).astype(jnp.float32) * (1.0 / math.sqrt(hd))
+  scores = jnp.einsum("bkgd,bkds->bkgs", q, cache_k.astype(jnp.float32)) + bias[:, None, None, :]
   probs = jax.nn.softmax(scores, axis=-1)
   return jnp.einsum("bkgs,bksd->bkgd", probs, cache_v.astype(jnp.float32)).reshape(b, kh * (cfg.n_heads // kh) * hd)
 
 
 def decode_layer(cfg: ModelConfig, inv_freq: Array, x: Array, lp: dict, cache_k: Array, cache_v: Array,
-                 slot: Array, positions: Array, allowed: Array) -> tuple[Array, Array, Array]:
+                 slot: Array, positions: Array, bias: Array) -> tuple[Array, Array, Array]:
   """One pre-norm decoder block for one token per row: x [B, D], positions [B]; writes this token's
-  k/v at `slot` first, then attends over the cache where `allowed` [B, S]."""
+  k/v at `slot` first, then attends over the cache with the additive mask `bias` [B, S]."""
   b = x.shape[0]
-  h = rms_norm(x, lp["attn_norm"], cfg.rms_eps)
-  q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+  nq, nk = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+  qkv = dense(rms_norm(x, lp["attn_norm"], cfg.rms_eps), lp["w_qkv"])
   if cfg.qkv_bias:
-    q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
-  q = q.reshape(b, 1, cfg.n_heads, cfg.head_dim)
-  k = k.reshape(b, 1, cfg.n_kv_heads, cfg.head_dim)
+    qkv = qkv + lp["b_qkv"][None, :]
+  q = qkv[:, :nq].reshape(b, 1, cfg.n_heads, cfg.head_dim)
+  k = qkv[:, nq:nq + nk].reshape(b, 1, cfg.n_kv_heads, cfg.head_dim)
+  v = qkv[:, nq + nk:].reshape(b, cfg.n_kv_heads, cfg.head_dim)
   if cfg.qk_norm:
     q, k = rms_norm(q, lp["q_norm"], cfg.rms_eps), rms_norm(k, lp["k_norm"], cfg.rms_eps)
   q, k = apply_rope(q, positions[:, None], inv_freq)[:, 0], apply_rope(k, positions[:, None], inv_freq)[:, 0]
-  cache_k, cache_v = _write_slot(cache_k, cache_v, k, v.reshape(b, cfg.n_kv_heads, cfg.head_dim), slot)
-  x = x + (_cache_attention(q, cache_k, cache_v, allowed, cfg).astype(x.dtype) @ lp["wo"])
-  h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
-  x = x + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+  cache_k, cache_v = _write_slot(cache_k, cache_v, k, v, slot)
+  x = x + dense(_cache_attention(q, cache_k, cache_v, bias, cfg).astype(x.dtype), lp["w_o"])
+  gu = dense(rms_norm(x, lp["mlp_norm"], cfg.rms_eps), lp["w_gu"])
+  f = cfg.ffn_dim
+  x = x + dense(jax.nn.silu(gu[:, :f]) * gu[:, f:], lp["w_down"])
   return x, cache_k, cache_v
 
 
 def decode_step(w: DecodeWeights, cfg: ModelConfig, cache: DecodeCache, token: Array, positions: Array, slot: Array,
                 allowed: Array) -> tuple[Array, DecodeCache]:
-  """Logits [B, V] (float32) of the next token after `token` [B] at `positions` [B], written at cache `slot`."""
+  """Logits [B, V] (float32) of the next token after `token` [B] at `positions` [B], written at cache `slot`;
+  `allowed` [B, S] marks the cache slots each row may attend."""
   inv_freq = rope_frequencies(cfg)
+  bias = attention_bias(allowed)
   x = w.embed[token]
   ks, vs = [], []
   for lp, ck, cv in zip(w.layers, cache.k, cache.v):
-    x, ck, cv = decode_layer(cfg, inv_freq, x, lp, ck, cv, slot, positions, allowed)
+    x, ck, cv = decode_layer(cfg, inv_freq, x, lp, ck, cv, slot, positions, bias)
     ks.append(ck)
     vs.append(cv)
   h = rms_norm(x, w.final_norm, cfg.rms_eps)
-  return jnp.dot(h, w.head, preferred_element_type=jnp.float32), DecodeCache(tuple(ks), tuple(vs))
+  return dense(h, w.head, preferred_element_type=jnp.float32), DecodeCache(tuple(ks), tuple(vs))

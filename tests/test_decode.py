@@ -1,13 +1,17 @@
 """Decode path: inverse-CDF draws == float64 reference, candidate sampling == filter_logits' distribution,
-shared-prompt prefill == repeated prompts, bucketed cache == one bucket, bfloat16 within tolerance."""
+shared-prompt prefill == repeated prompts, bucketed cache == one bucket, bfloat16 within tolerance, the fused
+output-major decode step == the full forward (QKV bias, QK-norm, untied head) and == the unfused step it replaced."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rl_jax.decode import decode_step, decode_weights
+from rl_jax.experiments.benchmarks.decode_previous import previous_decode_step, previous_weights
 from rl_jax.models import forward, init_params, tiny_config
-from rl_jax.sampling import filter_logits, generate, inverse_cdf, sample_tokens
+from rl_jax.sampling import filter_logits, generate, inverse_cdf, prefill, row_uniforms, sample_tokens
+from rl_jax.decode import grow_cache
 
 CFG = tiny_config(23, max_seq_len=32)
 PARAMS = init_params(CFG, jax.random.PRNGKey(0))
@@ -99,6 +103,50 @@ def test_bfloat16_sampler_stays_close_to_float32():
   assert first.all() and same.mean() > 0.8
   agree = np.cumprod(same, axis=1).astype(bool)            # up to the first divergence the inputs are equal
   np.testing.assert_allclose(np.asarray(b.logp)[agree], np.asarray(a.logp)[agree], atol=0.05)
+
+
+def _decode_logits(step_fn, w, cfg, params, steps):
+  """Logits of `steps` decode steps after prefilling IDS, feeding fixed tokens (rows see their own prompts)."""
+  logits, cache = prefill(params, cfg, IDS, MASK)
+  p = IDS.shape[1]
+  cache = grow_cache(cache, p + steps)
+  allowed = jnp.pad(MASK.astype(bool), ((0, 0), (0, steps)))
+  out = [logits]
+  for i in range(steps):
+    allowed = allowed.at[:, p + i].set(True)
+    token = jnp.asarray([4 + i, 7, (3 * i) % 23], jnp.int32)
+    logits, cache = step_fn(w, cfg, cache, token, jnp.sum(MASK, 1) + i, p + i, allowed)
+    out.append(logits)
+  return jnp.stack(out, 1)
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(qkv_bias=True), dict(qk_norm=True), dict(tie_embeddings=False)])
+def test_fused_output_major_step_equals_the_full_forward(extra):
+  cfg = tiny_config(23, max_seq_len=32, **extra)
+  params = init_params(cfg, jax.random.PRNGKey(1))
+  if cfg.qkv_bias:                                      # non-zero biases, so their order in the fused layout counts
+    params["layers"] = dict(params["layers"], **{k: 0.1 * jax.random.normal(jax.random.PRNGKey(i), params["layers"][k].shape)
+                                                 for i, k in enumerate(("bq", "bk", "bv"))})
+  got = _decode_logits(decode_step, decode_weights(params, cfg), cfg, params, 4)
+  for row in range(3):
+    seq = [int(t) for t, m in zip(IDS[row], MASK[row]) if m] + [[4 + i, 7, (3 * i) % 23][row] for i in range(4)]
+    want = forward(params, jnp.asarray([seq]), cfg)[0, -5:]
+    np.testing.assert_allclose(np.asarray(got[row]), np.asarray(want), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_step_samples_the_same_tokens_as_the_unfused_step():
+  """Stated tolerance for the reordered matmuls: logits within 1e-5 of the previous step; the tokens drawn with the
+  same keys are equal and their log-probs within 1e-5."""
+  a = _decode_logits(decode_step, decode_weights(PARAMS, CFG), CFG, PARAMS, 5)
+  b = _decode_logits(previous_decode_step, previous_weights(PARAMS, CFG), CFG, PARAMS, 5)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  for i in range(6):
+    for kw in (dict(temperature=1.0), dict(temperature=0.6, top_p=0.9), dict(temperature=0.0)):
+      ta, la = sample_tokens(a[:, i], row_uniforms(keys, i), **kw)
+      tb, lb = sample_tokens(b[:, i], row_uniforms(keys, i), **kw)
+      np.testing.assert_array_equal(np.asarray(ta), np.asarray(tb))
+      np.testing.assert_allclose(np.asarray(la), np.asarray(lb), atol=1e-5)
 
 
 def test_bad_arguments():

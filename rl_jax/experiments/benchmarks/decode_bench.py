@@ -1,19 +1,24 @@
 """Decode step and sampling workload of SmolLM2-135M-Instruct on this machine, ratios side by side in one process.
 
 Table 1, one decode step at batch B (prompt P, attention over P + N/2 slots, the middle of an N-token run):
-  floor   = 2·params·B FLOPs at the rate of a 2048³ float32 matmul measured in the same process;
-  before  = the previous step (stacked layer scan over the whole preallocated cache, Gumbel noise and a
-            log-softmax over the full vocabulary);
-  now     = `rl_jax.decode.decode_step` + `rl_jax.sampling.sample_tokens` (T = 1, greedy, T = 0.6 / top-p 0.95).
+  floor    = the larger of 2·params·B FLOPs at the rate of a 2048³ float32 matmul and the bytes the step must read
+             (every weight once, plus the keys/values of the S slots it attends) at the read bandwidth of a
+             256 MiB reduction, both measured in the same process;
+  before   = the first sampler step (stacked layer scan over the whole preallocated cache, Gumbel noise and a
+             log-softmax over the full vocabulary);
+  previous = the decode step before fused output-major weights (`decode_previous`), T = 1;
+  now      = `rl_jax.decode.decode_step` + `rl_jax.sampling.sample_tokens` (T = 1, greedy, T = 0.6 / top-p 0.95).
+Each row is timed `--rounds` times, round robin over the rows, and reported as median [min–max] per step.
 Table 2, the GSM8K sampling workload (chat-templated test questions, N new tokens, stop at EOS): useful tokens/s
 (tokens up to and including the stop) of transformers' `generate`, rl_jax's static sampler (one prefill per
 prompt) and the continuous-batching sampler (`slots` rows, refilled as rows finish).
 
-Wall times are minima over repeats; CPU seconds of this process are shown too, with the floor in CPU seconds:
-on a shared machine run single-threaded (XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1"), where CPU time does not count the time other processes hold the cores.
+CPU seconds of this process are shown next to wall seconds, with the floor in CPU seconds: on a shared machine
+run single-threaded (XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"), where CPU
+time does not count the time other processes hold the cores.
 
-  python -m rl_jax.experiments.benchmarks.decode_bench [--batch=32] [--prompt=128] [--new-tokens=256] [--questions=32]
+  python -m rl_jax.experiments.benchmarks.decode_bench [--batch=32] [--prompt=128] [--new-tokens=256] [--rounds=3]
+                                                        [--questions=32]
 """
 
 from __future__ import annotations
@@ -27,10 +32,18 @@ import numpy as np
 
 from rl_jax.chat import chat_text, encode_prompts
 from rl_jax.decode import decode_cache_from, decode_step, decode_weights, grow_cache
+from rl_jax.experiments.benchmarks.decode_previous import previous_decode_step, previous_weights
 from rl_jax.models import default_positions, forward_with_cache, init_cache, load_gguf, load_tokenizer, smollm2_gguf_path
 from rl_jax.sampling import filter_logits, row_uniforms, sample_tokens
 
 STEPS = 8
+
+
+def run_time(fn, args) -> tuple[float, float, tuple]:
+  """(wall seconds, CPU seconds of this process, next args) of one call fn(*args); fn returns its next args."""
+  w0, c0 = time.perf_counter(), time.process_time()
+  args = jax.block_until_ready(fn(*args))
+  return time.perf_counter() - w0, time.process_time() - c0, args
 
 
 def best_time(fn, *args, repeats: int = 2) -> tuple[float, float]:
@@ -38,18 +51,31 @@ def best_time(fn, *args, repeats: int = 2) -> tuple[float, float]:
   args = jax.block_until_ready(fn(*args))
   best = (float("inf"), 0.0)
   for _ in range(repeats):
-    w0, c0 = time.perf_counter(), time.process_time()
-    args = jax.block_until_ready(fn(*args))
-    best = min(best, (time.perf_counter() - w0, time.process_time() - c0))
+    wall, cpu, args = run_time(fn, args)
+    best = min(best, (wall, cpu))
   return best
 
 
 def matmul_rate() -> tuple[float, float]:
-  """FLOP/s of a 2048³ float32 matmul: (per wall second, per CPU second of this process)."""
+  """FLOP/s of a 2048³ float32 matmul: (per wall second, per CPU second of this process), best of 5."""
   a = jnp.ones((2048, 2048), jnp.float32)
   mm = jax.jit(lambda a: (a @ a) / 2048.0)       # ones stay ones
   wall, cpu = best_time(lambda a: (mm(a),), a, repeats=5)
   return 2 * 2048 ** 3 / wall, 2 * 2048 ** 3 / cpu
+
+
+def read_bandwidth() -> tuple[float, float]:
+  """Bytes/s read by a sum over 256 MiB of float32 (larger than the caches): (per wall second, per CPU second)."""
+  a = jnp.full((64 << 20,), 1.0, jnp.float32)
+  total = jax.jit(jnp.sum)
+  wall, cpu = best_time(lambda a: (a, total(a))[:1], a, repeats=5)   # the array is passed on, not copied
+  return a.nbytes / wall, a.nbytes / cpu
+
+
+def load_average() -> str:
+  """The 1-minute load average of the machine (other processes sharing the cores)."""
+  with open("/proc/loadavg") as f:
+    return f.read().split()[0]
 
 
 def before_steps(params, cfg, p: int, n_new: int):
@@ -69,14 +95,15 @@ def before_steps(params, cfg, p: int, n_new: int):
   return jax.jit(run, donate_argnums=0)
 
 
-def now_steps(params, cfg, p: int, n_new: int, **sampling):
-  """STEPS decode steps of `decode_step` + `sample_tokens` with the cache holding P + N/2 (+ STEPS) slots."""
-  w = decode_weights(params, cfg)
+def now_steps(params, cfg, p: int, n_new: int, step_fn=decode_step, weights_fn=decode_weights, **sampling):
+  """STEPS decode steps of `step_fn` (default `decode_step`) + `sample_tokens` with the cache holding P + N/2
+  (+ STEPS) slots."""
+  w = weights_fn(params, cfg)
 
   def run(cache, key_valid, token, keys):
     def step(carry, i):
       cache, token = carry
-      logits, cache = decode_step(w, cfg, cache, token, jnp.full(token.shape, p + i), p + i, key_valid)
+      logits, cache = step_fn(w, cfg, cache, token, jnp.full(token.shape, p + i), p + i, key_valid)
       token, logp = sample_tokens(logits, row_uniforms(keys, i), **sampling)
       return (cache, token), logp
     (cache, token), _ = jax.lax.scan(step, (cache, token), jnp.arange(n_new // 2, n_new // 2 + STEPS))
@@ -97,10 +124,22 @@ def prompt_cache(params, cfg, tok, batch: int, p: int, n_new: int):
   return cache, key_valid, jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
 
 
-def decode_table(params, cfg, tok, batch: int, p: int, n_new: int):
+def step_floor(params, batch: int, slots: int, cfg) -> dict:
+  """The step's floors (wall and CPU seconds): max(2·params·B FLOPs / matmul rate, read bytes / read bandwidth),
+  read bytes = every float32 weight once + the keys and values of `slots` cache slots per row."""
   n_params = sum(x.size for x in jax.tree.leaves(params))
   rate, cpu_rate = matmul_rate()
-  floor, cpu_floor = 2 * n_params * batch / rate, 2 * n_params * batch / cpu_rate
+  bw, cpu_bw = read_bandwidth()
+  weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  kv_bytes = 2 * cfg.n_layers * batch * cfg.n_kv_heads * cfg.head_dim * slots * 4
+  flops, nbytes = 2 * n_params * batch, weight_bytes + kv_bytes
+  return dict(n_params=n_params, rate=rate, cpu_rate=cpu_rate, bw=bw, cpu_bw=cpu_bw, weight_bytes=weight_bytes,
+              kv_bytes=kv_bytes, wall=max(flops / rate, nbytes / bw), cpu=max(flops / cpu_rate, nbytes / cpu_bw),
+              wall_parts=(flops / rate, nbytes / bw), cpu_parts=(flops / cpu_rate, nbytes / cpu_bw))
+
+
+def decode_rows(params, cfg, tok, batch: int, p: int, n_new: int) -> list:
+  """(name, jitted STEPS-step function, its first args) for each row of the decode table."""
   s_now = p + n_new // 2 + STEPS
   cache, key_valid, token = prompt_cache(params, cfg, tok, batch, p, n_new)
   kv_now = key_valid[:, :s_now].astype(bool)
@@ -108,23 +147,54 @@ def decode_table(params, cfg, tok, batch: int, p: int, n_new: int):
       jax.tree.map(lambda a: a[:, :, :s_now], cache)), s_now))
   keys = jax.random.split(jax.random.PRNGKey(0), batch)
   rows = [("before (T = 1)", before_steps(params, cfg, p, n_new),
-           (jax.tree.map(jnp.copy, cache), key_valid, token, jax.random.PRNGKey(0)))]
+           (jax.tree.map(jnp.copy, cache), key_valid, token, jax.random.PRNGKey(0))),
+          ("previous (T = 1)", now_steps(params, cfg, p, n_new, previous_decode_step, previous_weights, temperature=1.0),
+           (mk_now(jnp.float32), kv_now, token, keys))]
   for name, kw, dtype in [("now, T = 1", dict(temperature=1.0), jnp.float32),
                           ("now, greedy", dict(temperature=0.0), jnp.float32),
                           ("now, T = 0.6, top-p 0.95", dict(temperature=0.6, top_p=0.95), jnp.float32),
                           ("now, T = 1, bfloat16 weights/KV", dict(temperature=1.0), jnp.bfloat16)]:
     cast = jax.tree.map(lambda a: a.astype(dtype), params)
     rows.append((name, now_steps(cast, cfg, p, n_new, **kw), (mk_now(dtype), kv_now, token, keys)))
-  print(f"\nDecode step, batch {batch}, prompt {p}, attention over {p + n_new // 2} slots (mid-run of {n_new} new "
-        f"tokens); floor = 2·{n_params / 1e6:.1f}M·{batch} FLOPs at {rate / 1e9:.0f} GFLOP/s (2048³ matmul) = "
-        f"{floor * 1e3:.1f} ms (CPU time: {cpu_rate / 1e9:.0f} GFLOP/CPU-s, {cpu_floor * 1e3:.1f} CPU ms)")
-  print("| step | ms / step | × floor | CPU ms / step | × CPU floor |")
+  return rows
+
+
+def time_rows(rows: list, rounds: int) -> list[tuple[list, list]]:
+  """Per row, (wall seconds per step, CPU seconds per step) of `rounds` calls, round robin over the rows after
+  one warm-up (compile) call each."""
+  args = [jax.block_until_ready(fn(*a)) for _, fn, a in rows]
+  times = [([], []) for _ in rows]
+  for _ in range(rounds):
+    for i, (_, fn, _) in enumerate(rows):
+      wall, cpu, args[i] = run_time(fn, args[i])
+      times[i][0].append(wall / STEPS)
+      times[i][1].append(cpu / STEPS)
+  return times
+
+
+def _stat(xs: list, unit: float) -> str:
+  return f"{np.median(xs) * unit:.1f} [{min(xs) * unit:.1f}–{max(xs) * unit:.1f}]"
+
+
+def decode_table(params, cfg, tok, batch: int, p: int, n_new: int, rounds: int = 3):
+  s_now = p + n_new // 2 + STEPS
+  load0 = load_average()
+  f = step_floor(params, batch, s_now, cfg)
+  rows = decode_rows(params, cfg, tok, batch, p, n_new)
+  times = time_rows(rows, rounds)
+  print(f"\nDecode step, batch {batch}, prompt {p}, attention over {s_now} slots (mid-run of {n_new} new tokens); "
+        f"{STEPS} steps per call, {rounds} rounds; 1-min load average {load0} before, {load_average()} after")
+  print(f"floor = max(2·{f['n_params'] / 1e6:.1f}M·{batch} FLOPs at {f['cpu_rate'] / 1e9:.0f} GFLOP/CPU-s "
+        f"(2048³ matmul) = {f['cpu_parts'][0] * 1e3:.1f} CPU ms, {(f['weight_bytes'] + f['kv_bytes']) / 1e6:.0f} MB "
+        f"(weights {f['weight_bytes'] / 1e6:.0f} + K/V {f['kv_bytes'] / 1e6:.0f}) at {f['cpu_bw'] / 1e9:.1f} GB/CPU-s "
+        f"(256 MiB sum) = {f['cpu_parts'][1] * 1e3:.1f} CPU ms) = {f['cpu'] * 1e3:.1f} CPU ms; wall: "
+        f"{f['rate'] / 1e9:.0f} GFLOP/s, {f['bw'] / 1e9:.1f} GB/s, floor {f['wall'] * 1e3:.1f} ms")
+  print("| step | CPU ms / step, median [min–max] | × CPU floor | wall ms / step, median [min–max] | × wall floor |")
   print("|---|---|---|---|---|")
-  for name, fn, args in rows:
-    wall, cpu = best_time(fn, *args)
-    print(f"| {name} | {wall / STEPS * 1e3:.1f} | {wall / STEPS / floor:.2f} | {cpu / STEPS * 1e3:.1f} | "
-          f"{cpu / STEPS / cpu_floor:.2f} |", flush=True)
-    del fn, args
+  print(f"| floor | {f['cpu'] * 1e3:.1f} | 1 | {f['wall'] * 1e3:.1f} | 1 |")
+  for (name, _, _), (wall, cpu) in zip(rows, times):
+    print(f"| {name} | {_stat(cpu, 1e3)} | {np.median(cpu) / f['cpu']:.2f} | {_stat(wall, 1e3)} | "
+          f"{np.median(wall) / f['wall']:.2f} |", flush=True)
 
 
 def main(argv=None):
@@ -134,6 +204,7 @@ def main(argv=None):
   ap.add_argument("--new-tokens", type=int, default=256)
   ap.add_argument("--questions", type=int, default=0, help="GSM8K workload size (0: skip table 2)")
   ap.add_argument("--slots", type=int, default=16)
+  ap.add_argument("--rounds", type=int, default=3, help="timed calls per row of the decode table")
   args = ap.parse_args(argv)
   from rl_jax.machine import describe
   print(describe())
@@ -141,7 +212,7 @@ def main(argv=None):
   params, cfg = load_gguf(path)
   params = jax.tree.map(jnp.asarray, params)
   tok = load_tokenizer(path)
-  decode_table(params, cfg, tok, args.batch, args.prompt, args.new_tokens)
+  decode_table(params, cfg, tok, args.batch, args.prompt, args.new_tokens, args.rounds)
   if args.questions:
     from rl_jax.experiments.benchmarks.decode_workload import workload_table
     workload_table(params, cfg, tok, path, args.questions, args.new_tokens, args.slots)
