@@ -4,6 +4,7 @@
   state       the TrainState: params, optimizer state, update counter, RNG key         (StandardSave)
   ref_params  the reference policy's parameters, in runs with β > 0                     (StandardSave)
   estimator   a stateful advantage estimator's per-question state (DCPO's statistics)   (StandardSave)
+  replay      host-side data the run replays (ARPO's success buffer), JSON data         (JsonSave)
   meta        {"format": 2, "position": RL step = data position, "items": [...]}        (JsonSave)
 
 Saves are asynchronous: `save` returns once the arrays are copied to host memory and a background thread
@@ -39,7 +40,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 FORMAT = 2
-ITEMS = ("state", "ref_params", "estimator")
+ITEMS = ("state", "ref_params", "estimator", "replay")
+JSON_ITEMS = ("replay",)   # saved as JSON (no array template: restored as written, checked by its reader)
 _OLD_STEP_DIR = re.compile(r"^step_\d+$")
 
 
@@ -56,6 +58,7 @@ class Restored(NamedTuple):
   state: Any
   ref_params: Any = None
   estimator: Any = None
+  replay: Any = None       # the JSON data saved as `replay` (untrusted: its reader checks it)
 
 
 def _absolute(directory) -> epath.Path:
@@ -145,17 +148,17 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, position: int, state, ref_params=None, estimator=None) -> None:
+  def save(self, position: int, state, ref_params=None, estimator=None, replay=None) -> None:
     """Starts writing checkpoint `position` (returns once the arrays are on the host). Checkpoints numbered
     from `position` on go first: left by an abandoned continuation, e.g. a corrupt newer checkpoint the run
     fell back from (the manager deletes them on its primary process)."""
     for step in self.steps():
       if step >= position:
         self._manager.delete(step)
-    items = {k: v for k, v in zip(ITEMS, (state, ref_params, estimator)) if v is not None}
+    items = {k: v for k, v in zip(ITEMS, (state, ref_params, estimator, replay)) if v is not None}
     meta = {"format": FORMAT, "position": position, "items": sorted(items)}
-    args = ocp.args.Composite(meta=ocp.args.JsonSave(meta),
-                              **{k: ocp.args.StandardSave(v) for k, v in items.items()})
+    args = ocp.args.Composite(meta=ocp.args.JsonSave(meta), **{
+        k: (ocp.args.JsonSave if k in JSON_ITEMS else ocp.args.StandardSave)(v) for k, v in items.items()})
     self._manager.save(position, args=args, force=True)
     self.saved = position
 
@@ -172,23 +175,24 @@ class Checkpoints:
     e.g. a TPU maintenance event: all save at this step). False without jax.distributed's preemption service."""
     return self._manager.reached_preemption(step)
 
-  def restore(self, step: int, state, ref_params=None, estimator=None) -> Restored:
-    """Checkpoint `step` restored with abstract templates (see `abstract`; None: the item is not read); raises
-    on the first item that fails, and when the checkpoint lacks a requested item."""
-    templates = {k: v for k, v in zip(ITEMS, (state, ref_params, estimator)) if v is not None}
+  def restore(self, step: int, state, ref_params=None, estimator=None, replay: bool = False) -> Restored:
+    """Checkpoint `step` restored with abstract templates (see `abstract`; None: the item is not read) and, with
+    `replay`, its replay data; raises on the first item that fails, and when the checkpoint lacks a requested
+    item."""
+    templates = {k: v for k, v in zip(ITEMS, (state, ref_params, estimator, replay or None)) if v is not None}
     meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     check_meta(meta, step, sorted(templates))
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        **{k: ocp.args.StandardRestore(v) for k, v in templates.items()}))
+    out = self._manager.restore(step, args=ocp.args.Composite(**{
+        k: ocp.args.JsonRestore() if k in JSON_ITEMS else ocp.args.StandardRestore(v) for k, v in templates.items()}))
     return Restored(step, *(out[k] if k in templates else None for k in ITEMS))
 
-  def restore_latest(self, state, ref_params=None, estimator=None) -> Optional[Restored]:
+  def restore_latest(self, state, ref_params=None, estimator=None, replay: bool = False) -> Optional[Restored]:
     """The newest checkpoint all of whose requested items restore on every process; older ones are tried after
     a failure (a warning names it). None when there is no checkpoint; CorruptCheckpoints when none restores."""
     failures = []
     for step in reversed(self.steps()):
       try:
-        restored, error = self.restore(step, state, ref_params, estimator), None
+        restored, error = self.restore(step, state, ref_params, estimator, replay), None
       except Exception as e:  # corrupt or truncated files, a missing item
         restored, error = None, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
       if all_processes(error is None):

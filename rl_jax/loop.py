@@ -13,7 +13,7 @@ An experiment supplies a `Task` (its prompts and verifier), its model, its evalu
            advantages (stateful estimators carry their per-question state, checkpointed with
            the policy) → epochs × mini-batches of updates (`rl_iteration`, reference
            model when β > 0) → metrics → checkpoint (orbax CheckpointManager, asynchronous: the
-           state, reference params, estimator state and data position); SIGTERM saves a final
+           state, reference params, estimator state, ARPO's replay buffer and data position); SIGTERM saves a final
            checkpoint, a multi-host preemption saves at the step every process reaches together.
 
 Multi-host: every process runs the same steps on its devices; the run dir's files are written by
@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_jax import advantages as advantages_lib
+from rl_jax import loop_extras
 from rl_jax.advantages import batch as batch_adv
 from rl_jax.advantages.stateful import init_reward_stats
 from rl_jax.checkpoint import SaveOnSigterm
@@ -189,15 +190,16 @@ def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,
   Either way the run waits for the write and exits with status 143. Returns (final state, these steps' rows)."""
   cfg, ckpt = run.cfg, rd.ckpt
   adv_state = advantage_state(run, rd, start)
-  run.extras.restore_from(rd.path, start)
-  live = {"state": state, "position": start, "adv_state": adv_state}
+  run.extras.restore_from(rd.path, start, rd.replay)
+  live = {"state": state, "position": start, "adv_state": adv_state, "replay": run.extras.replay_state()}
 
-  def save(position, state, adv_state):
-    ckpt.save(position, state, ref_params, None if adv_state is None else jax.device_get(adv_state))
+  def save(position, state, adv_state, replay):
+    ckpt.save(position, state, ref_params, None if adv_state is None else jax.device_get(adv_state),
+              None if replay is None else loop_extras.replay_record(replay))
 
   def final_checkpoint():
     if cfg.checkpoint_every and ckpt.saved != live["position"]:
-      save(live["position"], live["state"], live["adv_state"])
+      save(live["position"], live["state"], live["adv_state"], live["replay"])
       print(f"SIGTERM: saved a final checkpoint at RL step {live['position']}")
     ckpt.wait()
 
@@ -218,11 +220,12 @@ def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,
       bar.set_postfix(reward=f"{row['reward']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
       print(f"RL step {step + 1:4d} | " + " | ".join(f"{k} {row[k]:.3f}" for k in STEP_PRINT if k in row)
             + f" | {row['step_seconds']:.1f}s")
-      live.update(state=state, position=step + 1, adv_state=adv_state)   # saved by a SIGTERM from now on
+      live.update(state=state, position=step + 1, adv_state=adv_state,   # saved by a SIGTERM from now on
+                  replay=run.extras.replay_state())
       preempted = ckpt.reached_preemption(step + 1)
       if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or last or preempted):
         with sigterm.deferred():
-          save(step + 1, state, adv_state)
+          save(step + 1, state, adv_state, live["replay"])
       if preempted:
         print(f"preemption: every process stops after RL step {step + 1}"
               + (", checkpointed" if cfg.checkpoint_every else " (checkpoint_every=0: no checkpoint)"))

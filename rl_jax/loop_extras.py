@@ -18,6 +18,7 @@ shaped rewards) → filter → advantages. `Extras` holds the host-side state (p
 
 from __future__ import annotations
 
+import base64
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -167,11 +168,19 @@ class Extras:
                                           np.random.default_rng([self.cfg.seed, 11, step]),
                                           **self.kw["prompt_sampling"]))
 
-  def restore_from(self, run_dir, position: int) -> None:
-    """`restore` from the run's rewards.jsonl (when prompt sampling keeps state) and the adaptive temperature's
-    statistics from the metrics row of step `position` (HAPO)."""
+  def restore_from(self, run_dir, position: int, replay=None) -> None:
+    """`restore` from the run's rewards.jsonl (when prompt sampling keeps state), ARPO's buffer from `replay` (the
+    checkpoint's record of it, `replay_record`) and the adaptive temperature's statistics from the metrics row of
+    step `position` (HAPO)."""
     from rl_jax.metrics_log import read_metrics
     self.restore(read_metrics(run_dir / "rewards.jsonl") if self.cfg.prompt_sampling else [], position)
+    self.buffer = {}
+    if self.cfg.replay and position:
+      if replay is None:
+        raise RuntimeError(f"no replay buffer restored for RL step {position}: start the run afresh (--resume=false).")
+      size = dict(registry.hyperparameters(arpo), **self.kw["replay"])["size"]
+      self.buffer = buffer_from_record(replay, num_questions=self.task.num_questions, size=size,
+                                       width=self.task.max_new_tokens)
     if self.cfg.temperature_tau and position:
       rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] == position and TEMPERATURE_KEYS[0] in r]
       if not rows:
@@ -190,8 +199,7 @@ class Extras:
       self.temperature_stats = np.array([metrics[k] for k in TEMPERATURE_KEYS], np.float32)
 
   def restore(self, log_rows: Sequence[dict], position: int) -> None:
-    """Pass rates after `position` logged steps, rebuilt from rewards.jsonl rows ({"question_ids", "correct"});
-    the replay buffer restarts empty (it holds token rows, which the logs do not)."""
+    """Pass rates after `position` logged steps, rebuilt from rewards.jsonl rows ({"question_ids", "correct"})."""
     self.pass_rates = {}
     if not self.cfg.prompt_sampling:
       return
@@ -205,6 +213,11 @@ class Extras:
   def observe(self, question_ids, correct) -> None:
     for q, c in zip(question_ids, np.asarray(correct, np.float64)):
       self.pass_rates[int(q)] = float(np.mean(c > 0))
+
+  def replay_state(self) -> Optional[dict]:
+    """ARPO's buffer as it stands (None without replay): `replay_buffer_update` makes a new dict at every batch and
+    never changes a stored item, so the dict is a snapshot a later checkpoint can write."""
+    return self.buffer if self.cfg.replay else None
 
   def record(self, scored) -> dict:
     """What rewards.jsonl keeps for a resumed run: the per-sample correctness when VAS is on."""
@@ -235,7 +248,7 @@ class Extras:
     kw, g = dict(registry.hyperparameters(arpo), **self.kw["replay"]), scored.rewards.shape[1]
     qids = np.repeat(np.asarray(prompts.question_ids), g)
     correct, formats = _correct(scored), scored.formats
-    items = [_Item(ro, i, float(scored.rewards.reshape(-1)[i]), float(correct.reshape(-1)[i]),
+    items = [_Item.of_row(ro, i, float(scored.rewards.reshape(-1)[i]), float(correct.reshape(-1)[i]),
                    None if formats is None else int(np.asarray(formats).reshape(-1)[i])) for i in range(len(qids))]
     slots = curation.replay_slots(scored.rewards, [int(q) in self.buffer for q in prompts.question_ids],
                                   max_std=kw["max_std"], max_mean=kw["max_mean"])
@@ -273,11 +286,15 @@ def _correct(scored) -> np.ndarray:
 class _Item:
   """One stored success: the completion part of a rollout row (prompt rows of one question are identical)."""
 
-  def __init__(self, ro, i: int, reward: float, correct: float, format_: Optional[int]):
-    t = ro.completion.shape[1]
-    self.completion, self.cmask = ro.completion[i].copy(), ro.completion_mask[i].copy()
-    self.logp, self.tail_attn = ro.rollout_logp[i].copy(), ro.attn_mask[i, -t:].copy()
+  def __init__(self, completion, cmask, logp, tail_attn, reward: float, correct: float, format_: Optional[int]):
+    self.completion, self.cmask, self.logp, self.tail_attn = completion, cmask, logp, tail_attn
     self.reward, self.correct, self.format = reward, correct, format_
+
+  @classmethod
+  def of_row(cls, ro, i: int, reward: float, correct: float, format_: Optional[int]) -> "_Item":
+    t = ro.completion.shape[1]
+    return cls(ro.completion[i].copy(), ro.completion_mask[i].copy(), ro.rollout_logp[i].copy(),
+               ro.attn_mask[i, -t:].copy(), reward, correct, format_)
 
   def put(self, ro, i: int) -> None:
     t = ro.completion.shape[1]
@@ -285,6 +302,71 @@ class _Item:
       raise ValueError(f"replay: a stored completion of {self.completion.shape[0]} tokens does not fit rows of {t}.")
     ro.completion[i], ro.completion_mask[i], ro.rollout_logp[i] = self.completion, self.cmask, self.logp
     ro.tokens[i, -t:], ro.attn_mask[i, -t:] = self.completion, self.tail_attn
+
+
+# ------------------------------------------------------------------------- the replay buffer in checkpoints
+
+ITEM_ARRAYS = ("completion", "cmask", "logp", "tail_attn")
+RECORD_DTYPES = ("bool", "int8", "uint8", "int32", "int64", "float16", "bfloat16", "float32", "float64")
+RECORD_FORMAT = 1
+
+
+def replay_record(buffer: dict) -> dict:
+  """ARPO's buffer as JSON data (the checkpoint's `replay` item): {"format": 1, "questions": [[question id,
+  [item, ...]], ...]} in the buffer's order (items oldest first), each item's arrays as dtype + base64 bytes."""
+  def item(it):
+    arrays = {k: {"dtype": str(getattr(it, k).dtype), "data": base64.b64encode(np.ascontiguousarray(getattr(it, k))
+                                                                               .tobytes()).decode("ascii")}
+              for k in ITEM_ARRAYS}
+    return {"reward": float(it.reward), "correct": float(it.correct),
+            "format": None if it.format is None else int(it.format), "arrays": arrays}
+  return {"format": RECORD_FORMAT, "questions": [[int(q), [item(it) for it in items]] for q, items in buffer.items()]}
+
+
+def buffer_from_record(record, *, num_questions: int, size: int, width: int) -> dict:
+  """The buffer `replay_record` wrote, from a checkpoint (untrusted data): every field is checked — question ids
+  in [0, num_questions) and distinct, at most `size` items each, arrays of `width` elements of a numeric dtype
+  (decoded from raw bytes, never unpickled), finite rewards — else a ValueError naming what is wrong."""
+  if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or not isinstance(record.get("questions"),
+                                                                                                   list):
+    raise ValueError(f"replay record: expected {{'format': {RECORD_FORMAT}, 'questions': [...]}}.")
+  buffer = {}
+  for entry in record["questions"]:
+    if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int and isinstance(entry[1], list)):
+      raise ValueError(f"replay record: a question entry is not [id, items]: {str(entry)[:80]}")
+    q, items = entry
+    if not 0 <= q < num_questions or q in buffer:
+      raise ValueError(f"replay record: question id {q} is outside [0, {num_questions}) or repeated.")
+    if not 0 < len(items) <= size:
+      raise ValueError(f"replay record: question {q} holds {len(items)} items (1..{size} expected).")
+    buffer[q] = [_item_from_record(it, width) for it in items]
+  return buffer
+
+
+def _item_from_record(rec, width: int) -> _Item:
+  if not (isinstance(rec, dict) and set(rec) == {"reward", "correct", "format", "arrays"}
+          and isinstance(rec["arrays"], dict) and set(rec["arrays"]) == set(ITEM_ARRAYS)):
+    raise ValueError("replay record: an item is not {reward, correct, format, arrays}.")
+  values = [rec["reward"], rec["correct"]]
+  if not all(type(v) in (int, float) and np.isfinite(v) for v in values) or not (
+      rec["format"] is None or type(rec["format"]) is int):
+    raise ValueError(f"replay record: an item's reward, correct or format is not a finite number: {values}.")
+  arrays = [_array_from_record(rec["arrays"][k], width) for k in ITEM_ARRAYS]
+  return _Item(*arrays, float(rec["reward"]), float(rec["correct"]), rec["format"])
+
+
+def _array_from_record(rec, width: int) -> np.ndarray:
+  if not (isinstance(rec, dict) and rec.get("dtype") in RECORD_DTYPES and isinstance(rec.get("data"), str)):
+    raise ValueError(f"replay record: an array is not {{dtype in {RECORD_DTYPES}, data}}.")
+  import jax.numpy as jnp   # bfloat16's numpy dtype
+  dtype = np.dtype(jnp.bfloat16) if rec["dtype"] == "bfloat16" else np.dtype(rec["dtype"])
+  try:
+    raw = base64.b64decode(rec["data"].encode("ascii"), validate=True)
+  except (ValueError, UnicodeEncodeError) as e:
+    raise ValueError(f"replay record: an array's data is not base64 ({e}).") from None
+  if len(raw) != width * dtype.itemsize:
+    raise ValueError(f"replay record: an array holds {len(raw)} bytes, not {width} {dtype} values.")
+  return np.frombuffer(raw, dtype).copy()
 
 
 def vas_draw(pass_rates: dict, num_questions: int, n: int, rng: np.random.Generator, *, alpha: float = 1.0,

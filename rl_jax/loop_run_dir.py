@@ -54,6 +54,7 @@ class RunDir:
     self.logger = None
     self.ckpt: Optional[Checkpoints] = None
     self.estimator = None       # the restored estimator state (stateful advantages)
+    self.replay = None          # the restored replay record (ARPO's buffer, rl_jax.loop_extras.replay_record)
     self._lock = RunLock(cfg.run_dir, process=jax.process_index())
 
   def __enter__(self) -> "RunDir":
@@ -100,18 +101,18 @@ class RunDir:
   def restore(self, run: "Run", params, rng):
     """(state, reference params, position) from the newest checkpoint all of whose items restore, read straight
     into the run's shardings, or None: a fresh run (also when cfg.resume is false), whose logs start afresh.
-    A stateful estimator's restored state is left in `self.estimator`."""
+    A stateful estimator's restored state is left in `self.estimator`, the replay record in `self.replay`."""
     restored = None
     if self.cfg.resume:
       state = abstract(jax.eval_shape(lambda: init_state(params, run.optimizer, rng)), run.state_sharding)
       ref = abstract(jax.eval_shape(lambda: params), run.param_sharding) if self.cfg.beta > 0 else None
-      restored = self.ckpt.restore_latest(state, ref, estimator_template(run))
+      restored = self.ckpt.restore_latest(state, ref, estimator_template(run), replay=bool(self.cfg.replay))
     if restored is None:
       restart_logs(self.path, (*LOGS, "tb"))
       self.logger = MetricsLogger(self.path)
       return None
     self.logger = MetricsLogger(self.path, purge_step=restored.position + 1)
-    self.estimator = restored.estimator
+    self.estimator, self.replay = restored.estimator, restored.replay
     print(f"resumed from {self.ckpt.directory / str(restored.position)} at RL step {restored.position}")
     return restored.state, restored.ref_params, restored.position
 

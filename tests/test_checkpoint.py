@@ -111,3 +111,17 @@ def test_a_relative_checkpoint_dir_saves_and_restores(tmp_path, monkeypatch):
     restored = ckpt.restore_latest(abstract(state))
   assert restored.position == 2
   np.testing.assert_array_equal(np.asarray(restored.state.params["w"]), np.asarray(state.params["w"]))
+
+
+def test_the_replay_item_is_json_data_saved_and_restored_as_written_and_required_when_asked_for(tmp_path):
+  state, _ = sharded_state()
+  record = {"format": 1, "questions": [[3, [{"reward": 1.0, "data": "AAAA"}]]]}
+  with Checkpoints(tmp_path) as ckpt:
+    ckpt.save(1, state)                      # a run without replay
+    ckpt.save(2, state, replay=record)
+  with Checkpoints(tmp_path) as ckpt:
+    restored = ckpt.restore(2, abstract(state), replay=True)
+    assert restored.replay == record and ckpt.restore(2, abstract(state)).replay is None
+    with pytest.raises(ValueError, match=r"holds no \['replay'\]"):
+      ckpt.restore(1, abstract(state), replay=True)
+  assert json.loads((tmp_path / "2" / "meta" / "metadata").read_text())["items"] == ["replay", "state"]

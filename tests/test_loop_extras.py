@@ -191,6 +191,66 @@ def test_arpo_swaps_a_stored_success_into_the_first_row_of_an_all_negative_group
   np.testing.assert_array_equal(second.tokens, _rollouts(2, 2, seed=2).tokens)   # the inputs are not modified
 
 
+def _buffer_fields(buffer: dict) -> list:
+  return [(q, [(tuple(np.asarray(getattr(it, k)).tolist() for k in loop_extras.ITEM_ARRAYS),
+                tuple(str(getattr(it, k).dtype) for k in loop_extras.ITEM_ARRAYS), it.reward, it.correct, it.format)
+               for it in items]) for q, items in buffer.items()]
+
+
+def test_arpo_buffer_round_trips_through_its_json_record_and_replays_the_same_rows():
+  ex = _extras(replay="arpo", replay_args="size=2")
+  prompts = FakeTask().prompts_for([4, 5])
+  for step, seed in enumerate((1, 3)):   # question 4 stores 1 then 2 successes, question 5 one
+    ex.score(_rollouts(2, 2, seed=seed), prompts, loop.Scored(np.array([[0, 1], [step, 1]], np.float32), {}), step)
+  record = json.loads(json.dumps(loop_extras.replay_record(ex.buffer)))   # as the checkpoint's JSON item
+  restored = _extras(replay="arpo", replay_args="size=2")
+  restored.buffer = loop_extras.buffer_from_record(record, num_questions=6, size=2, width=3)
+  assert _buffer_fields(restored.buffer) == _buffer_fields(ex.buffer) and [len(v) for v in ex.buffer.values()] == [2, 2]
+  negative = loop.Scored(np.zeros((2, 2), np.float32), {})
+  a, sa = ex.score(_rollouts(2, 2, seed=5), prompts, negative, 2)
+  b, sb = restored.score(_rollouts(2, 2, seed=5), prompts, negative, 2)
+  assert sa.row["replayed"] == sb.row["replayed"] == 2
+  for x, y in zip(a + (sa.rewards,), b + (sb.rewards,)):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("corrupt, match", [
+    (lambda r: r.update(format=2), "format"),
+    (lambda r: r["questions"][0].__setitem__(0, 6), "outside"),
+    (lambda r: r["questions"].append(r["questions"][0]), "repeated"),
+    (lambda r: r["questions"][0][1].extend(r["questions"][0][1] * 2), "items"),
+    (lambda r: r["questions"][0][1][0].update(reward=float("nan")), "finite"),
+    (lambda r: r["questions"][0][1][0].update(code="x"), "an item is not"),
+    (lambda r: r["questions"][0][1][0]["arrays"]["logp"].update(dtype="object"), "dtype"),
+    (lambda r: r["questions"][0][1][0]["arrays"]["logp"].update(data="!!"), "base64"),
+    (lambda r: r["questions"][0][1][0]["arrays"]["cmask"].update(data="AAAA"), "bytes")])
+def test_a_corrupt_replay_record_is_refused_naming_what_is_wrong(corrupt, match):
+  ex = _extras(replay="arpo")
+  ex.score(_rollouts(1, 2, seed=1), FakeTask().prompts_for([4]), loop.Scored(np.array([[0, 1]], np.float32), {}), 0)
+  record = json.loads(json.dumps(loop_extras.replay_record(ex.buffer)))
+  loop_extras.buffer_from_record(record, num_questions=6, size=2, width=3)
+  corrupt(record)
+  with pytest.raises(ValueError, match=match):
+    loop_extras.buffer_from_record(record, num_questions=6, size=2, width=3)
+
+
+def test_arpo_resumed_run_equals_the_uninterrupted_run(tmp_path):
+  # every row counts as a success (min_reward < 0), so the untrained model's all-negative groups of questions met
+  # before are replayed: the resumed steps need the buffer of the steps before the cut
+  kw = dict(_tiny(tmp_path), rl_steps=REPLAY_STEPS, checkpoint_every=1, replay="arpo", replay_args="min_reward=-1",
+            prompts_per_step=8)
+  exp.main(exp.Config(**dict(kw, run_dir=str(tmp_path / "full"))), plot=False)
+  exp.main(exp.Config(**dict(kw, run_dir=str(tmp_path / "cut"), rl_steps=REPLAY_CUT)), plot=False)
+  exp.main(exp.Config(**dict(kw, run_dir=str(tmp_path / "cut"))), plot=False)
+  rows = {d: [r for r in read_metrics(tmp_path / d / "metrics.jsonl") if r["phase"] == "rl"] for d in ("full", "cut")}
+  assert any(r["replayed"] for r in rows["full"][REPLAY_CUT:])   # the resumed steps replay stored successes
+  for key in ("loss", "reward", "replayed", "entropy"):   # entropy: of the trained rows, replayed ones included
+    assert [r[key] for r in rows["cut"]] == [r[key] for r in rows["full"]], key
+
+
+REPLAY_STEPS, REPLAY_CUT = 4, 2
+
+
 def test_rest_filter_masks_rejected_groups():
   ex = _extras(group_filter="rest", group_filter_args="max_mean=0.6")
   np.testing.assert_array_equal(ex.valid_rows(np.array([[1, 1], [1, 0], [0, 0]], np.float32)),
