@@ -209,6 +209,11 @@ class Checkpoints:
     return None
 
 
+def donated(tree) -> bool:
+  """Whether any array of `tree` was donated to a jitted call (its buffers deleted: it can be read no more)."""
+  return any(isinstance(x, jax.Array) and x.is_deleted() for x in jax.tree.leaves(tree))
+
+
 class SaveOnSigterm:
   """Context manager: on SIGTERM, call `save_fn()` (a final checkpoint), then exit with status 143.
 
@@ -216,12 +221,15 @@ class SaveOnSigterm:
   so the final save never interleaves with it; a second SIGTERM while the final save runs is ignored.
   With `install=False` no handler is installed (`deferred` blocks then change nothing): on several processes
   jax.distributed's preemption service receives SIGTERM instead, and the run saves at the step
-  `Checkpoints.reached_preemption` names, on every process together.
+  `Checkpoints.reached_preemption` names, on every process together. `ready()` false (what `save_fn` would
+  save is gone, e.g. a train state donated to the step in progress) makes a SIGTERM wait as inside `deferred()`,
+  until the next `deferred()` block ends.
   """
 
-  def __init__(self, save_fn: Callable[[], None], *, install: bool = True):
+  def __init__(self, save_fn: Callable[[], None], *, install: bool = True, ready: Callable[[], bool] = lambda: True):
     self.save_fn = save_fn
     self.install = install
+    self.ready = ready
     self._previous = None
     self._busy = 0
     self._pending = False
@@ -236,7 +244,7 @@ class SaveOnSigterm:
 
   def __enter__(self):
     def handler(signum, frame):
-      if self._busy:
+      if self._busy or not self.ready():
         self._pending = True
         return
       self._stop(signum)

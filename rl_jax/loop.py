@@ -36,7 +36,7 @@ from rl_jax import advantages as advantages_lib
 from rl_jax import loop_extras
 from rl_jax.advantages import batch as batch_adv
 from rl_jax.advantages.stateful import init_reward_stats
-from rl_jax.checkpoint import SaveOnSigterm
+from rl_jax.checkpoint import SaveOnSigterm, donated
 from rl_jax.loop_config import (  # noqa: F401  (re-exported: the loop's public names live on rl_jax.loop)
     LOOP_KEYWORDS, MASK_ADVANTAGE, MC_ADVANTAGES, OBJECTIVE_INPUTS, RESUMABLE, ROLLOUTS, STATEFUL_ADVANTAGES,
     TOKEN_ADVANTAGES, Prompts, RLConfig, Scored, Task, advantage_kwargs, check_methods, command_line, mesh_config,
@@ -185,8 +185,9 @@ def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,
   """RL steps start..cfg.rl_steps: each logs its row (metrics.jsonl, rewards.jsonl, samples.jsonl), is
   evaluated every `eval_every` steps and at the last (`evaluate(params)` -> scalars merged into the row),
   and checkpointed every cfg.checkpoint_every steps and at the last (asynchronously: the next step runs while
-  it is written). SIGTERM on a single process saves a final checkpoint of the last logged step; on several
-  processes, jax's preemption service makes every process save at the same step (`reached_preemption`).
+  it is written). SIGTERM on a single process saves a final checkpoint of the last logged step (once the step in
+  progress has donated that state to its train step, it waits until this step is logged and saves it); on
+  several processes, jax's preemption service makes every process save at the same step (`reached_preemption`).
   Either way the run waits for the write and exits with status 143. Returns (final state, these steps' rows)."""
   cfg, ckpt = run.cfg, rd.ckpt
   adv_state = advantage_state(run, rd, start)
@@ -205,7 +206,9 @@ def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,
 
   history = []
   bar = progress(range(start, cfg.rl_steps), desc=f"RL ({cfg.objective})", enabled=cfg.progress_bar)
-  with SaveOnSigterm(final_checkpoint, install=jax.process_count() == 1) as sigterm:
+  # the step donates live["state"] to its train step: a SIGTERM from then on saves the step's own state once logged
+  with SaveOnSigterm(final_checkpoint, install=jax.process_count() == 1,
+                     ready=lambda: not donated(live["state"])) as sigterm:
     for step in bar:
       state, row, adv_state, record, sample = rl_step(run, live["state"], step, ref_params, adv_state)
       last = step + 1 == cfg.rl_steps
@@ -220,8 +223,9 @@ def train(run: Run, rd: RunDir, state: TrainState, ref_params, start: int, *,
       bar.set_postfix(reward=f"{row['reward']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
       print(f"RL step {step + 1:4d} | " + " | ".join(f"{k} {row[k]:.3f}" for k in STEP_PRINT if k in row)
             + f" | {row['step_seconds']:.1f}s")
-      live.update(state=state, position=step + 1, adv_state=adv_state,   # saved by a SIGTERM from now on
-                  replay=run.extras.replay_state())
+      with sigterm.deferred():
+        live.update(state=state, position=step + 1, adv_state=adv_state,   # saved by a SIGTERM from now on
+                    replay=run.extras.replay_state())
       preempted = ckpt.reached_preemption(step + 1)
       if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or last or preempted):
         with sigterm.deferred():

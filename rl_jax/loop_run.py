@@ -84,7 +84,11 @@ class Run:
     return NamedSharding(self.mesh, sharding.fit_spec(self.mesh, P(sharding.BATCH), (n,) + (1,) * (ndim - 1)))
 
   def place_state(self, state: TrainState) -> TrainState:
-    return jax.device_put(state, self.state_sharding)
+    """The state on the run's shardings, in buffers of its own: the train step donates them, and the parameters
+    it was made from (or a reference placed from them) must stay valid. A jitted copy, since jax.device_put
+    onto several devices reuses the source's buffer for one shard even with may_alias=False (jax 0.10)."""
+    placed = jax.device_put(state, self.state_sharding)
+    return jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=self.state_sharding)(placed)
 
   def place_params(self, params):
     return None if params is None else jax.device_put(params, self.param_sharding)
@@ -171,7 +175,8 @@ class Run:
 
   def train_jit(self, prompt_len: int, batch: RLBatch) -> Callable:
     """Jitted (state, RLBatch) -> (state, metrics) for the layout of `batch` (arrays or ShapeDtypeStructs); on
-    batch.packed when it holds packed rows."""
+    batch.packed when it holds packed rows. The state is donated: the new one is written into its buffers (one
+    copy of parameters and optimizer state per chip, not two), so the state passed in is unusable after."""
     shapes = layout_key(batch)
 
     def build():
@@ -179,7 +184,7 @@ class Run:
                          jit=False, micro_batches=self.micro_batches, packed=batch.packed is not None)
       batch_sh = jax.tree.map(lambda x: self.rows(x.shape[0], len(x.shape)), batch)
       return sharding.jit_global(raw, in_shardings=(self.state_sharding, batch_sh),
-                                 out_shardings=(self.state_sharding, None))
+                                 out_shardings=(self.state_sharding, None), donate_argnums=(0,))
     return self._cached(("step", prompt_len, shapes), build)
 
   def train_step(self, prompt_len: int) -> Callable:

@@ -182,6 +182,21 @@ def test_sigterm_inside_deferred_waits_for_the_block_and_saves_once():
   assert calls == ["block finished", "save"]
 
 
+def test_sigterm_while_the_state_is_donated_waits_for_the_next_deferred_block():
+  state = {"x": jnp.arange(4.0)}
+  jax.jit(lambda s: s, donate_argnums=0)(state)             # its buffers now belong to the call's output
+  assert ckpt_lib.donated(state) and not ckpt_lib.donated({"x": jnp.ones(2), "n": 3})
+  calls, live = [], {"state": state}
+  with pytest.raises(SystemExit) as e:
+    with SaveOnSigterm(lambda: calls.append("save"), ready=lambda: not ckpt_lib.donated(live["state"])) as sigterm:
+      os.kill(os.getpid(), signal.SIGTERM)
+      calls.append("went on")
+      with sigterm.deferred():
+        live["state"] = {"x": jnp.zeros(4)}
+  assert e.value.code == 128 + signal.SIGTERM
+  assert calls == ["went on", "save"]
+
+
 def test_open_run_moves_an_earlier_run_aside_or_refuses_other_settings(tmp_path):
   (tmp_path / "checkpoints" / "step_3").mkdir(parents=True)
   (tmp_path / "metrics.jsonl").write_text('{"step": 3}\n')
@@ -267,6 +282,29 @@ def test_sigterm_during_an_evaluation_keeps_that_steps_row(tmp_path, monkeypatch
     exp.main(tiny(d))
   assert e.value.code == 128 + signal.SIGTERM
   monkeypatch.setattr(exp, "evaluate", real)
+  exp.main(tiny(d))
+  assert_same_rows(rows(d), full)
+
+
+def test_sigterm_after_the_train_step_donated_the_state_saves_that_step(tmp_path, monkeypatch, full):
+  """The train step donates the state it is given: a SIGTERM once step 1 has trained cannot save step 0's state,
+  so step 1 is logged and checkpointed, then the run stops."""
+  d = tmp_path / "run"
+  real = MetricsLogger.log
+
+  def log(self, step, metrics, *, phase="rl"):
+    real(self, step, metrics, phase=phase)
+    if (step, phase) == (1, "rl"):
+      os.kill(os.getpid(), signal.SIGTERM)
+      np.zeros(1).sum()                                        # (Python runs the handler at the next bytecode)
+
+  monkeypatch.setattr(MetricsLogger, "log", log)
+  with pytest.raises(SystemExit) as e:
+    exp.main(tiny(d))
+  assert e.value.code == 128 + signal.SIGTERM
+  assert saved_steps(d / "checkpoints") == [1]                 # not 0: that state went into step 1's update
+  assert [r["step"] for r in rows(d) if r["phase"] == "rl"] == [1]
+  monkeypatch.setattr(MetricsLogger, "log", real)
   exp.main(tiny(d))
   assert_same_rows(rows(d), full)
 
