@@ -12,7 +12,8 @@ where `build(devices, micro_batches, logprob_micro_batches)` returns the run's `
 what is compiled is the run's own sampler, log-prob forward and train step (`rl_jax.loop.ahead_of_time` does
 this for every experiment's `--aot=TOPOLOGY`).
 
-Per function: peak = arguments + outputs + temporaries − aliased (donated) bytes; `fits` when every peak plus
+Per function: peak = arguments + outputs + temporaries − aliased bytes (outputs written into donated arguments:
+the run's train step donates its state, so parameters and optimizer state count once); `fits` when every peak plus
 the resident state the function does not take as an argument (parameters, optimizer state, reference) is
 ≤ 90% of the chip's HBM. `estimate` is an analytic roofline (XLA's cost_analysis counts a scanned layer once).
 """
@@ -430,12 +431,12 @@ def format_report(report: dict) -> str:
   layout = "packed" if report.get("packed") else "plain"
   lines = [f"{report['topology']} ({report['chips']} chips, mesh {report['mesh']}, {layout} rows, {report['hbm_gib']} GiB HBM/chip): "
            f"fits={str(report['fits']).lower()}",
-           "| function | rows | micro-batches | arguments | outputs | temporaries | peak | + resident | total |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| function | rows | micro-batches | arguments | outputs | temporaries | aliased | peak | + resident | total |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for name, f in report["functions"].items():
     lines.append(f"| {name} | {f['rows']} | {f.get('micro_batches', '-')} | {f['argument_gib']:.2f} | "
-                 f"{f['output_gib']:.2f} | {f['temp_gib']:.2f} | {f['peak_gib']:.2f} | {f['resident_other_gib']:.2f} "
-                 f"| {f['total_gib']:.2f} |")
+                 f"{f['output_gib']:.2f} | {f['temp_gib']:.2f} | {f['alias_gib']:.2f} | {f['peak_gib']:.2f} | "
+                 f"{f['resident_other_gib']:.2f} | {f['total_gib']:.2f} |")
   e = report["estimate"]
   lines.append(f"roofline: {e['step_seconds']:.1f} s/step (sampling {e['sample_seconds']:.1f} s, {e['decode_bound']}-"
                f"bound decode; training {e['train_seconds']:.1f} s), {e['tokens_per_second']:.0f} sampled tokens/s, "
