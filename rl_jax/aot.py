@@ -155,6 +155,7 @@ class RunShapes:
   temperature: float = 1.0      # sampling settings (top-p < 1 compiles the nucleus path)
   top_p: float = 1.0
   token_advantages: bool = False   # advantages per token [B, T] (TEMPO) rather than per row [B]
+  rollout: str = "group"        # "tree": TreePO tree rollouts (new_tokens = depth × segment length)
 
 
 def run_shapes(cfg, *, prompt_len: int, new_tokens: int, decode_block: int) -> RunShapes:
@@ -162,11 +163,15 @@ def run_shapes(cfg, *, prompt_len: int, new_tokens: int, decode_block: int) -> R
   counts as configured: 0 = picked from compiled memory)."""
   from rl_jax.loop import TOKEN_ADVANTAGES
   rows = cfg.prompts_per_step * cfg.group_size
+  rollout = getattr(cfg, "rollout", "group")
+  if rollout == "tree":   # a tree's rows hold whole segments: depth ceil(new_tokens / segment) × segment
+    new_tokens = -(-new_tokens // cfg.tree_segment_len) * cfg.tree_segment_len
   return RunShapes(sample_rows=rows, group_size=cfg.group_size, prompt_len=prompt_len, new_tokens=new_tokens,
                    train_rows=rows // cfg.minibatches, logprob_rows=rows, micro_batches=cfg.micro_batches,
                    logprob_micro_batches=cfg.logprob_micro_batches, old_logp=cfg.epochs * cfg.minibatches > 1,
                    reference=cfg.beta > 0, updates=cfg.epochs * cfg.minibatches, decode_block=decode_block,
-                   temperature=cfg.temperature, top_p=cfg.top_p, token_advantages=cfg.advantage in TOKEN_ADVANTAGES)
+                   temperature=cfg.temperature, top_p=cfg.top_p, token_advantages=cfg.advantage in TOKEN_ADVANTAGES,
+                   rollout=rollout)
 
 
 def _rows(run, shape, dtype):
@@ -179,11 +184,13 @@ def abstract_state(run):
 
 
 def sampler_call(run, shapes: RunShapes):
-  """The run's sampler (prefill + KV-cache decode) and its abstract arguments."""
+  """The run's sampler and its abstract arguments: the group sampler (prefill + KV-cache decode), or with
+  --rollout=tree the TreePO tree sampler the loop runs instead (`rl_jax.loop.Run.tree_sampler`)."""
   n = shapes.sample_rows // shapes.group_size
   prompts = _rows(run, (n, shapes.prompt_len), jnp.int32)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(run.mesh, P()))
-  return run.sampler(n, shapes.prompt_len), (abstract_state(run).params, prompts, prompts, key)
+  sampler = run.tree_sampler if shapes.rollout == "tree" else run.sampler
+  return sampler(n, shapes.prompt_len), (abstract_state(run).params, prompts, prompts, key)
 
 
 def packed_rows(run, shapes: RunShapes, n: int):
@@ -387,7 +394,7 @@ def aot_report(topology: str, build: Callable, shapes: RunShapes, *, log: Callab
   mem = compile_memory(*_unpack(sampler_call(run, shapes)))
   functions, error = {"sampler": _entry(mem, total - params, chip, rows=shapes.sample_rows,
                                         kv_cache_len=shapes.prompt_len + shapes.new_tokens)}, None
-  log(f"  sampler: peak {mem['peak_gib']:.2f} GiB [{mem['compile_seconds']:.0f}s compile]")
+  log(f"  sampler ({shapes.rollout}): peak {mem['peak_gib']:.2f} GiB [{mem['compile_seconds']:.0f}s compile]")
   try:
     updates, shapes = measure_updates(on_slice, shapes, chip, resident, log=log)
     functions.update(updates)

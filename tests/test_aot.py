@@ -191,3 +191,20 @@ def test_auto_micro_batches_are_picked_on_the_run_devices(monkeypatch):
   assert picked.logprob_micro_batches == 2
   train = aot.compile_memory(*aot._unpack(aot.train_call(picked, shapes)))
   assert aot.fits(train["peak_gib"], 0.0, chip) and 8 % picked.micro_batches == 0
+
+
+def test_a_tree_rollout_run_compiles_its_tree_sampler_for_a_slice(tmp_path, monkeypatch):
+  """--rollout=tree: --aot compiles the tree sampler the loop runs (not the group sampler), and the log-prob
+  forward and train step on the tree's rows (whole segments: 2 × 2 tokens for a 3-token answer)."""
+  from rl_jax import loop, loop_run
+  from rl_jax.experiments import arithmetic_tiny as exp
+  called = []
+  for name in ("sampler", "tree_sampler"):
+    real = getattr(loop_run.Run, name)
+    monkeypatch.setattr(loop_run.Run, name, lambda self, *a, _r=real, _n=name: called.append(_n) or _r(self, *a))
+  argv = ["--d_model=32", "--prompts_per_step=4", "--group_size=2", "--minibatches=2", "--rollout=tree",
+          "--tree_segment_len=2", "--aot=v5p-8", "--mesh=1,-1,1", "--progress_bar=false"]
+  report = exp.main(loop.command_line(exp.Config(), argv))
+  assert called == ["tree_sampler"] and report["fits"] and report["run"]["rollout"] == "tree"
+  assert exp.build(exp.Config())[0].answer_len == 3 and report["run"]["new_tokens"] == 4
+  assert report["functions"]["sampler"]["kv_cache_len"] == report["run"]["prompt_len"] + 4
