@@ -127,11 +127,6 @@ def batch_shardings(mesh: Mesh, batch):
   return jax.tree.map(lambda x: NamedSharding(mesh, batch_spec(mesh, x)), batch)
 
 
-def cache_spec(mesh: Mesh, shape) -> P:
-  """KV cache [L, B, S, K, hd]: batch over data × fsdp, KV heads over tensor."""
-  return fit_spec(mesh, P(None, BATCH, None, "tensor", None), tuple(shape))
-
-
 def to_host(x) -> np.ndarray:
   """The whole global value of `x` as a numpy array on every process: a plain fetch when this process holds
   every shard, otherwise an all-gather across processes (a multi-host run's sharded rollouts)."""
