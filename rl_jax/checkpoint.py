@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-import pathlib
 import re
 import signal
 import warnings

@@ -12,7 +12,7 @@ def run(tmp_path, mesh):
   cfg = exp.Config(digits=1, d_model=32, sft_steps=20, sft_batch=16, rl_steps=2, prompts_per_step=4, group_size=4,
                    epochs=2, minibatches=2, beta=0.05, dynamic_sampling=True, max_gen_batches=2, eval_every=2,
                    eval_size=8, checkpoint_every=0, mesh=mesh, run_dir=str(tmp_path / mesh.replace(",", "_")),
-                   progress_bar=False)
+                   progress_bar=False, packed=True)      # the loop's default layout (arithmetic_tiny's is plain)
   return exp.main(cfg)
 
 

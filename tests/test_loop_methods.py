@@ -4,9 +4,9 @@ of both experiments, or is refused before any compute with a message naming what
 Each arithmetic_tiny method is its own test (pytest-xdist spreads them over its workers). A worker compiles the
 sampler and the evaluation once and shares them (`rl_jax.loop_run.Run` caches its jitted functions per model and
 settings), so a method costs the compile of its own train step. Objectives that read nothing but the standard
-inputs run on the plain rows (--packed=false, a cheaper compile; packed rows give the same values,
-tests/test_packed_layout.py); those the loop feeds more (entropy, token ids, groups, a key, sampler log-probs)
-run on the default packed rows. GSM8K (--model=tiny-random, its tokenizer loaded once) runs one test over a
+inputs, and the estimators, run on arithmetic_tiny's default plain rows (a cheaper compile; packed rows give the
+same values, tests/test_packed_layout.py); those the loop feeds more (entropy, token ids, groups, a key, sampler
+log-probs) run on packed rows (--packed=true, the loop's default layout). GSM8K (--model=tiny-random, its tokenizer loaded once) runs one test over a
 subset — sampler log-probs, a stateful estimator, and refusals — and, marked slow, every method.
 The loop's jitted functions are compiled here with LLVM's optimisation off (XLA's
 xla_backend_optimization_level=0: the same program, slower code, compiled in about half the time), and
@@ -62,9 +62,9 @@ def argv_of(method) -> list:
   kind, name = method
   if kind == "tree":
     return [f"--advantage={name}", "--rollout=tree"]
-  plain = kind == "objective" and not (registry.needs(objectives.get(name)) or registry.takes(objectives.get(name),
-                                                                                               "group_size"))
-  return [f"--{kind}={name}"] + (["--packed=false"] if plain else [])
+  extra = kind == "objective" and (registry.needs(objectives.get(name)) or registry.takes(objectives.get(name),
+                                                                                          "group_size"))
+  return [f"--{kind}={name}"] + (["--packed=true"] if extra else [])    # arithmetic_tiny's default rows are plain
 
 
 def inputs(kind: str, name: str) -> list:
