@@ -199,16 +199,16 @@ def packed_rows(run, shapes: RunShapes, n: int):
   completions in R rows (R = the row multiple of `Run.pack`), the window the longest span `Run.pack` allows."""
   if not run.cfg.packed:
     return None
-  from rl_jax.packing import Packed, round_up
+  from rl_jax.packing import ROW_FINE, Packed, round_up, target_width, window_width
   p, t, g = shapes.prompt_len, shapes.new_tokens, shapes.group_size
   span = min(p + g * t, 4 * (p + t))                     # Run.pack splits groups longer than 4 plain rows
   parts = -(-(p + g * t) // span) if g > 1 else 1
   from rl_jax.loop import packed_row_multiple
   r = packed_row_multiple(run)
-  s = round_up(max(span, -(-(-(-n // g) * parts * p + n * t) // r)))
-  m = round_up(-(-n * t // r))
+  s = round_up(max(span, -(-(-(-n // g) * parts * p + n * t) // r)), ROW_FINE)
+  m = target_width(-(-n * t // r))
   tok, tgt = _rows(run, (r, s), jnp.int32), _rows(run, (r, m), jnp.int32)
-  return Packed(tok, tok, tok, tok, tgt, tgt, tgt, window=round_up(span))
+  return Packed(tok, tok, tok, tok, tgt, tgt, tgt, window=window_width(span, s))
 
 
 def logprob_call(run, shapes: RunShapes):

@@ -13,7 +13,8 @@ from rl_jax import objectives
 from rl_jax.logprobs import token_logprobs
 from rl_jax.models import init_params, tiny_config
 from rl_jax.models.llama import _attention
-from rl_jax.packing import choose_layout, first_fit, groups_of, layout_stats, pack_groups, round_up
+from rl_jax.packing import (choose_layout, first_fit, groups_of, layout_stats, pack_groups, round_up, target_width,
+                            window_width)
 from rl_jax.prefix_grouper import banded_attention, packed_logprobs, packed_mask
 from rl_jax.train import RLBatch, init_state, make_logprob_fn, make_rl_step
 
@@ -221,7 +222,7 @@ def test_a_loop_run_packed_equals_the_plain_run(tmp_path, monkeypatch):
   assert len(packs) == 2 * (1 + 2 * 2)     # per step: the π_old and reference forwards' batch, 2 epochs × 2 mini-batches
   plain = run(False)
   assert len(packs) == 10
-  assert exp.Config().packed is True                               # the loop's default
+  assert loop_run.RLConfig().packed is True and exp.Config().packed is False   # the loop's default; arithmetic_tiny's
   assert len(packed["history"]) == len(plain["history"]) == 2
   for a, b in zip(packed["history"], plain["history"]):
     assert a["reward"] == b["reward"] and set(a) == set(b)
@@ -231,3 +232,15 @@ def test_a_loop_run_packed_equals_the_plain_run(tmp_path, monkeypatch):
   assert packed["history"][-1]["kl"] > 0                           # the reference forward ran (β > 0)
   assert packed["accuracy"] == plain["accuracy"]
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), packed["params"], plain["params"])
+
+
+def test_the_static_sizes_that_do_not_change_the_positions_are_rounded_coarsely():
+  # N (targets per row) at 1/4 of an octave, the window at 1/2 and never past the row (each new value compiles).
+  assert [target_width(n) for n in (5, 65, 100, 200, 257)] == [8, 80, 112, 224, 320]
+  assert [window_width(n, 4096) for n in (5, 65, 100, 200, 257)] == [8, 96, 128, 256, 384]
+  assert window_width(257, 300) == 300 and window_width(200, 200) == 200
+  tokens, attn = make_batch(ALL, seed=8)
+  rows = pack_groups(tokens, attn, P)
+  spans = [len(p) + sum(len(c) for _, c in m) for p, m in groups_of(tokens, attn, P)]
+  assert max(spans) <= rows.window <= rows.tokens.shape[1]
+  assert rows.window == window_width(max(spans), rows.tokens.shape[1])
