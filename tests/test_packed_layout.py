@@ -244,3 +244,17 @@ def test_the_static_sizes_that_do_not_change_the_positions_are_rounded_coarsely(
   spans = [len(p) + sum(len(c) for _, c in m) for p, m in groups_of(tokens, attn, P)]
   assert max(spans) <= rows.window <= rows.tokens.shape[1]
   assert rows.window == window_width(max(spans), rows.tokens.shape[1])
+
+
+def test_the_packed_shapes_benchmark_counts_shapes_and_restores_the_rounding():
+  from rl_jax import packing
+  from rl_jax.experiments.benchmarks import packed_shapes_bench as bench
+  before = packing.ROW_FINE, packing.TARGET_FINE, packing.WINDOW_FINE
+  with bench.rounding(16, 16, 16):
+    fine = bench.count(steps=4, seed=1)
+  assert (packing.ROW_FINE, packing.TARGET_FINE, packing.WINDOW_FINE) == before
+  coarse = bench.count(steps=4, seed=1)
+  for c in (fine, coarse):
+    assert 1 <= c["logprob_shapes"] <= 4 and 1 <= c["train_shapes"] <= 8
+    assert 1.0 <= c["positions_per_distinct"] <= c["worst"] < 1.5
+  assert coarse["positions_per_distinct"] >= fine["positions_per_distinct"]   # coarser sizes never pack tighter here
