@@ -199,9 +199,9 @@ def packed_rows(run, shapes: RunShapes, n: int):
   completions in R rows (R = the row multiple of `Run.pack`), the window the longest span `Run.pack` allows."""
   if not run.cfg.packed:
     return None
-  from rl_jax.packing import ROW_FINE, Packed, round_up, target_width, window_width
+  from rl_jax.packing import ROW_FINE, Packed, round_up, span_limit, target_width, window_width
   p, t, g = shapes.prompt_len, shapes.new_tokens, shapes.group_size
-  span = min(p + g * t, 4 * (p + t))                     # Run.pack splits groups longer than 4 plain rows
+  span = min(p + g * t, span_limit(p + t))                 # Run.pack splits longer groups
   parts = -(-(p + g * t) // span) if g > 1 else 1
   from rl_jax.loop import packed_row_multiple
   r = packed_row_multiple(run)

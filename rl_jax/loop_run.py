@@ -23,7 +23,7 @@ from rl_jax.distributed import is_main_process
 from rl_jax.loop_config import MC_ADVANTAGES, Prompts, RLConfig, Task, advantage_kwargs, mesh_config, objective_kwargs
 from rl_jax.metrics_log import atomic_write_text
 from rl_jax.models.llama import sampler_dtype
-from rl_jax.packing import pack_groups
+from rl_jax.packing import pack_groups, span_limit
 from rl_jax.sampling import DECODE_BLOCK, Samples, generate_raw
 from rl_jax.train import RLBatch, Rollouts, TrainState, init_state, make_logprob_fn, make_rl_step
 from rl_jax.tree_rollout import TreeRollout, first_width, tree_rollout_raw, tree_to_rollouts, tree_widths
@@ -134,7 +134,7 @@ class Run:
     the devices on the batch axes, so every micro-batch's rows spread over all of them; a group longer than
     4 plain rows is split in parts (so the attention window stays within 4 plain rows)."""
     multiple = packed_row_multiple(self)
-    return pack_groups(tokens, attn_mask, prompt_len, rows_multiple=multiple, max_span=4 * tokens.shape[1])
+    return pack_groups(tokens, attn_mask, prompt_len, rows_multiple=multiple, max_span=span_limit(tokens.shape[1]))
 
   def tree_shape(self) -> dict:
     """max_depth (segments to cover max_new_tokens) and first_width (the smallest power of two that reaches G

@@ -110,6 +110,12 @@ def round_up(n: int, fine: int = 16) -> int:
 ROW_FINE, TARGET_FINE, WINDOW_FINE = 8, 4, 2
 
 
+def span_limit(plain_width: int) -> int:
+  """The longest span the loop packs (`pack_groups`' max_span): 4 plain rows of `plain_width` = P + T tokens;
+  a longer group is split, so the attention window stays within 4 plain rows."""
+  return 4 * plain_width
+
+
 def target_width(n: int) -> int:
   """N: a row's most completion tokens `n`, rounded (TARGET_FINE)."""
   return round_up(n, TARGET_FINE)

@@ -53,7 +53,7 @@ def shape_of(rows: packing.Packed) -> tuple:
 def count(steps: int, seed: int) -> dict:
   """Distinct log-prob and train-step shapes over `steps` steps, and train-step positions / distinct tokens."""
   rng, logprob, train, ratio = np.random.default_rng(seed), set(), set(), []
-  width = 4 * (PROMPT + NEW)                         # rl_jax.loop_run.Run.pack's max_span
+  width = packing.span_limit(PROMPT + NEW)             # as rl_jax.loop_run.Run.pack
   for _ in range(steps):
     tokens, attn = draw_batch(rng)
     logprob.add(shape_of(packing.pack_groups(tokens, attn, PROMPT, max_span=width)))

@@ -30,7 +30,7 @@ from rl_jax.logprobs import token_logprobs
 from rl_jax.machine import cpu_model
 from rl_jax.models import init_params, tiny_config
 from rl_jax.models.config import ModelConfig
-from rl_jax.packing import layout_stats, pack_groups
+from rl_jax.packing import layout_stats, pack_groups, span_limit
 from rl_jax.prefix_grouper import grouped_logprobs
 from rl_jax.train import RLBatch, init_state, make_rl_step
 
@@ -67,7 +67,7 @@ def train_step_table(layers: int, repeats: int):
   opt = optax.adam(1e-5)
   state = init_state(init_params(cfg, jax.random.PRNGKey(0)), opt, jax.random.PRNGKey(1))
   b, t = tokens.shape[0], tokens.shape[1] - width
-  packed = pack_groups(tokens, attn, width, max_span=4 * tokens.shape[1])   # as the loop packs
+  packed = pack_groups(tokens, attn, width, max_span=span_limit(tokens.shape[1]))   # as the loop packs
   stats = layout_stats(packed, tokens, attn)
   batch = RLBatch(jnp.asarray(tokens), jnp.asarray(attn), jnp.asarray(attn[:, width:], jnp.float32), None,
                   jnp.asarray(np.random.default_rng(1).normal(size=b), jnp.float32),
