@@ -12,16 +12,17 @@ sampler does, so each row's tokens and log-probs equal the static sampler's for 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from rl_jax.checks import check_sampling_args
-from rl_jax.decode import DecodeCache, decode_step, decode_weights
+from rl_jax.decode import DecodeCache, decode_step, decode_weights, resolve_cpu_kernels
 from rl_jax.models.config import ModelConfig
 from rl_jax.models.llama import sampler_dtype
-from rl_jax.sampling import Samples, prefill, row_uniforms, sample_tokens
+from rl_jax.sampling import Samples, kernels_for_arrays, prefill, row_uniforms, sample_tokens
 
 Array = jax.Array
 
@@ -76,9 +77,11 @@ def _decode_tick(w, cfg, state: SlotState, row_keys: Array, p: int, max_new_toke
 
 def generate_continuous_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, *,
                             slots: int, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                            top_p: float = 1.0, stop_tokens: Sequence[int] = (), pad_id: int = 0, dtype=None) -> Samples:
+                            top_p: float = 1.0, stop_tokens: Sequence[int] = (), pad_id: int = 0, dtype=None,
+                            cpu_kernels: bool | None = None) -> Samples:
   """`rl_jax.sampling.generate` for N prompts [N, P] (left-padded) through `slots` decode rows, refilled as rows
-  finish. Returns the same [N, max_new_tokens] Samples as the static sampler with the same rng."""
+  finish. Returns the same [N, max_new_tokens] Samples as the static sampler with the same rng (cpu_kernels as
+  there)."""
   check_sampling_args(cfg.vocab_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                       stop_tokens=stop_tokens, pad_id=pad_id)
   n, p = prompts.shape
@@ -90,7 +93,7 @@ def generate_continuous_raw(params: dict, cfg: ModelConfig, prompts: Array, prom
   slots = min(slots, n)
   dtype = sampler_dtype(cfg) if dtype is None else dtype
   cast = params if dtype is None else jax.tree.map(lambda a: a.astype(dtype), params)
-  w = decode_weights(cast, cfg)
+  w = decode_weights(cast, cfg, cpu_kernels=resolve_cpu_kernels(cpu_kernels))
   row_keys = jnp.concatenate([jax.random.split(rng, n), jax.random.split(rng, 1)])
   stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
   s_len = p + max_new_tokens
@@ -117,6 +120,13 @@ def generate_continuous_raw(params: dict, cfg: ModelConfig, prompts: Array, prom
   return Samples(*(x[:n] for x in state.out))
 
 
-STATIC_ARGS = ("cfg", "slots", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id", "dtype")
-generate_continuous = jax.jit(generate_continuous_raw, static_argnames=STATIC_ARGS)
-generate_continuous.__doc__ = generate_continuous_raw.__doc__
+STATIC_ARGS = ("cfg", "slots", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id", "dtype",
+               "cpu_kernels")
+_generate_continuous_jit = jax.jit(generate_continuous_raw, static_argnames=STATIC_ARGS)
+
+
+@functools.wraps(generate_continuous_raw)
+def generate_continuous(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array,
+                        **kw) -> Samples:
+  kw["cpu_kernels"] = kernels_for_arrays(kw.get("cpu_kernels"), params)
+  return _generate_continuous_jit(params, cfg, prompts, prompt_mask, rng, **kw)

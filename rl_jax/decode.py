@@ -14,6 +14,10 @@ compute floor is 2·params·B FLOPs. Four layout choices bring it closer to that
 - The cache is only as long as the current bucket of the loop (see `rl_jax.sampling.generate`), so
   attention reads the filled prefix rounded up to a block, not the whole preallocated length.
 
+On CPU the five projections can instead run through rl_jax's packed-panel kernel (`rl_jax.kernels.cpu`):
+`decode_weights(..., cpu_kernels=True)` packs each float32 weight once per sampler call and `dense` sends a
+packed weight through the FFI call, so no step re-packs a weight as XLA's CPU matmul does on every call.
+
 Sampling draws one uniform per row and inverts the CDF (`sample_tokens`) instead of a Gumbel draw for
 every vocabulary entry; with top-k/top-p it works among the top candidates only.
 """
@@ -26,6 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rl_jax.kernels import cpu as cpu_kernels_lib
 from rl_jax.models.config import ModelConfig
 from rl_jax.models.llama import KVCache, apply_rope, lm_head_weight, rms_norm, rope_frequencies
 
@@ -37,6 +42,7 @@ class DecodeWeights(NamedTuple):
   embed: Array      # [V, D]
   final_norm: Array  # [D]
   head: Array       # [V, D] output projection, output-major (the embedding itself when tied: no copy)
+# With cpu_kernels, w_qkv, w_o, w_gu, w_down and head are `rl_jax.kernels.cpu.PackedWeight`s.
 
 
 class DecodeCache(NamedTuple):
@@ -49,10 +55,12 @@ def _out_major(w: Array) -> Array:
   return jnp.swapaxes(w, 1, 2)
 
 
-def decode_weights(params: dict, cfg: ModelConfig, dtype=None) -> DecodeWeights:
+def decode_weights(params: dict, cfg: ModelConfig, dtype=None, cpu_kernels: bool = False) -> DecodeWeights:
   """Per-layer decode weights (optionally cast, e.g. to bfloat16), each projection stored output-major [N, K]
   and the projections that read the same input concatenated: w_qkv [(H + 2K)·hd, D], w_gu [2F, D] (gate; up),
-  w_o [D, H·hd], w_down [D, F]; b_qkv [(H + 2K)·hd] with qkv_bias. Built once per sampler call."""
+  w_o [D, H·hd], w_down [D, F]; b_qkv [(H + 2K)·hd] with qkv_bias. Built once per sampler call.
+  cpu_kernels: the projections and the head packed for the CPU kernel (float32 weights only; see
+  `resolve_cpu_kernels` for when that is safe)."""
   cast = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))
   st = params["layers"]
   fused = dict(attn_norm=st["attn_norm"], mlp_norm=st["mlp_norm"], w_o=_out_major(st["wo"]),
@@ -63,8 +71,29 @@ def decode_weights(params: dict, cfg: ModelConfig, dtype=None) -> DecodeWeights:
   if cfg.qk_norm:
     fused.update(q_norm=st["q_norm"], k_norm=st["k_norm"])
   layers = tuple({name: cast(w[i]) for name, w in fused.items()} for i in range(cfg.n_layers))
-  head = params["embed"] if cfg.tie_embeddings else params["lm_head"].T
-  return DecodeWeights(layers, cast(params["embed"]), params["final_norm"], cast(head))
+  head = cast(params["embed"] if cfg.tie_embeddings else params["lm_head"].T)
+  if cpu_kernels and head.dtype == jnp.float32:
+    pack = cpu_kernels_lib.pack_panels
+    layers = tuple({**lp, **{name: pack(lp[name]) for name in PROJECTIONS}} for lp in layers)
+    head = pack(head)
+  return DecodeWeights(layers, cast(params["embed"]), params["final_norm"], head)
+
+
+PROJECTIONS = ("w_qkv", "w_o", "w_gu", "w_down")
+
+
+def resolve_cpu_kernels(cpu_kernels: bool | None, devices=None) -> bool:
+  """Whether the sampler packs its weights for the CPU kernel. None (auto): yes when the computation runs on a
+  single CPU device (`devices`, default every device of this process) and the kernel library loads (it is
+  compiled on first use; RL_JAX_CPU_KERNELS=0 turns it off). Never on several devices: a custom call has no
+  sharding rule. True requires the library (error if it cannot be built); False is XLA's matmuls."""
+  if cpu_kernels is None:
+    devices = jax.devices() if devices is None else list(devices)
+    return len(devices) == 1 and devices[0].platform == "cpu" and cpu_kernels_lib.load()
+  if cpu_kernels and not cpu_kernels_lib.load():
+    raise RuntimeError("cpu_kernels=True but rl_jax's CPU kernel library could not be built or is disabled "
+                       f"({cpu_kernels_lib.ops.ENV}); see the log line above, or pass cpu_kernels=None/False.")
+  return bool(cpu_kernels)
 
 
 def decode_cache_from(cache: KVCache) -> DecodeCache:
@@ -99,9 +128,12 @@ def _write_slot(cache_k: Array, cache_v: Array, k: Array, v: Array, slot: Array)
           cache_v.at[rows, :, slot, :].set(v.astype(cache_v.dtype)))
 
 
-def dense(x: Array, w: Array, preferred_element_type=None) -> Array:
+def dense(x: Array, w, preferred_element_type=None) -> Array:
   """x [B, K] · wᵀ for an output-major weight w [N, K] → [B, N] (the layout a small-batch matmul reads fastest
-  on XLA's CPU backend; the contraction runs over both minor axes)."""
+  on XLA's CPU backend; the contraction runs over both minor axes); a `PackedWeight` goes through the CPU
+  kernel (float32)."""
+  if isinstance(w, cpu_kernels_lib.PackedWeight):
+    return cpu_kernels_lib.packed_dense(x, w)
   return jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=preferred_element_type)
 
 

@@ -19,6 +19,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rl_jax import loop_extras, objectives as objectives_lib, sharding
+from rl_jax.decode import resolve_cpu_kernels
 from rl_jax.distributed import is_main_process
 from rl_jax.loop_config import MC_ADVANTAGES, Prompts, RLConfig, Task, advantage_kwargs, mesh_config, objective_kwargs
 from rl_jax.metrics_log import atomic_write_text
@@ -123,7 +124,8 @@ class Run:
           params, self.model_cfg, prompts, mask, rng, max_new_tokens=t.max_new_tokens,
           temperature=self.cfg.temperature, top_p=self.cfg.top_p, stop_tokens=tuple(t.stop_tokens),
           dtype=sampler_dtype(self.model_cfg), decode_block=self.decode_block, group_size=g,
-          temperature_stats=stats, temperature_tau=tau)
+          temperature_stats=stats, temperature_tau=tau,
+          cpu_kernels=resolve_cpu_kernels(None, self.mesh.devices.flat))   # one CPU device only
       rows, out, one = self.rows(n), self.rows(n * g), NamedSharding(self.mesh, P())
       return sharding.jit_global(fn, in_shardings=(self.param_sharding, rows, rows, one) + ((one,) if tau else ()),
                                  out_shardings=Samples(out, out, out))

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from rl_jax.checks import check_sampling_args, check_token_ids
 from rl_jax.models.config import ModelConfig
-from rl_jax.decode import DecodeCache, decode_cache_from, decode_step, decode_weights, grow_cache, repeat_rows
+from rl_jax.decode import (DecodeCache, decode_cache_from, decode_step, decode_weights, grow_cache, repeat_rows,
+                           resolve_cpu_kernels)
 from rl_jax.models.llama import default_positions, forward_with_cache, init_cache, sampler_dtype
 
 Array = jax.Array
@@ -186,7 +187,7 @@ def row_uniforms(row_keys: Array, step: Array) -> Array:
 
 
 STATIC_ARGS = ("cfg", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id", "group_size",
-               "decode_block", "dtype", "temperature_tau")
+               "decode_block", "dtype", "temperature_tau", "cpu_kernels")
 DECODE_BLOCK = 64
 
 
@@ -208,7 +209,7 @@ def decode_buckets(max_new_tokens: int, block: int) -> list[tuple[int, int]]:
 def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, *, max_new_tokens: int,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
                  pad_id: int = 0, group_size: int = 1, decode_block: int = DECODE_BLOCK, dtype=None,
-                 temperature_stats=None, temperature_tau: float = 0.0) -> Samples:
+                 temperature_stats=None, temperature_tau: float = 0.0, cpu_kernels: bool | None = None) -> Samples:
   """Samples `max_new_tokens` tokens per row (temperature 0 = greedy argmax).
 
   Args:
@@ -221,6 +222,9 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
       own); logits, attention softmax and sampling stay float32.
     temperature_stats, temperature_tau: HAPO's adaptive temperature (`entropy_temperature_factor`; stats [4]
       traced, 0 <= τ < 1 static); None or τ = 0 samples at the fixed temperature.
+    cpu_kernels: the decode projections through rl_jax's CPU kernel (`rl_jax.decode.resolve_cpu_kernels`; None:
+      when this process has a single CPU device, `generate` also when the parameters sit on one CPU device;
+      float32 weights only). False: XLA's matmuls.
   Row r's randomness is `jax.random.split(rng, B·G)[r]` folded with the step index (see `row_uniforms`).
   """
   check_sampling_args(cfg.vocab_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -237,7 +241,7 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
   logits, cache = repeat_rows(prefill(cast, cfg, prompts, prompt_mask, dtype), group_size)
   prompt_mask = repeat_rows(prompt_mask, group_size)
   row_keys = jax.random.split(rng, b * group_size)
-  w = decode_weights(cast, cfg)
+  w = decode_weights(cast, cfg, cpu_kernels=resolve_cpu_kernels(cpu_kernels))
   next_pos = jnp.sum(prompt_mask, axis=1)
   stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
 
@@ -275,4 +279,16 @@ _generate_jit = jax.jit(generate_raw, static_argnames=STATIC_ARGS)
 @functools.wraps(generate_raw)
 def generate(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, **kw) -> Samples:
   check_token_ids("prompts", prompts, cfg.vocab_size)   # concrete prompts only: jit cannot look inside
+  kw["cpu_kernels"] = kernels_for_arrays(kw.get("cpu_kernels"), params)
   return _generate_jit(params, cfg, prompts, prompt_mask, rng, **kw)
+
+
+def kernels_for_arrays(cpu_kernels: bool | None, tree) -> bool | None:
+  """`cpu_kernels` resolved from concrete arrays: None → whether every leaf sits on the same single CPU device
+  (and the kernel library loads); an explicit value, or traced leaves, pass through."""
+  leaves = jax.tree.leaves(tree)
+  if cpu_kernels is not None or not leaves or not all(isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+                                                       for a in leaves):
+    return cpu_kernels
+  devices = set().union(*(a.sharding.device_set for a in leaves))
+  return resolve_cpu_kernels(None, devices)

@@ -1,13 +1,17 @@
 """Decode path: inverse-CDF draws == float64 reference, candidate sampling == filter_logits' distribution,
 shared-prompt prefill == repeated prompts, bucketed cache == one bucket, bfloat16 within tolerance, the fused
-output-major decode step == the full forward (QKV bias, QK-norm, untied head) and == the unfused step it replaced."""
+output-major decode step == the full forward (QKV bias, QK-norm, untied head) and == the unfused step it replaced,
+the CPU packed-panel kernel's step == XLA's (and the samplers' tokens equal with and without it)."""
+
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rl_jax.decode import decode_step, decode_weights
+from rl_jax.decode import PROJECTIONS, decode_step, decode_weights, resolve_cpu_kernels
+from rl_jax.kernels.cpu import PackedWeight
 from rl_jax.experiments.benchmarks.decode_previous import previous_decode_step, previous_weights
 from rl_jax.models import forward, init_params, tiny_config
 from rl_jax.sampling import filter_logits, generate, inverse_cdf, prefill, row_uniforms, sample_tokens
@@ -152,3 +156,66 @@ def test_fused_step_samples_the_same_tokens_as_the_unfused_step():
 def test_bad_arguments():
   with pytest.raises(ValueError, match="group_size and decode_block"):
     generate(PARAMS, CFG, IDS, MASK, jax.random.PRNGKey(0), max_new_tokens=2, group_size=0)
+
+
+@pytest.fixture(scope="module")
+def cpu_kernel():
+  from rl_jax.kernels.cpu import build, load
+  if build.compiler() is None and os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+    pytest.skip("no C++ compiler")
+  assert load(), "the CPU kernel library did not build or load (see the log)"
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(qkv_bias=True), dict(tie_embeddings=False, qk_norm=True)])
+def test_cpu_kernel_step_equals_the_xla_step(cpu_kernel, extra):
+  """Stated tolerance: the packed-panel projections change only the float32 summation order: logits within 1e-5
+  (relative to their scale), the tokens drawn with the same keys equal."""
+  cfg = tiny_config(53, max_seq_len=32, **extra)              # vocabulary 53: a head of two panels, the last partial
+  params = init_params(cfg, jax.random.PRNGKey(2))
+  if cfg.qkv_bias:
+    params["layers"] = dict(params["layers"], **{k: 0.1 * jax.random.normal(jax.random.PRNGKey(i), params["layers"][k].shape)
+                                                 for i, k in enumerate(("bq", "bk", "bv"))})
+  w = decode_weights(params, cfg, cpu_kernels=True)
+  assert isinstance(w.head, PackedWeight) and all(isinstance(w.layers[0][n], PackedWeight) for n in PROJECTIONS)
+  a = _decode_logits(decode_step, w, cfg, params, 4)
+  b = _decode_logits(decode_step, decode_weights(params, cfg), cfg, params, 4)
+  scale = float(jnp.abs(b).max())
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * scale, rtol=1e-5)
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  for i in range(5):
+    for kw in (dict(temperature=1.0), dict(temperature=0.0)):
+      np.testing.assert_array_equal(np.asarray(sample_tokens(a[:, i], row_uniforms(keys, i), **kw)[0]),
+                                    np.asarray(sample_tokens(b[:, i], row_uniforms(keys, i), **kw)[0]))
+
+
+def test_samplers_with_and_without_the_cpu_kernel_draw_the_same_tokens(cpu_kernel):
+  """generate / generate_continuous: auto (params on one CPU device) and forced kernels vs XLA's matmuls."""
+  from rl_jax.continuous_sampling import generate_continuous
+  kw = dict(max_new_tokens=6, temperature=1.0, decode_block=4)
+  off = generate(PARAMS, CFG, IDS, MASK, jax.random.PRNGKey(5), cpu_kernels=False, **kw)
+  for flag in (None, True):
+    on = generate(PARAMS, CFG, IDS, MASK, jax.random.PRNGKey(5), cpu_kernels=flag, **kw)
+    np.testing.assert_array_equal(np.asarray(on.tokens), np.asarray(off.tokens))
+    np.testing.assert_allclose(np.asarray(on.logp), np.asarray(off.logp), atol=1e-5)
+  kw.pop("decode_block")
+  c_on, c_off = (generate_continuous(PARAMS, CFG, IDS, MASK, jax.random.PRNGKey(5), slots=2, cpu_kernels=f, **kw)
+                 for f in (True, False))
+  np.testing.assert_array_equal(np.asarray(c_on.tokens), np.asarray(c_off.tokens))
+  np.testing.assert_array_equal(np.asarray(c_on.tokens), np.asarray(off.tokens))
+
+
+def test_cpu_kernel_choice(cpu_kernel, monkeypatch):
+  """Auto: one CPU device only (never a multi-device mesh); bfloat16 weights keep XLA's matmuls; forcing the
+  kernel when it cannot load is an error, auto falls back."""
+  from rl_jax.kernels.cpu import ops
+  cpus = jax.devices("cpu")
+  assert resolve_cpu_kernels(None, cpus[:1]) and not resolve_cpu_kernels(None, cpus[:2])
+  assert not resolve_cpu_kernels(False, cpus[:1])
+  w = decode_weights(jax.tree.map(lambda a: a.astype(jnp.bfloat16), PARAMS), CFG, cpu_kernels=True)
+  assert not isinstance(w.head, PackedWeight) and not isinstance(w.layers[0]["w_qkv"], PackedWeight)
+  monkeypatch.setattr(ops, "_state", {"ok": False})
+  assert not resolve_cpu_kernels(None, cpus[:1])
+  with pytest.raises(RuntimeError, match="cpu_kernels=True"):
+    resolve_cpu_kernels(True)
+  out = generate(PARAMS, CFG, IDS, MASK, jax.random.PRNGKey(5), max_new_tokens=3)   # fallback path still samples
+  assert out.tokens.shape == (3, 3)

@@ -1,0 +1,85 @@
+"""The packed-panel dense layer y = x · Wᵀ on CPU through XLA FFI, with its pure-jnp reference.
+
+`pack_panels` rearranges an output-major weight W [N, K] once into column panels [⌈N/48⌉, K, 48] (N padded with
+zero rows): each panel is the contiguous stream the kernel (packed_dense.cc) reads for 48 output columns. XLA's
+CPU matmul re-packs its weight operand on every call; at a few dozen rows that repacking, not the arithmetic,
+sets its speed, so a weight reused for hundreds of decode steps is packed once here instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import os
+import threading
+
+import jax
+import jax.numpy as jnp
+
+from rl_jax.kernels.cpu.build import build
+
+PANEL = 48                      # columns per panel (kPanel in packed_dense.cc)
+TARGET = "rl_jax_packed_dense"
+ENV = "RL_JAX_CPU_KERNELS"      # "0" disables the kernels (the XLA path runs instead)
+logger = logging.getLogger("rl_jax.kernels.cpu")
+_state: dict = {}
+_lock = threading.Lock()
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PackedWeight:
+  """A weight W [N, K] as panels [⌈N/48⌉, K, 48]: panels[p, k, j] = W[p·48 + j, k], zero past N."""
+  panels: jax.Array
+  n: int = dataclasses.field(metadata=dict(static=True))
+
+
+def pack_panels(w: jax.Array) -> PackedWeight:
+  """W [N, K] (output-major) → PackedWeight; N is padded to a whole panel with zero rows."""
+  n, k = w.shape
+  w = jnp.pad(w, ((0, (-n) % PANEL), (0, 0)))
+  return PackedWeight(jnp.swapaxes(w.reshape(-1, PANEL, k), 1, 2), n)
+
+
+def packed_dense_reference(x: jax.Array, w: PackedWeight) -> jax.Array:
+  """x [M, K] · Wᵀ from the panels in jnp: [M, P·48] cut to N columns (any platform)."""
+  y = jnp.einsum("mk,pkj->mpj", x, w.panels, preferred_element_type=jnp.float32)
+  return y.reshape(x.shape[0], -1)[:, :w.n]
+
+
+def disabled_by_env() -> bool:
+  return os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def load() -> bool:
+  """Builds (first use) and registers the kernel library; False, with one log line saying why, when it cannot
+  be (no compiler, a failed build, or RL_JAX_CPU_KERNELS=0). Decided once per process."""
+  with _lock:
+    if "ok" not in _state:
+      _state["ok"] = _try_load()
+    return _state["ok"]
+
+
+def _try_load() -> bool:
+  if disabled_by_env():
+    logger.warning("rl_jax CPU kernels disabled by %s=0: the decode step uses XLA's matmuls.", ENV)
+    return False
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(build("packed_dense")))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.RlJaxPackedDense), platform="cpu")
+  except (RuntimeError, OSError, AttributeError) as e:
+    logger.warning("rl_jax CPU kernels unavailable (%s): the decode step uses XLA's matmuls.", e)
+    return False
+  return True
+
+
+def packed_dense(x: jax.Array, w: PackedWeight) -> jax.Array:
+  """y [M, N] = x [M, K] · Wᵀ (float32): the FFI kernel when this lowers for CPU, the jnp reference on other
+  platforms. Call `load()` first (it registers the kernel)."""
+  if x.ndim != 2 or x.shape[1] != w.panels.shape[1] or x.dtype != jnp.float32 or w.panels.dtype != jnp.float32:
+    raise ValueError(f"packed_dense wants float32 x [M, {w.panels.shape[1]}] and float32 panels, got x "
+                     f"{x.dtype}{list(x.shape)}, panels {w.panels.dtype}{list(w.panels.shape)}.")
+  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((x.shape[0], w.n), jnp.float32), vmap_method="sequential")
+  return jax.lax.platform_dependent(x, w.panels, cpu=call,
+                                    default=lambda x, p: packed_dense_reference(x, PackedWeight(p, w.n)))

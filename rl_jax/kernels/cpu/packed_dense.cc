@@ -1,0 +1,165 @@
+// y[M, N] = x[M, K] · Wᵀ for a weight W[N, K] packed once into column panels (rl_jax.kernels.cpu.pack_panels):
+// panels[P, K, NR] with panels[p, k, j] = W[p·NR + j, k] (zero where p·NR + j >= N), NR = 48.
+//
+// A register tile of MR rows × NR columns accumulates over k from one broadcast of x and NR/16 vector loads of
+// the panel, the panel being read contiguously. While one panel is multiplied, the next one is prefetched into
+// L2 (spread over the current panel's row blocks): without it each panel's memory read and its arithmetic run
+// one after the other. Panels are split over XLA's intra-op threads when it has several.
+//
+// Written with GCC/Clang vector extensions (no intrinsics): the same source compiles for AVX-512, AVX2 and NEON.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <utility>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kLanes = 16;
+constexpr int kVecs = 3;
+constexpr int kPanel = kLanes * kVecs;   // NR: columns per panel (must match rl_jax.kernels.cpu.PANEL)
+#if defined(__AVX512F__)
+constexpr int kRows = 8;                 // 8 × 3 accumulators + 3 weights + 1 broadcast fit 32 vector registers
+#else
+constexpr int kRows = 4;
+#endif
+
+typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef float vec_u __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
+
+template <size_t... I>
+inline vec splat_lanes(float s, std::index_sequence<I...>) {
+  return vec{(static_cast<void>(I), s)...};
+}
+
+// One broadcast instruction (`vec{} + s` would add a zero first; a lane loop is vectorised with masks).
+inline vec splat(float s) { return splat_lanes(s, std::make_index_sequence<kLanes>{}); }
+
+struct Prefetch {
+  const char* next;    // first line to prefetch, or nullptr
+  const char* end;     // one past the last line
+  int64_t per_k;       // lines per k step (at most 4)
+};
+
+// acc[r][v] = Σ_k x[r, k] · panel[k, 16v : 16v + 16] for R rows; writes R × kPanel floats to y (row stride ldy).
+template <int R>
+void tile(int64_t K, const float* x, int64_t ldx, const float* panel, float* y, int64_t ldy, Prefetch pf) {
+  vec acc[R][kVecs];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kVecs; ++v) acc[r][v] = vec{};
+  for (int64_t k = 0; k < K; ++k) {
+    vec w[kVecs];
+    for (int v = 0; v < kVecs; ++v) w[v] = *reinterpret_cast<const vec_u*>(panel + k * kPanel + v * kLanes);
+    if (pf.next < pf.end) {   // prefetch never faults: the last step may touch a few lines past `end`
+      for (int l = 0; l < 4; ++l)
+        if (l < pf.per_k) __builtin_prefetch(pf.next + 64 * l, 0, 2);
+      pf.next += 64 * pf.per_k;
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const vec xb = splat(x[r * ldx + k]);
+      for (int v = 0; v < kVecs; ++v) acc[r][v] += xb * w[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kVecs; ++v) std::memcpy(y + r * ldy + v * kLanes, &acc[r][v], sizeof(vec));
+}
+
+void tile_rows(int rows, int64_t K, const float* x, int64_t ldx, const float* panel, float* y, int64_t ldy,
+               Prefetch pf) {
+  switch (rows) {
+    case 1: return tile<1>(K, x, ldx, panel, y, ldy, pf);
+    case 2: return tile<2>(K, x, ldx, panel, y, ldy, pf);
+    case 3: return tile<3>(K, x, ldx, panel, y, ldy, pf);
+#if defined(__AVX512F__)
+    case 4: return tile<4>(K, x, ldx, panel, y, ldy, pf);
+    case 5: return tile<5>(K, x, ldx, panel, y, ldy, pf);
+    case 6: return tile<6>(K, x, ldx, panel, y, ldy, pf);
+    case 7: return tile<7>(K, x, ldx, panel, y, ldy, pf);
+#endif
+    default: return tile<kRows>(K, x, ldx, panel, y, ldy, pf);
+  }
+}
+
+// Panels [p0, p1) of y = x · Wᵀ; the last panel's columns beyond N go through a scratch tile.
+void panel_range(int64_t M, int64_t N, int64_t K, const float* x, const float* panels, float* y, int64_t p0,
+                 int64_t p1) {
+  const int64_t panel_floats = K * kPanel, lines = panel_floats * int64_t(sizeof(float)) / 64;
+  const int64_t blocks = (M + kRows - 1) / kRows, per_block = (lines + blocks - 1) / blocks;
+  float scratch[kRows * kPanel];
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* panel = panels + p * panel_floats;
+    const char* next = p + 1 < p1 ? reinterpret_cast<const char*>(panel + panel_floats) : nullptr;
+    const int64_t cols = std::min<int64_t>(kPanel, N - p * kPanel);
+    for (int64_t b = 0; b < blocks; ++b) {
+      Prefetch pf{nullptr, nullptr, std::min<int64_t>(4, (per_block + K - 1) / std::max<int64_t>(K, 1))};
+      if (next) {
+        pf.next = next + std::min(b * per_block, lines) * 64;
+        pf.end = next + std::min((b + 1) * per_block, lines) * 64;
+      }
+      const int rows = int(std::min<int64_t>(kRows, M - b * kRows));
+      const float* xb = x + b * kRows * K;
+      float* yb = y + b * kRows * N + p * kPanel;
+      if (cols == kPanel) {
+        tile_rows(rows, K, xb, K, panel, yb, N, pf);
+      } else {
+        tile_rows(rows, K, xb, K, panel, scratch, kPanel, pf);
+        for (int r = 0; r < rows; ++r) std::memcpy(yb + r * N, scratch + r * kPanel, cols * sizeof(float));
+      }
+    }
+  }
+}
+
+// Work shared by the caller and the pool's tasks: chunks of panels claimed from an atomic counter, so the caller
+// can finish every chunk by itself and never waits for a task that has not started (no deadlock when the pool
+// is busy); it waits only for chunks another thread has claimed and is running (C++20 atomic wait).
+struct Shared {
+  int64_t M, N, K, P, chunks;
+  const float *x, *panels;
+  float* y;
+  std::atomic<int64_t> next{0}, done{0};
+
+  void run() {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
+      panel_range(M, N, K, x, panels, y, c * P / chunks, (c + 1) * P / chunks);
+      done.fetch_add(1, std::memory_order_release);
+      done.notify_all();
+    }
+  }
+
+  void wait() {   // blocks (futex) instead of spinning while another thread finishes its chunk
+    for (int64_t d; (d = done.load(std::memory_order_acquire)) < chunks;) done.wait(d, std::memory_order_acquire);
+  }
+};
+
+ffi::Error packed_dense(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> panels,
+                        ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions(), pd = panels.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || pd.size() != 3 || yd.size() != 2 || pd[2] != kPanel || pd[1] != xd[1] || yd[0] != xd[0] ||
+      yd[1] > pd[0] * kPanel || yd[1] <= (pd[0] - 1) * kPanel)
+    return ffi::Error::InvalidArgument("packed_dense: expected x [M, K], panels [ceil(N / 48), K, 48], y [M, N]");
+  const int64_t M = xd[0], K = xd[1], N = yd[1], P = pd[0];
+  if (M == 0 || N == 0) return ffi::Error::Success();
+  const int64_t threads = std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1), P);
+  auto shared = std::make_shared<Shared>();
+  shared->M = M, shared->N = N, shared->K = K, shared->P = P, shared->chunks = threads;
+  shared->x = x.typed_data(), shared->panels = panels.typed_data(), shared->y = y->typed_data();
+  for (int64_t t = 1; t < threads; ++t) pool.Schedule([shared] { shared->run(); });
+  shared->run();
+  shared->wait();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RlJaxPackedDense, packed_dense,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -1,0 +1,91 @@
+"""The CPU packed-panel dense kernel (rl_jax.kernels.cpu) against a float64 NumPy product over odd shapes, eager
+and jitted; its TPU lowering free of the custom call; the build cache key; the fallback when it cannot load."""
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_jax.kernels.cpu import PANEL, build, ops, pack_panels, packed_dense, packed_dense_reference
+
+
+@pytest.fixture(scope="module")
+def kernel():
+  """The kernel library loaded; skipped only where no C++ compiler exists outside CI (CI must build it)."""
+  if build.compiler() is None and os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+    pytest.skip("no C++ compiler")
+  assert ops.load(), "the CPU kernel library did not build or load (see the log)"
+
+
+def _case(m, k, n, seed=0):
+  rng = np.random.default_rng(seed)
+  x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+  return x, w, x.astype(np.float64) @ w.astype(np.float64).T
+
+
+def _close(got, want, k):
+  """float32 accumulation over k terms: error within a few ulps · √k of the magnitudes summed."""
+  np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=4e-7 * np.sqrt(k) * np.abs(want).max() + 1e-7)
+
+
+SHAPES = [(1, 5, 7), (7, 33, 100), (8, 64, PANEL), (33, 577, 97), (9, 1, 50), (32, 96, 3 * PANEL + 1)]
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_packed_dense_matches_float64_eager_and_jitted(kernel, m, k, n):
+  x, w, want = _case(m, k, n)
+  pw = pack_panels(jnp.asarray(w))
+  assert pw.panels.shape == (-(-n // PANEL), k, PANEL) and pw.n == n
+  _close(packed_dense(jnp.asarray(x), pw), want, k)
+  _close(jax.jit(packed_dense)(jnp.asarray(x), pw), want, k)
+
+
+def test_panels_layout_and_reference():
+  """panels[p, k, j] = W[p·48 + j, k], zero past N; the jnp reference (the non-CPU branch) equals x·Wᵀ."""
+  x, w, want = _case(3, 4, 50)
+  p = np.asarray(pack_panels(jnp.asarray(w)).panels)
+  assert p[1, 2, 1] == w[49, 2] and p[0, 3, 5] == w[5, 3] and not p[1, :, 2:].any()
+  _close(packed_dense_reference(jnp.asarray(x), pack_panels(jnp.asarray(w))), want, 4)
+
+
+def test_tpu_lowering_has_no_custom_call_and_cpu_lowering_has_it(kernel):
+  x, w, _ = _case(4, 8, 20)
+  traced = jax.jit(packed_dense).trace(jnp.asarray(x), pack_panels(jnp.asarray(w)))
+  assert ops.TARGET in traced.lower(lowering_platforms=("cpu",)).as_text()
+  assert ops.TARGET not in traced.lower(lowering_platforms=("tpu",)).as_text()
+
+
+def test_bad_inputs_are_refused_before_the_call(kernel):
+  pw = pack_panels(jnp.ones((10, 6)))
+  with pytest.raises(ValueError, match="float32 x"):
+    packed_dense(jnp.ones((2, 5)), pw)
+  with pytest.raises(ValueError, match="float32 x"):
+    packed_dense(jnp.ones((2, 6), jnp.bfloat16), pw)
+
+
+def test_cache_key_changes_with_source_flags_compiler_and_cpu(monkeypatch, tmp_path):
+  monkeypatch.setenv("RL_JAX_KERNEL_CACHE", str(tmp_path))
+  base = ("int f();", ("-O3",), "g++ 12", "avx512f")
+  path = build.library_path("k", *base)
+  assert path.parent == tmp_path and path == build.library_path("k", *base)
+  for i, other in enumerate(("int g();", ("-O2",), "g++ 13", "avx2")):
+    changed = list(base)
+    changed[i] = other
+    assert build.library_path("k", *changed) != path
+
+
+def test_failed_build_or_env_switch_falls_back_with_one_log_line(monkeypatch, tmp_path, caplog):
+  monkeypatch.setenv("RL_JAX_KERNEL_CACHE", str(tmp_path))
+  monkeypatch.setenv("CXX", "false")             # a "compiler" that always fails
+  with caplog.at_level(logging.WARNING, logger="rl_jax.kernels.cpu"):
+    assert ops._try_load() is False
+  assert len(caplog.records) == 1 and "unavailable" in caplog.records[0].getMessage()
+  assert not list(tmp_path.iterdir())             # no partial file left behind
+  monkeypatch.setenv(ops.ENV, "0")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="rl_jax.kernels.cpu"):
+    assert ops._try_load() is False
+  assert len(caplog.records) == 1 and "disabled" in caplog.records[0].getMessage()
