@@ -89,3 +89,12 @@ def test_failed_build_or_env_switch_falls_back_with_one_log_line(monkeypatch, tm
   with caplog.at_level(logging.WARNING, logger="rl_jax.kernels.cpu"):
     assert ops._try_load() is False
   assert len(caplog.records) == 1 and "disabled" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("flags", ["", "--xla_cpu_multi_thread_eigen=false"])
+def test_split_over_threads_or_single_threaded(kernel, monkeypatch, flags):
+  """Panels split over XLA's intra-op threads, or one thread when XLA's matmuls are made single-threaded."""
+  monkeypatch.setenv("XLA_FLAGS", flags)
+  assert ops.max_threads() == (1 if flags else 0)
+  x, w, want = _case(17, 40, 5 * PANEL - 3, seed=1)
+  _close(packed_dense(jnp.asarray(x), pack_panels(jnp.asarray(w))), want, 40)

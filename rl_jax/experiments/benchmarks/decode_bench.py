@@ -7,7 +7,9 @@ Table 1, one decode step at batch B (prompt P, attention over P + N/2 slots, the
   before   = the first sampler step (stacked layer scan over the whole preallocated cache, Gumbel noise and a
              log-softmax over the full vocabulary);
   previous = the decode step before fused output-major weights (`decode_previous`), T = 1;
-  now      = `rl_jax.decode.decode_step` + `rl_jax.sampling.sample_tokens` (T = 1, greedy, T = 0.6 / top-p 0.95).
+  now      = `rl_jax.decode.decode_step` + `rl_jax.sampling.sample_tokens` (T = 1, greedy, T = 0.6 / top-p 0.95),
+             with the projections and head through rl_jax's CPU packed-panel kernel (`rl_jax.kernels.cpu`, what the
+             samplers use on one CPU device) and, for comparison, through XLA's matmuls (T = 1).
 Each row is timed `--rounds` times, round robin over the rows, and reported as median [min–max] per step.
 Table 2, the GSM8K sampling workload (chat-templated test questions, N new tokens, stop at EOS): useful tokens/s
 (tokens up to and including the stop) of transformers' `generate`, rl_jax's static sampler (one prefill per
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_jax.chat import chat_text, encode_prompts
-from rl_jax.decode import decode_cache_from, decode_step, decode_weights, grow_cache
+from rl_jax.decode import decode_cache_from, decode_step, decode_weights, grow_cache, resolve_cpu_kernels
 from rl_jax.experiments.benchmarks.decode_previous import previous_decode_step, previous_weights
 from rl_jax.models import default_positions, forward_with_cache, init_cache, load_gguf, load_tokenizer, smollm2_gguf_path
 from rl_jax.sampling import filter_logits, row_uniforms, sample_tokens
@@ -95,10 +97,11 @@ def before_steps(params, cfg, p: int, n_new: int):
   return jax.jit(run, donate_argnums=0)
 
 
-def now_steps(params, cfg, p: int, n_new: int, step_fn=decode_step, weights_fn=decode_weights, **sampling):
+def now_steps(params, cfg, p: int, n_new: int, step_fn=decode_step, weights_fn=decode_weights, weights_kw=None,
+              **sampling):
   """STEPS decode steps of `step_fn` (default `decode_step`) + `sample_tokens` with the cache holding P + N/2
-  (+ STEPS) slots."""
-  w = weights_fn(params, cfg)
+  (+ STEPS) slots; `weights_kw` go to `weights_fn`."""
+  w = weights_fn(params, cfg, **(weights_kw or {}))
 
   def run(cache, key_valid, token, keys):
     def step(carry, i):
@@ -150,12 +153,17 @@ def decode_rows(params, cfg, tok, batch: int, p: int, n_new: int) -> list:
            (jax.tree.map(jnp.copy, cache), key_valid, token, jax.random.PRNGKey(0))),
           ("previous (T = 1)", now_steps(params, cfg, p, n_new, previous_decode_step, previous_weights, temperature=1.0),
            (mk_now(jnp.float32), kv_now, token, keys))]
-  for name, kw, dtype in [("now, T = 1", dict(temperature=1.0), jnp.float32),
-                          ("now, greedy", dict(temperature=0.0), jnp.float32),
-                          ("now, T = 0.6, top-p 0.95", dict(temperature=0.6, top_p=0.95), jnp.float32),
-                          ("now, T = 1, bfloat16 weights/KV", dict(temperature=1.0), jnp.bfloat16)]:
+  kernels = resolve_cpu_kernels(None, jax.devices()[:1])
+  for name, kw, dtype, on in [("now, T = 1, XLA matmuls", dict(temperature=1.0), jnp.float32, False),
+                              ("now, T = 1, CPU kernels", dict(temperature=1.0), jnp.float32, kernels),
+                              ("now, greedy, CPU kernels", dict(temperature=0.0), jnp.float32, kernels),
+                              ("now, T = 0.6, top-p 0.95, CPU kernels", dict(temperature=0.6, top_p=0.95), jnp.float32,
+                               kernels),
+                              ("now, T = 1, bfloat16 weights/KV (XLA)", dict(temperature=1.0), jnp.bfloat16, False)]:
     cast = jax.tree.map(lambda a: a.astype(dtype), params)
-    rows.append((name, now_steps(cast, cfg, p, n_new, **kw), (mk_now(dtype), kv_now, token, keys)))
+    name = name if on or "CPU" not in name else name.replace("CPU kernels", "XLA (CPU kernels unavailable)")
+    rows.append((name, now_steps(cast, cfg, p, n_new, weights_kw=dict(cpu_kernels=on), **kw),
+                 (mk_now(dtype), kv_now, token, keys)))
   return rows
 
 

@@ -16,6 +16,7 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rl_jax.kernels.cpu.build import build
 
@@ -74,6 +75,12 @@ def _try_load() -> bool:
   return True
 
 
+def max_threads() -> int:
+  """Threads the kernel may split over: 1 when XLA's own matmuls are made single-threaded
+  (XLA_FLAGS=--xla_cpu_multi_thread_eigen=false), else 0 (all of XLA's intra-op threads)."""
+  return 1 if "--xla_cpu_multi_thread_eigen=false" in os.environ.get("XLA_FLAGS", "") else 0
+
+
 def packed_dense(x: jax.Array, w: PackedWeight) -> jax.Array:
   """y [M, N] = x [M, K] · Wᵀ (float32): the FFI kernel when this lowers for CPU, the jnp reference on other
   platforms. Call `load()` first (it registers the kernel)."""
@@ -81,5 +88,5 @@ def packed_dense(x: jax.Array, w: PackedWeight) -> jax.Array:
     raise ValueError(f"packed_dense wants float32 x [M, {w.panels.shape[1]}] and float32 panels, got x "
                      f"{x.dtype}{list(x.shape)}, panels {w.panels.dtype}{list(w.panels.shape)}.")
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((x.shape[0], w.n), jnp.float32), vmap_method="sequential")
-  return jax.lax.platform_dependent(x, w.panels, cpu=call,
+  return jax.lax.platform_dependent(x, w.panels, cpu=lambda x, p: call(x, p, max_threads=np.int64(max_threads())),
                                     default=lambda x, p: packed_dense_reference(x, PackedWeight(p, w.n)))

@@ -4,7 +4,8 @@
 // A register tile of MR rows × NR columns accumulates over k from one broadcast of x and NR/16 vector loads of
 // the panel, the panel being read contiguously. While one panel is multiplied, the next one is prefetched into
 // L2 (spread over the current panel's row blocks): without it each panel's memory read and its arithmetic run
-// one after the other. Panels are split over XLA's intra-op threads when it has several.
+// one after the other. Panels are split over XLA's intra-op threads when it has several (at most `max_threads`
+// of them when that is > 0).
 //
 // Written with GCC/Clang vector extensions (no intrinsics): the same source compiles for AVX-512, AVX2 and NEON.
 #include <algorithm>
@@ -138,14 +139,15 @@ struct Shared {
 };
 
 ffi::Error packed_dense(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> panels,
-                        ffi::ResultBuffer<ffi::F32> y) {
+                        ffi::ResultBuffer<ffi::F32> y, int64_t max_threads) {
   auto xd = x.dimensions(), pd = panels.dimensions(), yd = y->dimensions();
   if (xd.size() != 2 || pd.size() != 3 || yd.size() != 2 || pd[2] != kPanel || pd[1] != xd[1] || yd[0] != xd[0] ||
       yd[1] > pd[0] * kPanel || yd[1] <= (pd[0] - 1) * kPanel)
     return ffi::Error::InvalidArgument("packed_dense: expected x [M, K], panels [ceil(N / 48), K, 48], y [M, N]");
   const int64_t M = xd[0], K = xd[1], N = yd[1], P = pd[0];
   if (M == 0 || N == 0) return ffi::Error::Success();
-  const int64_t threads = std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1), P);
+  int64_t threads = std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1), P);
+  if (max_threads > 0) threads = std::min(threads, max_threads);
   auto shared = std::make_shared<Shared>();
   shared->M = M, shared->N = N, shared->K = K, shared->P = P, shared->chunks = threads;
   shared->x = x.typed_data(), shared->panels = panels.typed_data(), shared->y = y->typed_data();
@@ -162,4 +164,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RlJaxPackedDense, packed_dense,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("max_threads"));
