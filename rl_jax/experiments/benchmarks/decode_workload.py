@@ -27,19 +27,19 @@ def torch_run(model, ids, mask, n_new, eos, pad, kw):
   import torch
   torch.manual_seed(0)
   with torch.no_grad():
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=n_new, do_sample=True,
                          top_k=0, eos_token_id=eos, pad_token_id=pad, **kw)
-    dt = time.perf_counter() - t0
-  return useful_tokens(out[:, ids.shape[1]:].numpy(), eos), dt
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+  return useful_tokens(out[:, ids.shape[1]:].numpy(), eos), dt, cpu
 
 
 def jax_run(fn, n_rows):
   jax.block_until_ready(fn(jax.random.PRNGKey(1)))          # compile
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   out = jax.block_until_ready(fn(jax.random.PRNGKey(2)))
-  dt = time.perf_counter() - t0
-  return int(np.asarray(out.mask).sum()), dt
+  dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+  return int(np.asarray(out.mask).sum()), dt, cpu
 
 
 def workload_table(params, cfg, tok, path, questions: int, n_new: int, slots: int):
@@ -54,7 +54,8 @@ def workload_table(params, cfg, tok, path, questions: int, n_new: int, slots: in
   model.generate(torch.tensor(ids[:2]), attention_mask=torch.tensor(mask[:2]), max_new_tokens=2, pad_token_id=pad)
   j_ids, j_mask = jnp.asarray(ids), jnp.asarray(mask)
   print(f"\nGSM8K sampling, {questions} questions (prompt width {ids.shape[1]}), up to {n_new} new tokens, stop at "
-        f"EOS; useful tokens/s (tokens up to the stop); torch {torch.__version__}, {torch.get_num_threads()} threads")
+        f"EOS; useful tokens per CPU second of this process (tokens up to the stop), wall-clock rates in brackets; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads")
   print("| sampling | transformers | rl_jax static | rl_jax continuous "
         f"({slots} slots) | static / transformers | continuous / transformers |")
   print("|---|---|---|---|---|---|")
@@ -63,6 +64,7 @@ def workload_table(params, cfg, tok, path, questions: int, n_new: int, slots: in
     static = jax_run(lambda k: generate(params, cfg, j_ids, j_mask, k, **common), questions)
     cont = jax_run(lambda k: generate_continuous(params, cfg, j_ids, j_mask, k, slots=slots, **common), questions)
     ref = torch_run(model, ids, mask, n_new, eos, pad, kw)
-    rate = lambda r: r[0] / r[1]
-    print(f"| {name} | {rate(ref):.1f} | {rate(static):.1f} | {rate(cont):.1f} | {rate(static) / rate(ref):.2f} | "
-          f"{rate(cont) / rate(ref):.2f} |", flush=True)
+    cpu, wall = (lambda r: r[0] / r[2]), (lambda r: r[0] / r[1])
+    cell = lambda r: f"{cpu(r):.1f} [{wall(r):.1f}]"
+    ratio = lambda r: f"{cpu(r) / cpu(ref):.2f} [{wall(r) / wall(ref):.2f}]"
+    print(f"| {name} | {cell(ref)} | {cell(static)} | {cell(cont)} | {ratio(static)} | {ratio(cont)} |", flush=True)
