@@ -19,7 +19,7 @@ def test_quick_mode_prints_one_row_of_positive_finite_numbers(capsys):
   out = capsys.readouterr().out
   lines = [ln for ln in out.splitlines() if ln.startswith("|")]
   assert _cells(lines[0]) == rl_step_bench.HEADER
-  rows = [_cells(ln) for ln in lines[2:]]
+  rows = [_cells(ln) for ln in lines[2:3]]
   assert len(rows) == 1 and rows[0][0].startswith("tiny random Llama")
   model, pxg, tokens, *numbers = rows[0]
   case = rl_step_bench.QUICK["tiny"]
@@ -32,6 +32,27 @@ def test_quick_mode_prints_one_row_of_positive_finite_numbers(capsys):
   assert trl_tps == pytest.approx(float(tokens) / trl_s, rel=0.02)
   assert ratio == pytest.approx(jax_tps / trl_tps, rel=0.02)
   assert "machine:" in out and "trl " in out
+  # the phase table: CPU seconds (wall in brackets) of generation and the rest per side, their ratios, the floors
+  assert len(lines) == 6 and _cells(lines[3]) == rl_step_bench.phase_header("TRL")
+  phases = _cells(lines[5])
+  assert phases[:3] == [model, pxg, tokens]
+  cpu = [float(c.split()[0]) for c in phases[3:7]]
+  wall = [float(c.split()[1].strip("()")) for c in phases[3:7]]
+  assert all(math.isfinite(v) and v > 0 for v in cpu + wall)
+  assert wall[0] + wall[1] == pytest.approx(jax_s, rel=0.3) and wall[2] + wall[3] == pytest.approx(trl_s, rel=0.3)
+  gen_ratio, rest_ratio, gen_floor, rest_floor = (float(c.rstrip("x")) for c in phases[7:])
+  assert gen_ratio == pytest.approx(cpu[2] / cpu[0], rel=0.02) and rest_ratio == pytest.approx(cpu[3] / cpu[1], rel=0.02)
+  assert 0 < gen_floor < cpu[0] and 0 < rest_floor < cpu[1]   # a floor no implementation gets under
+  assert "load average" in out
+
+
+def test_gsm8k_case_is_the_experiments_cpu_default_step():
+  from rl_jax.experiments.gsm8k_smollm2 import Config
+
+  cfg, case = Config(), rl_step_bench.FULL["gsm8k"]
+  assert (case.prompts, case.group, case.new_tokens, case.remat) == (cfg.prompts_per_step, cfg.group_size,
+                                                                       cfg.max_new_tokens, cfg.remat)
+  assert (case.prompts, case.group, case.new_tokens) == (8, 4, 192)
 
 
 def test_rejects_unknown_models_and_bad_steps():

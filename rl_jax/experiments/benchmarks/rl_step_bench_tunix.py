@@ -19,10 +19,12 @@ vLLM and SGLang need an accelerator), with an end-of-sequence id outside the voc
 stops early, as on the rl_jax side (`stop_tokens=()`).
 
 tunix's step is timed from the start of its rollout (`_generate_and_compute_advantage`) to the end of
-`update_actor`; its first step (jit compilation) is reported separately, as is rl_jax's. Each figure is
+`update_actor`; its first step (jit compilation) is reported separately, as is rl_jax's. The phase table
+(as in `rl_step_bench`) counts tunix's `_generate_and_compute_advantage` as its generation (rollouts,
+reward and advantages) and the rest of its step as the rest. Each figure is
 the median over `--steps` timed steps. tunix needs `pip install google-tunix` (0.1.7 installs on CPU).
 
-  python -m rl_jax.experiments.benchmarks.rl_step_bench_tunix [--models=tiny,smollm2] [--steps=3] [--quick]
+  python -m rl_jax.experiments.benchmarks.rl_step_bench_tunix [--models=tiny,smollm2,gsm8k] [--steps=3] [--quick]
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import statistics
 import tempfile
 import time
 
@@ -39,9 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rl_jax.experiments.benchmarks.rl_step_bench import (LR, QUICK, SEED, Case, arg_parser, char_tokenizer,  # noqa: F401
-                                                  chat_prompts, compare, format_table, header, reward_fn,
+from rl_jax.experiments.benchmarks.decode_bench import load_average
+from rl_jax.experiments.benchmarks.rl_step_bench import (LR, QUICK, SEED, Case, Timing, arg_parser,  # noqa: F401
+                                                  char_tokenizer, chat_prompts, clocks, compare, format_phases,
+                                                  format_table, gsm8k_prompts, header, medians, reward_fn,
                                                   select_cases, tiny_prompts)
+from rl_jax.experiments.benchmarks.rl_step_floor import measured_rates
 from rl_jax.models import forward, init_params, save_hf_folder, tiny_config
 from rl_jax.machine import cpu_model
 
@@ -58,13 +62,14 @@ def tiny_model(case: Case):
 
 
 def smollm2_model(case: Case):
-  """(params, cfg, tokenizer, chat-formatted prompts) of SmolLM2-135M-Instruct from its GGUF."""
+  """(params, cfg, tokenizer, chat-formatted prompts) of SmolLM2-135M-Instruct from its GGUF (GSM8K's prompts for
+  the gsm8k case)."""
   from rl_jax.models import load_gguf, load_tokenizer, smollm2_gguf_path
 
   path = smollm2_gguf_path()
   params, cfg = load_gguf(path)
   tok = load_tokenizer(path)
-  return params, cfg, tok, chat_prompts(tok)
+  return params, cfg, tok, gsm8k_prompts(tok) if case.name == "gsm8k" else chat_prompts(tok)
 
 
 def tunix_model(params, cfg, folder: str, mesh):
@@ -136,32 +141,33 @@ def bench_tunix(case: Case, params, cfg, tok, prompts, steps: int) -> dict:
                                  loss_agg_mode="sequence-mean-token-mean")
   learner = grpo_learner.GRPOLearner(rl_cluster=cluster, reward_fns=reward_fn, algo_config=algo)
 
-  marks = {"begin": [], "end": [], "tokens": []}
+  marks = {"begin": [], "end": [], "gen": [], "tokens": []}
   generate_and_advantage, update_actor = learner._generate_and_compute_advantage, cluster.update_actor
 
   def timed_generate(training_input, mode=rl_cluster_lib.Mode.TRAIN):
-    if mode == rl_cluster_lib.Mode.TRAIN:
-      marks["begin"].append(time.perf_counter())
+    start = clocks()
     example = generate_and_advantage(training_input, mode)
-    marks["tokens"].append(float(np.asarray(example.completion_mask).sum()))
+    if mode == rl_cluster_lib.Mode.TRAIN:
+      marks["begin"].append(start)
+      marks["gen"].append(clocks() - start)
+      marks["tokens"].append(float(np.asarray(example.completion_mask).sum()))
     return example
 
   def timed_update(*args, **kwargs):
     out = update_actor(*args, **kwargs)
     jax.block_until_ready(nnx_params(cluster.actor_trainer.model))
-    marks["end"].append(time.perf_counter())
+    marks["end"].append(clocks())
     return out
 
   learner._generate_and_compute_advantage = timed_generate
   cluster.update_actor = timed_update
-  data = grain.MapDataset.source([prompts[i % len(prompts)] for i in range(total * p)]).batch(p).map(
-      lambda x: {"prompts": x})
+  data = grain.MapDataset.source([prompts[i % len(prompts)] for i in range(total * p)]).batch(p).map(lambda x: {"prompts": x})
   learner.train(data)
-  times = [e - b for b, e in zip(marks["begin"], marks["end"])]
-  if len(times) != total:
-    raise RuntimeError(f"tunix ran {len(times)} steps, expected {total}.")
-  return {"seconds": statistics.median(times[1:]), "tokens": statistics.median(marks["tokens"][1:]),
-          "first": times[0], "note": rope_note}
+  if len(marks["end"]) != total or len(marks["begin"]) != total:
+    raise RuntimeError(f"tunix ran {len(marks['end'])} steps, expected {total}.")
+  timed = [Timing(*(e - b), *gen, n, float("nan"))
+           for b, e, gen, n in zip(marks["begin"][1:], marks["end"][1:], marks["gen"][1:], marks["tokens"][1:])]
+  return dict(medians(timed), first=(marks["end"][0] - marks["begin"][0])[0], note=rope_note)
 
 
 def nnx_params(model):
@@ -182,6 +188,7 @@ def machine_line() -> str:
 def run(models=("tiny", "smollm2"), steps: int = 3, quick: bool = False) -> tuple[str, list[dict]]:
   """Runs the benchmark; returns (markdown table + notes, one dict per model row)."""
   chosen = select_cases(models, steps, quick)
+  load = load_average()
 
   def build(name, case):
     return (*(tiny_model if name == "tiny" else smollm2_model)(case), None)
@@ -190,7 +197,10 @@ def run(models=("tiny", "smollm2"), steps: int = 3, quick: bool = False) -> tupl
     return bench_tunix(case, params, cfg, tok, prompts, steps)
 
   rows = compare(chosen, steps, build, tunix, "tunix")
-  return format_table(rows, "tunix", "tunix", machine_line()), rows
+  tables = [format_table(rows, "tunix", "tunix", machine_line()),
+            format_phases(rows, "tunix", "tunix", measured_rates()[1]),
+            f"1-minute load average {load} at the start, {load_average()} at the end"]
+  return "\n\n".join(tables), rows
 
 
 def main(argv=None):
