@@ -142,12 +142,16 @@ def attention_bias(allowed: Array) -> Array:
   return jnp.where(allowed, 0.0, -1e30).astype(jnp.float32)
 
 
-def _cache_attention(q: Array, cache_k: Array, cache_v: Array, bias: Array, cfg: ModelConfig) -> Array:
+def _cache_attention(q: Array, cache_k: Array, cache_v: Array, bias: Array, cfg: ModelConfig,
+                     cpu_kernel: bool = False) -> Array:
   """softmax(q·kᵀ/√hd + bias) v for one query per row: q [B, H, hd], bias [B, S] → [B, H·hd] (float32 math;
-  q is scaled before the product, exact when hd is a power of 4)."""
+  q is scaled before the product, exact when hd is a power of 4). cpu_kernel (float32 cache): one pass over
+  the cache in `rl_jax.kernels.cpu.decode_attention`."""
   b = q.shape[0]
   kh, hd = cfg.n_kv_heads, cfg.head_dim
   q = q.reshape(b, kh, cfg.n_heads // kh, hd).astype(jnp.float32) * (1.0 / math.sqrt(hd))
+  if cpu_kernel and cache_k.dtype == jnp.float32:
+    return cpu_kernels_lib.decode_attention(q, cache_k, cache_v, bias).reshape(b, cfg.n_heads * hd)
   scores = jnp.einsum("bkgd,bkds->bkgs", q, cache_k.astype(jnp.float32)) + bias[:, None, None, :]
   probs = jax.nn.softmax(scores, axis=-1)
   return jnp.einsum("bkgs,bksd->bkgd", probs, cache_v.astype(jnp.float32)).reshape(b, kh * (cfg.n_heads // kh) * hd)
@@ -169,7 +173,8 @@ def decode_layer(cfg: ModelConfig, inv_freq: Array, x: Array, lp: dict, cache_k:
     q, k = rms_norm(q, lp["q_norm"], cfg.rms_eps), rms_norm(k, lp["k_norm"], cfg.rms_eps)
   q, k = apply_rope(q, positions[:, None], inv_freq)[:, 0], apply_rope(k, positions[:, None], inv_freq)[:, 0]
   cache_k, cache_v = _write_slot(cache_k, cache_v, k, v, slot)
-  x = x + dense(_cache_attention(q, cache_k, cache_v, bias, cfg).astype(x.dtype), lp["w_o"])
+  kernel = isinstance(lp["w_o"], cpu_kernels_lib.PackedWeight)   # packed weights: the step runs the CPU kernels
+  x = x + dense(_cache_attention(q, cache_k, cache_v, bias, cfg, kernel).astype(x.dtype), lp["w_o"])
   gu = dense(rms_norm(x, lp["mlp_norm"], cfg.rms_eps), lp["w_gu"])
   f = cfg.ffn_dim
   x = x + dense(jax.nn.silu(gu[:, :f]) * gu[:, f:], lp["w_down"])

@@ -1,6 +1,8 @@
 """C++ kernels for the CPU backend, called through XLA FFI and compiled on first use (see README.md)."""
 
 from rl_jax.kernels.cpu import build, ops
-from rl_jax.kernels.cpu.ops import PANEL, PackedWeight, load, pack_panels, packed_dense, packed_dense_reference
+from rl_jax.kernels.cpu.ops import (PANEL, PackedWeight, decode_attention, decode_attention_reference, load,
+                                   pack_panels, packed_dense, packed_dense_reference)
 
-__all__ = ["build", "ops", "PANEL", "PackedWeight", "load", "pack_panels", "packed_dense", "packed_dense_reference"]
+__all__ = ["build", "ops", "PANEL", "PackedWeight", "decode_attention", "decode_attention_reference", "load",
+           "pack_panels", "packed_dense", "packed_dense_reference"]

@@ -22,6 +22,9 @@ from rl_jax.kernels.cpu.build import build
 
 PANEL = 48                      # columns per panel (kPanel in packed_dense.cc)
 TARGET = "rl_jax_packed_dense"
+ATTENTION_TARGET = "rl_jax_decode_attention"
+LIBRARIES = {"packed_dense": ((TARGET, "RlJaxPackedDense"),),                     # source stem → (target, symbol)
+             "decode_attention": ((ATTENTION_TARGET, "RlJaxDecodeAttention"),)}
 ENV = "RL_JAX_CPU_KERNELS"      # "0" disables the kernels (the XLA path runs instead)
 logger = logging.getLogger("rl_jax.kernels.cpu")
 _state: dict = {}
@@ -67,8 +70,10 @@ def _try_load() -> bool:
     logger.warning("rl_jax CPU kernels disabled by %s=0: the decode step uses XLA's matmuls.", ENV)
     return False
   try:
-    lib = ctypes.cdll.LoadLibrary(str(build("packed_dense")))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.RlJaxPackedDense), platform="cpu")
+    for stem, targets in LIBRARIES.items():
+      lib = ctypes.cdll.LoadLibrary(str(build(stem)))
+      for target, symbol in targets:
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   except (RuntimeError, OSError, AttributeError) as e:
     logger.warning("rl_jax CPU kernels unavailable (%s): the decode step uses XLA's matmuls.", e)
     return False
@@ -90,3 +95,25 @@ def packed_dense(x: jax.Array, w: PackedWeight) -> jax.Array:
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((x.shape[0], w.n), jnp.float32), vmap_method="sequential")
   return jax.lax.platform_dependent(x, w.panels, cpu=lambda x, p: call(x, p, max_threads=np.int64(max_threads())),
                                     default=lambda x, p: packed_dense_reference(x, PackedWeight(p, w.n)))
+
+
+def decode_attention_reference(q: jax.Array, keys: jax.Array, values: jax.Array, bias: jax.Array) -> jax.Array:
+  """softmax(q·keys + bias) · values in jnp: q [B, K, G, hd] (pre-scaled), keys [B, K, hd, S], values
+  [B, K, S, hd], bias [B, S] → [B, K, G, hd] (float32)."""
+  scores = jnp.einsum("bkgd,bkds->bkgs", q, keys) + bias[:, None, None, :]
+  return jnp.einsum("bkgs,bksd->bkgd", jax.nn.softmax(scores, axis=-1), values)
+
+
+def decode_attention(q: jax.Array, keys: jax.Array, values: jax.Array, bias: jax.Array) -> jax.Array:
+  """One-token attention over a KV cache (decode_attention.cc) when this lowers for CPU, the jnp reference on
+  other platforms; float32 operands, shapes as in `decode_attention_reference`. Call `load()` first."""
+  b, k, g, hd = q.shape
+  s = keys.shape[-1]
+  want = {"keys": (b, k, hd, s), "values": (b, k, s, hd), "bias": (b, s)}
+  got = {"keys": keys.shape, "values": values.shape, "bias": bias.shape}
+  if got != want or s == 0 or any(a.dtype != jnp.float32 for a in (q, keys, values, bias)):
+    raise ValueError(f"decode_attention wants float32 keys/values/bias of shapes {want} (S > 0) for q "
+                     f"{list(q.shape)}, got {got} and dtypes {[a.dtype for a in (q, keys, values, bias)]}.")
+  call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct(q.shape, jnp.float32), vmap_method="sequential")
+  return jax.lax.platform_dependent(q, keys, values, bias, default=decode_attention_reference,
+                                    cpu=lambda *a: call(*a, max_threads=np.int64(max_threads())))

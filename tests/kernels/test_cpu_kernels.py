@@ -1,5 +1,6 @@
-"""The CPU packed-panel dense kernel (rl_jax.kernels.cpu) against a float64 NumPy product over odd shapes, eager
-and jitted; its TPU lowering free of the custom call; the build cache key; the fallback when it cannot load."""
+"""The CPU kernels (rl_jax.kernels.cpu), packed-panel dense and decode attention, against float64 NumPy over odd
+shapes, eager and jitted; their TPU lowerings free of the custom calls; the build cache key; the fallback when
+the library cannot load."""
 
 import logging
 import os
@@ -98,3 +99,39 @@ def test_split_over_threads_or_single_threaded(kernel, monkeypatch, flags):
   assert ops.max_threads() == (1 if flags else 0)
   x, w, want = _case(17, 40, 5 * PANEL - 3, seed=1)
   _close(packed_dense(jnp.asarray(x), pack_panels(jnp.asarray(w))), want, 40)
+
+
+def _attention_case(b, k, g, hd, s, seed=0):
+  rng = np.random.default_rng(seed)
+  q = (0.3 * rng.standard_normal((b, k, g, hd))).astype(np.float32)
+  keys, values = (rng.standard_normal(shape).astype(np.float32) for shape in ((b, k, hd, s), (b, k, s, hd)))
+  bias = np.where(rng.random((b, s)) < 0.3, -1e30, 0.0).astype(np.float32)
+  bias[:, -1] = 0.0
+  if b > 1:
+    bias[1] = -1e30                                  # a row with every slot masked: uniform, as XLA's softmax
+  scores = np.einsum("bkgd,bkds->bkgs", q.astype(np.float64), keys) + bias[:, None, None, :]
+  p = np.exp(scores - scores.max(-1, keepdims=True))
+  want = np.einsum("bkgs,bksd->bkgd", p / p.sum(-1, keepdims=True), values)
+  return tuple(map(jnp.asarray, (q, keys, values, bias))), want
+
+
+@pytest.mark.parametrize("b,k,g,hd,s", [(1, 1, 1, 16, 1), (2, 3, 3, 64, 264), (3, 2, 4, 20, 37), (2, 1, 7, 8, 80),
+                                        (4, 2, 2, 128, 17)])
+def test_decode_attention_matches_float64(kernel, b, k, g, hd, s):
+  """Cache attention (GQA groups of 1–7 query heads, hd and S not multiples of 16, masked slots) within float32
+  rounding of a float64 softmax: eager, jitted, and the jnp reference the non-CPU branch runs."""
+  args, want = _attention_case(b, k, g, hd, s)
+  for fn in (ops.decode_attention, jax.jit(ops.decode_attention), ops.decode_attention_reference):
+    np.testing.assert_allclose(np.asarray(fn(*args)), want, rtol=0, atol=2e-5 * np.sqrt(s))
+
+
+def test_decode_attention_lowers_for_tpu_without_the_custom_call_and_refuses_bad_shapes(kernel):
+  args, _ = _attention_case(2, 1, 2, 16, 9)
+  traced = jax.jit(ops.decode_attention).trace(*args)
+  assert ops.ATTENTION_TARGET in traced.lower(lowering_platforms=("cpu",)).as_text()
+  assert ops.ATTENTION_TARGET not in traced.lower(lowering_platforms=("tpu",)).as_text()
+  q, keys, values, bias = args
+  with pytest.raises(ValueError, match="decode_attention wants"):
+    ops.decode_attention(q, keys, values[:, :, :-1], bias)
+  with pytest.raises(ValueError, match="decode_attention wants"):
+    ops.decode_attention(q, keys.astype(jnp.bfloat16), values, bias)
