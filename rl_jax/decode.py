@@ -158,9 +158,10 @@ def _cache_attention(q: Array, cache_k: Array, cache_v: Array, bias: Array, cfg:
 
 
 def decode_layer(cfg: ModelConfig, inv_freq: Array, x: Array, lp: dict, cache_k: Array, cache_v: Array,
-                 slot: Array, positions: Array, bias: Array) -> tuple[Array, Array, Array]:
+                 slot: Array, positions: Array, bias: Array, cpu_attention: bool = True) -> tuple[Array, Array, Array]:
   """One pre-norm decoder block for one token per row: x [B, D], positions [B]; writes this token's
-  k/v at `slot` first, then attends over the cache with the additive mask `bias` [B, S]."""
+  k/v at `slot` first, then attends over the cache with the additive mask `bias` [B, S] (through the CPU kernel
+  when the weights are packed for the CPU kernels, unless cpu_attention is False)."""
   b = x.shape[0]
   nq, nk = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
   qkv = dense(rms_norm(x, lp["attn_norm"], cfg.rms_eps), lp["w_qkv"])
@@ -173,7 +174,7 @@ def decode_layer(cfg: ModelConfig, inv_freq: Array, x: Array, lp: dict, cache_k:
     q, k = rms_norm(q, lp["q_norm"], cfg.rms_eps), rms_norm(k, lp["k_norm"], cfg.rms_eps)
   q, k = apply_rope(q, positions[:, None], inv_freq)[:, 0], apply_rope(k, positions[:, None], inv_freq)[:, 0]
   cache_k, cache_v = _write_slot(cache_k, cache_v, k, v, slot)
-  kernel = isinstance(lp["w_o"], cpu_kernels_lib.PackedWeight)   # packed weights: the step runs the CPU kernels
+  kernel = cpu_attention and isinstance(lp["w_o"], cpu_kernels_lib.PackedWeight)
   x = x + dense(_cache_attention(q, cache_k, cache_v, bias, cfg, kernel).astype(x.dtype), lp["w_o"])
   gu = dense(rms_norm(x, lp["mlp_norm"], cfg.rms_eps), lp["w_gu"])
   f = cfg.ffn_dim
@@ -182,15 +183,17 @@ def decode_layer(cfg: ModelConfig, inv_freq: Array, x: Array, lp: dict, cache_k:
 
 
 def decode_step(w: DecodeWeights, cfg: ModelConfig, cache: DecodeCache, token: Array, positions: Array, slot: Array,
-                allowed: Array) -> tuple[Array, DecodeCache]:
+                allowed: Array, cpu_attention: bool = True) -> tuple[Array, DecodeCache]:
   """Logits [B, V] (float32) of the next token after `token` [B] at `positions` [B], written at cache `slot`;
-  `allowed` [B, S] marks the cache slots each row may attend."""
+  `allowed` [B, S] marks the cache slots each row may attend. With weights packed for the CPU kernels
+  (`decode_weights(..., cpu_kernels=True)`) the attention runs in the CPU kernel too, unless cpu_attention is
+  False (for comparisons)."""
   inv_freq = rope_frequencies(cfg)
   bias = attention_bias(allowed)
   x = w.embed[token]
   ks, vs = [], []
   for lp, ck, cv in zip(w.layers, cache.k, cache.v):
-    x, ck, cv = decode_layer(cfg, inv_freq, x, lp, ck, cv, slot, positions, bias)
+    x, ck, cv = decode_layer(cfg, inv_freq, x, lp, ck, cv, slot, positions, bias, cpu_attention)
     ks.append(ck)
     vs.append(cv)
   h = rms_norm(x, w.final_norm, cfg.rms_eps)

@@ -9,7 +9,10 @@ Table 1, one decode step at batch B (prompt P, attention over P + N/2 slots, the
   previous = the decode step before fused output-major weights (`decode_previous`), T = 1;
   now      = `rl_jax.decode.decode_step` + `rl_jax.sampling.sample_tokens` (T = 1, greedy, T = 0.6 / top-p 0.95),
              with the projections and head through rl_jax's CPU packed-panel kernel (`rl_jax.kernels.cpu`, what the
-             samplers use on one CPU device) and, for comparison, through XLA's matmuls (T = 1).
+             samplers use on one CPU device, with the attention over the cache in its CPU kernel) and, for
+             comparison, through XLA's matmuls and XLA's attention (T = 1).
+Every row takes its weights as an argument of the jitted steps (as the samplers, which build them inside their
+jit; weights closed over as constants let XLA fold their layout changes at compile time and hold one copy per row).
 Each row is timed `--rounds` times, round robin over the rows, and reported as median [min–max] per step.
 Table 2, the GSM8K sampling workload (chat-templated test questions, N new tokens, stop at EOS): useful tokens/s
 (tokens up to and including the stop) of transformers' `generate`, rl_jax's static sampler (one prefill per
@@ -80,9 +83,10 @@ def load_average() -> str:
     return f.read().split()[0]
 
 
-def before_steps(params, cfg, p: int, n_new: int):
-  """STEPS decode steps of the previous sampler: layer scan over the stacked cache of P + N slots (T = 1)."""
-  def run(cache, key_valid, token, rng):
+def before_steps(cfg, p: int, n_new: int):
+  """STEPS decode steps of the previous sampler: layer scan over the stacked cache of P + N slots (T = 1);
+  run(cache, key_valid, token, rng, params)."""
+  def run(cache, key_valid, token, rng, params):
     def step(carry, i):
       cache, token, rng = carry
       rng, sub = jax.random.split(rng)
@@ -93,24 +97,22 @@ def before_steps(params, cfg, p: int, n_new: int):
       logp = jnp.take_along_axis(jax.nn.log_softmax(filtered, -1), token[:, None], -1)
       return (cache, token, rng), logp
     (cache, token, rng), _ = jax.lax.scan(step, (cache, token, rng), jnp.arange(n_new // 2, n_new // 2 + STEPS))
-    return cache, key_valid, token, rng
+    return cache, key_valid, token, rng, params
   return jax.jit(run, donate_argnums=0)
 
 
-def now_steps(params, cfg, p: int, n_new: int, step_fn=decode_step, weights_fn=decode_weights, weights_kw=None,
-              **sampling):
+def now_steps(cfg, p: int, n_new: int, step_fn=decode_step, step_kw=None, **sampling):
   """STEPS decode steps of `step_fn` (default `decode_step`) + `sample_tokens` with the cache holding P + N/2
-  (+ STEPS) slots; `weights_kw` go to `weights_fn`."""
-  w = weights_fn(params, cfg, **(weights_kw or {}))
-
-  def run(cache, key_valid, token, keys):
+  (+ STEPS) slots; run(cache, key_valid, token, keys, w) takes the decode weights as an argument, as the
+  samplers do (they build them inside their jit), and rows that share weights hold one copy."""
+  def run(cache, key_valid, token, keys, w):
     def step(carry, i):
       cache, token = carry
-      logits, cache = step_fn(w, cfg, cache, token, jnp.full(token.shape, p + i), p + i, key_valid)
+      logits, cache = step_fn(w, cfg, cache, token, jnp.full(token.shape, p + i), p + i, key_valid, **(step_kw or {}))
       token, logp = sample_tokens(logits, row_uniforms(keys, i), **sampling)
       return (cache, token), logp
     (cache, token), _ = jax.lax.scan(step, (cache, token), jnp.arange(n_new // 2, n_new // 2 + STEPS))
-    return cache, key_valid, token, keys
+    return cache, key_valid, token, keys, w
   return jax.jit(run, donate_argnums=0)
 
 
@@ -149,21 +151,25 @@ def decode_rows(params, cfg, tok, batch: int, p: int, n_new: int) -> list:
   mk_now = lambda dtype: jax.tree.map(lambda a: a.astype(dtype), grow_cache(decode_cache_from(
       jax.tree.map(lambda a: a[:, :, :s_now], cache)), s_now))
   keys = jax.random.split(jax.random.PRNGKey(0), batch)
-  rows = [("before (T = 1)", before_steps(params, cfg, p, n_new),
-           (jax.tree.map(jnp.copy, cache), key_valid, token, jax.random.PRNGKey(0))),
-          ("previous (T = 1)", now_steps(params, cfg, p, n_new, previous_decode_step, previous_weights, temperature=1.0),
-           (mk_now(jnp.float32), kv_now, token, keys))]
+  rows = [("before (T = 1)", before_steps(cfg, p, n_new),
+           (jax.tree.map(jnp.copy, cache), key_valid, token, jax.random.PRNGKey(0), params)),
+          ("previous (T = 1)", now_steps(cfg, p, n_new, previous_decode_step, temperature=1.0),
+           (mk_now(jnp.float32), kv_now, token, keys, previous_weights(params, cfg)))]
   kernels = resolve_cpu_kernels(None, jax.devices()[:1])
+  weights = {}
+  xla_attention = dict(temperature=1.0, step_kw=dict(cpu_attention=False))
   for name, kw, dtype, on in [("now, T = 1, XLA matmuls", dict(temperature=1.0), jnp.float32, False),
+                              ("now, T = 1, CPU matmul kernels, XLA attention", xla_attention, jnp.float32, kernels),
                               ("now, T = 1, CPU kernels", dict(temperature=1.0), jnp.float32, kernels),
                               ("now, greedy, CPU kernels", dict(temperature=0.0), jnp.float32, kernels),
-                              ("now, T = 0.6, top-p 0.95, CPU kernels", dict(temperature=0.6, top_p=0.95), jnp.float32,
-                               kernels),
+                              ("now, T = 0.6, top-p 0.95, CPU kernels", dict(temperature=0.6, top_p=0.95),
+                               jnp.float32, kernels),
                               ("now, T = 1, bfloat16 weights/KV (XLA)", dict(temperature=1.0), jnp.bfloat16, False)]:
-    cast = jax.tree.map(lambda a: a.astype(dtype), params)
-    name = name if on or "CPU" not in name else name.replace("CPU kernels", "XLA (CPU kernels unavailable)")
-    rows.append((name, now_steps(cast, cfg, p, n_new, weights_kw=dict(cpu_kernels=on), **kw),
-                 (mk_now(dtype), kv_now, token, keys)))
+    if (dtype, on) not in weights:
+      weights[dtype, on] = decode_weights(jax.tree.map(lambda a: a.astype(dtype), params), cfg, cpu_kernels=on)
+    name += " (CPU kernels unavailable: XLA)" if "CPU" in name and not on else ""
+    rows.append((name, now_steps(cfg, p, n_new, **kw),
+                 (mk_now(dtype), kv_now, token, keys, weights[dtype, on])))
   return rows
 
 
