@@ -16,7 +16,8 @@ compute floor is 2·params·B FLOPs. Four layout choices bring it closer to that
 
 On CPU the five projections can instead run through rl_jax's packed-panel kernel (`rl_jax.kernels.cpu`):
 `decode_weights(..., cpu_kernels=True)` packs each float32 weight once per sampler call and `dense` sends a
-packed weight through the FFI call, so no step re-packs a weight as XLA's CPU matmul does on every call.
+packed weight through the FFI call, so no step re-packs a weight as XLA's CPU matmul does on every call; with
+packed weights the attention over a float32 cache runs in the CPU kernel too (one pass over each head's cache).
 
 Sampling draws one uniform per row and inverts the CDF (`sample_tokens`) instead of a Gumbel draw for
 every vocabulary entry; with top-k/top-p it works among the top candidates only.
