@@ -378,7 +378,10 @@ def compare(chosen, steps: int, build: Callable, bench_peer: Callable, peer: str
     params, cfg, tok, prompts, model = build(name, case)
     prompts = prompts[:(steps + 1) * case.prompts]   # the steps' own prompts: one padded width, their longest
     ours = bench_rl_jax(case, params, cfg, tok, prompts, steps)
+    print(f"[{name}] rl_jax " + ", ".join(f"{k} {v:.4g}" for k, v in ours.items()), file=sys.stderr, flush=True)
     theirs = bench_peer(case, model, params, cfg, tok, prompts, steps)
+    print(f"[{name}] {peer} " + ", ".join(f"{k} {v:.4g}" for k, v in theirs.items() if isinstance(v, (int, float))),
+          file=sys.stderr, flush=True)
     rows.append({"model": LABELS[name].format(d=case.d_model, v=case.vocab), "case": case, "cfg": cfg, "rl_jax": ours,
                  peer: theirs, "rl_jax_tps": ours["tokens"] / ours["seconds"],
                  f"{peer}_tps": theirs["tokens"] / theirs["seconds"]})
