@@ -3,6 +3,7 @@ shared-prompt prefill == repeated prompts, bucketed cache == one bucket, bfloat1
 output-major decode step == the full forward (QKV bias, QK-norm, untied head) and == the unfused step it replaced,
 the CPU packed-panel kernel's step == XLA's (and the samplers' tokens equal with and without it)."""
 
+import functools
 import os
 
 import jax
@@ -179,8 +180,10 @@ def test_cpu_kernel_step_equals_the_xla_step(cpu_kernel, extra):
   assert isinstance(w.head, PackedWeight) and all(isinstance(w.layers[0][n], PackedWeight) for n in PROJECTIONS)
   a = _decode_logits(decode_step, w, cfg, params, 4)
   b = _decode_logits(decode_step, decode_weights(params, cfg), cfg, params, 4)
+  c = _decode_logits(functools.partial(decode_step, cpu_attention=False), w, cfg, params, 4)   # matmul kernel only
   scale = float(jnp.abs(b).max())
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * scale, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(c), np.asarray(b), atol=1e-5 * scale, rtol=1e-5)
   keys = jax.random.split(jax.random.PRNGKey(3), 3)
   for i in range(5):
     for kw in (dict(temperature=1.0), dict(temperature=0.0)):
