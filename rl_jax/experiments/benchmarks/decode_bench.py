@@ -218,7 +218,7 @@ def main(argv=None):
   ap.add_argument("--new-tokens", type=int, default=256)
   ap.add_argument("--questions", type=int, default=0, help="GSM8K workload size (0: skip table 2)")
   ap.add_argument("--slots", type=int, default=16)
-  ap.add_argument("--rounds", type=int, default=3, help="timed calls per row of the decode table")
+  ap.add_argument("--rounds", type=int, default=3, help="timed calls per row of the decode table (0: skip table 1)")
   args = ap.parse_args(argv)
   from rl_jax.machine import describe
   print(describe())
@@ -226,7 +226,8 @@ def main(argv=None):
   params, cfg = load_gguf(path)
   params = jax.tree.map(jnp.asarray, params)
   tok = load_tokenizer(path)
-  decode_table(params, cfg, tok, args.batch, args.prompt, args.new_tokens, args.rounds)
+  if args.rounds:
+    decode_table(params, cfg, tok, args.batch, args.prompt, args.new_tokens, args.rounds)
   if args.questions:
     from rl_jax.experiments.benchmarks.decode_workload import workload_table
     workload_table(params, cfg, tok, path, args.questions, args.new_tokens, args.slots)
