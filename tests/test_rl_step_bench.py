@@ -43,7 +43,7 @@ def test_quick_mode_prints_one_row_of_positive_finite_numbers(capsys):
   gen_ratio, rest_ratio, gen_floor, rest_floor = (float(c.rstrip("x")) for c in phases[7:])
   assert gen_ratio == pytest.approx(cpu[2] / cpu[0], rel=0.02) and rest_ratio == pytest.approx(cpu[3] / cpu[1], rel=0.02)
   assert 0 < gen_floor < cpu[0] and 0 < rest_floor < cpu[1]   # a floor no implementation gets under
-  assert "load average" in out
+  assert "load average" in out and "timed steps compiled for" in out
 
 
 def test_gsm8k_case_is_the_experiments_cpu_default_step():
@@ -62,3 +62,16 @@ def test_rejects_unknown_models_and_bad_steps():
     rl_step_bench.run(("tiny",), steps=0, quick=True)
   with pytest.raises(ValueError, match="tiny model only"):
     rl_step_bench.run(("smollm2",), quick=True)
+
+
+def test_compile_seconds_grow_with_a_new_compilation_only():
+  import jax
+  import jax.numpy as jnp
+
+  before = rl_step_bench.compile_seconds()
+  f = jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)
+  f(jnp.ones(7)).block_until_ready()
+  compiled = rl_step_bench.compile_seconds()
+  assert compiled > before
+  f(jnp.ones(7)).block_until_ready()             # cached: no compilation
+  assert rl_step_bench.compile_seconds() == compiled

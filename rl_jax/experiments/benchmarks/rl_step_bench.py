@@ -232,6 +232,24 @@ class Timing(NamedTuple):
   gen_cpu: float
   tokens: float
   prompt_tokens: float   # tokens of the step's P prompts (no padding)
+  compile: float = 0.0   # seconds of jax compilation inside the step (a packed layout not seen before)
+
+
+_COMPILE_SECONDS = []
+
+
+def compile_seconds() -> float:
+  """Seconds jax has spent compiling in this process since the first call (tracing, lowering, XLA compile),
+  from jax.monitoring's /jax/core/compile/ duration events."""
+  if not _COMPILE_SECONDS:
+    _COMPILE_SECONDS.append(0.0)
+    jax.monitoring.register_event_duration_secs_listener(_count_compile)
+  return _COMPILE_SECONDS[0]
+
+
+def _count_compile(event: str, duration: float, **_):
+  if event.startswith("/jax/core/compile/"):
+    _COMPILE_SECONDS[0] += duration
 
 
 def clocks() -> np.ndarray:
@@ -258,11 +276,11 @@ def bench_rl_jax(case: Case, params, cfg, tok, prompts, steps: int) -> dict:
   state = run.init_state(jax.tree.map(jnp.asarray, params), jax.random.PRNGKey(SEED))
 
   def one_step(state, k):
-    start = clocks()
+    start, compiled = clocks(), compile_seconds()
     state, row, *_ = loop.rl_step(run, state, k, None, None)
     jax.block_until_ready(state.params)
     (wall, cpu), (gen, gen_cpu) = clocks() - start, task.gen[1] - task.gen[0]
-    return state, Timing(wall, cpu, gen, gen_cpu, task.tokens, task.prompt_tokens)
+    return state, Timing(wall, cpu, gen, gen_cpu, task.tokens, task.prompt_tokens, compile_seconds() - compiled)
 
   state, first = one_step(state, 0)
   timed = []
@@ -464,7 +482,8 @@ def format_phases(rows, peer: str, label: str, rates: Rates) -> str:
   notes = [f"{r['model']}: generation floor = prefill {r['floors']['generation']['prefill']:.3g} s + "
            f"{r['floors']['generation']['decode_steps']} decode steps {r['floors']['generation']['decode']:.3g} s "
            f"({r['floors']['generation']['read_bound_steps']} of them bound by reads, prompt width "
-           f"{r['rl_jax']['width']})" for r in rows]
+           f"{r['rl_jax']['width']}); rl_jax's timed steps compiled for {r['rl_jax']['compile']:.3g} s (median; a "
+           f"packed layout the warm-up step did not have), inside its rest" for r in rows]
   return "\n".join(lines + [""] + notes + [
       f"CPU seconds per step (wall in brackets), medians; floors at {rates.flops / 1e9:.1f} GFLOP/CPU-s "
       f"(2048^3 float32 matmul) and {rates.read / 1e9:.1f} GB/CPU-s (256 MiB sum), measured in this process"])
