@@ -19,7 +19,7 @@ shaped rewards) → filter → advantages. `Extras` holds the host-side state (p
 from __future__ import annotations
 
 import base64
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 

@@ -18,7 +18,6 @@ ever needs the `window` keys before it (banded attention: rl_jax.prefix_grouper.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
 import jax

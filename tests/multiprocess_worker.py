@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from multiprocess_case import build_case, run_steps  # noqa: E402
+from multiprocess_case import build_case  # noqa: E402
 from rl_jax.sharding import MeshConfig, batch_shardings, make_mesh, state_shardings  # noqa: E402
 
 

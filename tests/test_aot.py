@@ -8,12 +8,10 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from rl_jax import aot
 from rl_jax.models import tiny_config
-from rl_jax.sharding import MeshConfig, make_mesh
 
 
 @pytest.mark.parametrize("name,topology,chips", [

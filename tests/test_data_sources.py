@@ -4,7 +4,6 @@
 import dataclasses
 import hashlib
 import re
-import shutil
 import urllib.error
 
 import pytest

@@ -4,7 +4,6 @@ metrics count every rollout batch of dynamic sampling."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from rl_jax import loop
 from rl_jax.experiments import arithmetic_tiny as exp

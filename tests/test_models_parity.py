@@ -50,7 +50,7 @@ def test_logits_match_transformers(kind, tmp_path):
 
 
 def test_left_padding_matches_unpadded_rows(tmp_path):
-  model = save_tiny("qwen2", tmp_path)
+  save_tiny("qwen2", tmp_path)
   params, cfg = load_hf_folder(tmp_path)
   tokens = np.random.default_rng(2).integers(0, COMMON["vocab_size"], (1, 10))
   padded = np.concatenate([np.zeros((1, 3), np.int64), tokens], axis=1)

@@ -76,7 +76,6 @@ def test_runner_contains_exceptions_and_hangs():
 
 
 def test_pass_at_k_is_the_unbiased_estimator():
-  rng = np.random.default_rng(0)
   for n, c, k in [(10, 3, 1), (10, 3, 5), (8, 0, 4), (8, 8, 2), (5, 2, 5)]:
     correct = [1] * c + [0] * (n - c)
     exact = np.mean([any(correct[i] for i in s) for s in combinations(range(n), k)])  # all k-subsets

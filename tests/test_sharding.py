@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rl_jax import advantages, objectives
 from rl_jax.models import init_params, tiny_config
-from rl_jax.sharding import (MeshConfig, batch_shardings, jit_sharded_step, make_mesh, param_specs, shard,
+from rl_jax.sharding import (MeshConfig, jit_sharded_step, make_mesh, param_specs, shard,
                              state_shardings)
 from rl_jax.train import RLBatch, init_state, make_rl_step
 

@@ -1,6 +1,5 @@
 """Synthetic tasks: arithmetic and countdown generators and their exact verifiers."""
 
-import numpy as np
 import pytest
 
 from rl_jax.tasks import ArithmeticTask, CountdownTask, evaluate_expression

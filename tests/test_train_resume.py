@@ -1,13 +1,11 @@
 """Reliability of the training loop: resume == uninterrupted, corrupt checkpoints, strict config."""
 
 import dataclasses
-import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
-import warnings
 
 import jax
 import jax.numpy as jnp

@@ -66,7 +66,7 @@ def train_step_table(layers: int, repeats: int):
   width = 192
   opt = optax.adam(1e-5)
   state = init_state(init_params(cfg, jax.random.PRNGKey(0)), opt, jax.random.PRNGKey(1))
-  b, t = tokens.shape[0], tokens.shape[1] - width
+  b = tokens.shape[0]
   packed = pack_groups(tokens, attn, width, max_span=span_limit(tokens.shape[1]))   # as the loop packs
   stats = layout_stats(packed, tokens, attn)
   batch = RLBatch(jnp.asarray(tokens), jnp.asarray(attn), jnp.asarray(attn[:, width:], jnp.float32), None,
