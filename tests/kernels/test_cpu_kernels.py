@@ -78,6 +78,30 @@ def test_cache_key_changes_with_source_flags_compiler_and_cpu(monkeypatch, tmp_p
     assert build.library_path("k", *changed) != path
 
 
+def test_cache_key_covers_the_shared_header(monkeypatch, tmp_path):
+  """An edit to a header beside the sources changes the text every library's key is computed from."""
+  monkeypatch.setattr(build, "SOURCE_DIR", tmp_path)
+  (tmp_path / "k.cc").write_text('#include "common.h"\nint f() { return g(); }\n')
+  (tmp_path / "common.h").write_text("inline int g() { return 1; }\n")
+  before = build.source_text("k")
+  (tmp_path / "common.h").write_text("inline int g() { return 2; }\n")
+  assert build.source_text("k") != before and "return 2" in build.source_text("k")
+  assert build.library_path("k", before, ("-O3",), "g++", "cpu") != build.library_path(
+      "k", build.source_text("k"), ("-O3",), "g++", "cpu")
+
+
+def test_wheel_ships_every_kernel_source_and_header():
+  """Each non-Python file the build compiles from (rl_jax/kernels/cpu/*.cc, *.h) matches a package-data pattern."""
+  import fnmatch
+  import tomllib
+  from pathlib import Path
+  root = Path(__file__).resolve().parents[2]
+  patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["*"]
+  sources = [p.name for p in build.SOURCE_DIR.iterdir() if p.suffix in (".cc", ".h")]
+  assert {".cc", ".h"} <= {Path(n).suffix for n in sources}
+  assert all(any(fnmatch.fnmatch(n, pat) for pat in patterns) for n in sources), (sources, patterns)
+
+
 def test_failed_build_or_env_switch_falls_back_with_one_log_line(monkeypatch, tmp_path, caplog):
   monkeypatch.setenv("RL_JAX_KERNEL_CACHE", str(tmp_path))
   monkeypatch.setenv("CXX", "false")             # a "compiler" that always fails

@@ -19,8 +19,10 @@ Table 2, the GSM8K sampling workload (chat-templated test questions, N new token
 prompt) and the continuous-batching sampler (`slots` rows, refilled as rows finish).
 
 CPU seconds of this process are shown next to wall seconds, with the floor in CPU seconds: on a shared machine
-run single-threaded (XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"), where CPU
-time does not count the time other processes hold the cores.
+compare CPU seconds of a run pinned to one core, where CPU time does not count the time other processes hold it:
+  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false" OMP_NUM_THREADS=1 taskset -c 1 python -m ...decode_bench
+(the flag makes XLA's matmuls and the CPU kernels single-threaded; taskset keeps XLA's other intra-op work on the
+same core. `intra_op_parallelism_threads` is not an XLA flag: inside XLA_FLAGS it stops XLA's flag parsing.)
 
   python -m rl_jax.experiments.benchmarks.decode_bench [--batch=32] [--prompt=128] [--new-tokens=256] [--rounds=3]
                                                         [--questions=32]

@@ -63,19 +63,28 @@ def cache_key(source: str, flags: tuple[str, ...], cxx_version: str, cpu: str) -
   return h.hexdigest()[:24]
 
 
+def source_text(name: str) -> str:
+  """The text the library of <name>.cc is built from: the source and every header of SOURCE_DIR (sorted by name),
+  so an edit to a shared header changes the cache key of every library."""
+  parts = [(SOURCE_DIR / f"{name}.cc").read_text()]
+  parts += [f"// {h.name}\n{h.read_text()}" for h in sorted(SOURCE_DIR.glob("*.h"))]
+  return "\n".join(parts)
+
+
 def library_path(name: str, source: str, flags: tuple[str, ...], cxx_version: str, cpu: str) -> Path:
   """The cached library file for one build: <cache>/<name>-<key>.so."""
   return cache_dir() / f"{name}-{cache_key(source, flags, cxx_version, cpu)}.so"
 
 
 def build(name: str) -> Path:
-  """The shared library of SOURCE_DIR/<name>.cc, compiled on first use (RuntimeError when it cannot be)."""
+  """The shared library of SOURCE_DIR/<name>.cc and the headers beside it, compiled on first use (RuntimeError
+  when it cannot be)."""
   cxx = compiler()
   if cxx is None:
     raise RuntimeError("no C++ compiler found (set CXX or install g++)")
   src = SOURCE_DIR / f"{name}.cc"
   flags = FLAGS + (f"-I{jax.ffi.include_dir()}",)
-  out = library_path(name, src.read_text(), FLAGS, compiler_version(cxx), cpu_identity())
+  out = library_path(name, source_text(name), FLAGS, compiler_version(cxx), cpu_identity())
   if out.exists():
     return out
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,34 +7,18 @@
 // front to back (the cache is contiguous over (b, head, ·, ·), so one layer is two long sequential reads the
 // hardware prefetcher follows), and the next head's keys and values are prefetched into L2 while the current
 // head is computed. Scores live in a [G, S] scratch in L1; the softmax uses a vectorised exp.
-// (row, kv head) pairs are split over XLA's intra-op threads as in packed_dense.cc.
+// (row, kv head) pairs are split over XLA's intra-op threads (common.h).
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <utility>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "common.h"
 
 namespace {
 
-constexpr int kLanes = 16;
-typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
-typedef float vec_u __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
-typedef int32_t ivec __attribute__((vector_size(kLanes * sizeof(int32_t))));
-
-template <size_t... I>
-inline vec splat_lanes(float s, std::index_sequence<I...>) {
-  return vec{(static_cast<void>(I), s)...};
-}
-inline vec splat(float s) { return splat_lanes(s, std::make_index_sequence<kLanes>{}); }
-inline vec load(const float* p) { return *reinterpret_cast<const vec_u*>(p); }
-inline void store(float* p, vec v) { *reinterpret_cast<vec_u*>(p) = v; }
+using namespace rl_jax_cpu;
 
 // exp(x) for x <= 0: x = n·ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial (relative error ≈ 2e-7), 2^n
 // through the exponent bits; 0 below −87 (where float32 e^x underflows; masked slots land there).
@@ -218,33 +202,18 @@ void head(const Dims& d, const float* q, const float* keys, const float* values,
   });
 }
 
-struct Shared {
-  Dims d;
-  const float *q, *keys, *values, *bias;
-  float* out;
-  int64_t chunks;
-  std::atomic<int64_t> next{0}, done{0};
-
-  void run() {
-    std::vector<float> scores(d.G * d.S), tail((d.hd + 1) * kLanes);
-    const int64_t pairs = d.B * d.K;
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-      const int64_t i0 = c * pairs / chunks, i1 = (c + 1) * pairs / chunks, block = d.hd * d.S;
-      for (int64_t i = i0; i < i1; ++i) {
-        const bool more = i + 1 < i1;
-        head(d, q + i * d.G * d.hd, keys + i * block, values + i * block, bias + i / d.K * d.S, out + i * d.G * d.hd,
-             scores.data(), tail.data(), more ? reinterpret_cast<const char*>(keys + (i + 1) * block) : nullptr,
-             more ? reinterpret_cast<const char*>(values + (i + 1) * block) : nullptr);
-      }
-      done.fetch_add(1, std::memory_order_release);
-      done.notify_all();
-    }
+// Pairs [i0, i1) of (row, kv head), the next pair's keys and values prefetched while one is computed.
+void head_range(const Dims& d, const float* q, const float* keys, const float* values, const float* bias, float* out,
+                int64_t i0, int64_t i1) {
+  std::vector<float> scores(d.G * d.S), tail((d.hd + 1) * kLanes);
+  const int64_t block = d.hd * d.S;
+  for (int64_t i = i0; i < i1; ++i) {
+    const bool more = i + 1 < i1;
+    head(d, q + i * d.G * d.hd, keys + i * block, values + i * block, bias + i / d.K * d.S, out + i * d.G * d.hd,
+         scores.data(), tail.data(), more ? reinterpret_cast<const char*>(keys + (i + 1) * block) : nullptr,
+         more ? reinterpret_cast<const char*>(values + (i + 1) * block) : nullptr);
   }
-
-  void wait() {
-    for (int64_t n; (n = done.load(std::memory_order_acquire)) < chunks;) done.wait(n, std::memory_order_acquire);
-  }
-};
+}
 
 ffi::Error decode_attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> keys,
                             ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::F32> bias,
@@ -258,15 +227,12 @@ ffi::Error decode_attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::
   Dims d{qd[0], qd[1], qd[2], qd[3], kd[3]};
   if (d.B * d.K * d.G * d.hd == 0) return ffi::Error::Success();
   if (d.S == 0) return ffi::Error::InvalidArgument("decode_attention: an empty cache has no softmax");
-  int64_t threads = std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1), d.B * d.K);
-  if (max_threads > 0) threads = std::min(threads, max_threads);
-  auto shared = std::make_shared<Shared>();
-  shared->d = d, shared->chunks = threads;
-  shared->q = q.typed_data(), shared->keys = keys.typed_data(), shared->values = values.typed_data();
-  shared->bias = bias.typed_data(), shared->out = out->typed_data();
-  for (int64_t t = 1; t < threads; ++t) pool.Schedule([shared] { shared->run(); });
-  shared->run();
-  shared->wait();
+  const int64_t pairs = d.B * d.K, chunks = thread_count(pool, pairs, max_threads);
+  const float *qp = q.typed_data(), *kp = keys.typed_data(), *vp = values.typed_data(), *bp = bias.typed_data();
+  float* op = out->typed_data();
+  parallel_chunks(pool, chunks, [=](int64_t c) {
+    head_range(d, qp, kp, vp, bp, op, c * pairs / chunks, (c + 1) * pairs / chunks);
+  });
   return ffi::Error::Success();
 }
 

@@ -9,19 +9,15 @@
 //
 // Written with GCC/Clang vector extensions (no intrinsics): the same source compiles for AVX-512, AVX2 and NEON.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <utility>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "common.h"
 
 namespace {
 
-constexpr int kLanes = 16;
+using namespace rl_jax_cpu;
+
 constexpr int kVecs = 3;
 constexpr int kPanel = kLanes * kVecs;   // NR: columns per panel (must match rl_jax.kernels.cpu.PANEL)
 #if defined(__AVX512F__)
@@ -29,17 +25,6 @@ constexpr int kRows = 8;                 // 8 × 3 accumulators + 3 weights + 1 
 #else
 constexpr int kRows = 4;
 #endif
-
-typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
-typedef float vec_u __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
-
-template <size_t... I>
-inline vec splat_lanes(float s, std::index_sequence<I...>) {
-  return vec{(static_cast<void>(I), s)...};
-}
-
-// One broadcast instruction (`vec{} + s` would add a zero first; a lane loop is vectorised with masks).
-inline vec splat(float s) { return splat_lanes(s, std::make_index_sequence<kLanes>{}); }
 
 struct Prefetch {
   const char* next;    // first line to prefetch, or nullptr
@@ -55,7 +40,7 @@ void tile(int64_t K, const float* x, int64_t ldx, const float* panel, float* y, 
     for (int v = 0; v < kVecs; ++v) acc[r][v] = vec{};
   for (int64_t k = 0; k < K; ++k) {
     vec w[kVecs];
-    for (int v = 0; v < kVecs; ++v) w[v] = *reinterpret_cast<const vec_u*>(panel + k * kPanel + v * kLanes);
+    for (int v = 0; v < kVecs; ++v) w[v] = load(panel + k * kPanel + v * kLanes);
     if (pf.next < pf.end) {   // prefetch never faults: the last step may touch a few lines past `end`
       for (int l = 0; l < 4; ++l)
         if (l < pf.per_k) __builtin_prefetch(pf.next + 64 * l, 0, 2);
@@ -116,28 +101,6 @@ void panel_range(int64_t M, int64_t N, int64_t K, const float* x, const float* p
   }
 }
 
-// Work shared by the caller and the pool's tasks: chunks of panels claimed from an atomic counter, so the caller
-// can finish every chunk by itself and never waits for a task that has not started (no deadlock when the pool
-// is busy); it waits only for chunks another thread has claimed and is running (C++20 atomic wait).
-struct Shared {
-  int64_t M, N, K, P, chunks;
-  const float *x, *panels;
-  float* y;
-  std::atomic<int64_t> next{0}, done{0};
-
-  void run() {
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-      panel_range(M, N, K, x, panels, y, c * P / chunks, (c + 1) * P / chunks);
-      done.fetch_add(1, std::memory_order_release);
-      done.notify_all();
-    }
-  }
-
-  void wait() {   // blocks (futex) instead of spinning while another thread finishes its chunk
-    for (int64_t d; (d = done.load(std::memory_order_acquire)) < chunks;) done.wait(d, std::memory_order_acquire);
-  }
-};
-
 ffi::Error packed_dense(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> panels,
                         ffi::ResultBuffer<ffi::F32> y, int64_t max_threads) {
   auto xd = x.dimensions(), pd = panels.dimensions(), yd = y->dimensions();
@@ -146,14 +109,12 @@ ffi::Error packed_dense(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     return ffi::Error::InvalidArgument("packed_dense: expected x [M, K], panels [ceil(N / 48), K, 48], y [M, N]");
   const int64_t M = xd[0], K = xd[1], N = yd[1], P = pd[0];
   if (M == 0 || N == 0) return ffi::Error::Success();
-  int64_t threads = std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1), P);
-  if (max_threads > 0) threads = std::min(threads, max_threads);
-  auto shared = std::make_shared<Shared>();
-  shared->M = M, shared->N = N, shared->K = K, shared->P = P, shared->chunks = threads;
-  shared->x = x.typed_data(), shared->panels = panels.typed_data(), shared->y = y->typed_data();
-  for (int64_t t = 1; t < threads; ++t) pool.Schedule([shared] { shared->run(); });
-  shared->run();
-  shared->wait();
+  const int64_t chunks = thread_count(pool, P, max_threads);
+  const float *xp = x.typed_data(), *pp = panels.typed_data();
+  float* yp = y->typed_data();
+  parallel_chunks(pool, chunks, [=](int64_t c) {
+    panel_range(M, N, K, xp, pp, yp, c * P / chunks, (c + 1) * P / chunks);
+  });
   return ffi::Error::Success();
 }
 
