@@ -6,6 +6,7 @@ sequence, so the full [B, T, V] logits never exist at once; gradients flow throu
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -24,23 +25,38 @@ def logprobs_from_hidden(hidden: Array, w: Array, targets: Array, *, vocab_chunk
     hidden: [N, D]; w: [D, V] (hidden is cast to its dtype; products accumulate in float32); targets: [N] int.
   Returns:
     (logp [N], entropy [N]) in float32. Entropy H = logZ − Σ_v p_v z_v, accumulated with an online
-    (rescaled) logsumexp over chunks.
+    (rescaled) logsumexp over chunks. Both are differentiable (`_head_logprobs`' custom VJP).
   """
-  n, _ = hidden.shape
-  v = w.shape[1]
-  chunk = min(vocab_chunk, v)
-  n_chunks = -(-v // chunk)
-  pad = n_chunks * chunk - v
-  w_pad = jnp.pad(w, ((0, 0), (0, pad)))
-  h_c = hidden.astype(w.dtype)      # products in the weight's dtype, accumulated in float32
+  if hidden.ndim != 2 or w.ndim != 2 or targets.ndim != 1:
+    raise ValueError(f"expected hidden [N, D], w [D, V], targets [N]; got {hidden.shape}, {w.shape}, {targets.shape}.")
+  # The rows of wᵀ [V, D] are the chunks: for a tied head (w = embedᵀ) XLA cancels the two transposes, so the
+  # embedding is read in place.
+  return _head_logprobs(hidden, w.T, targets.astype(jnp.int32), min(vocab_chunk, w.shape[1]))
 
-  @jax.checkpoint  # recompute each chunk's logits in the backward pass instead of storing [N, V]
-  def body(carry, c):
+
+def _vocab_blocks(w_vd: Array, chunk: int) -> Array:
+  """[V, D] → [⌈V / chunk⌉, chunk, D], zero rows past V."""
+  v, d = w_vd.shape
+  n = -(-v // chunk)
+  return jnp.pad(w_vd, ((0, n * chunk - v), (0, 0))).reshape(n, chunk, d)
+
+
+def _chunk_logits(h: Array, w_c: Array, c: Array, v: int) -> tuple[Array, Array]:
+  """z = h·w_cᵀ [N, chunk] (float32 accumulation; −inf past the vocabulary) and the chunk's token ids."""
+  z = jax.lax.dot_general(h, w_c, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  ids = c * w_c.shape[0] + jnp.arange(w_c.shape[0])
+  return jnp.where(ids[None, :] < v, z, -jnp.inf), ids
+
+
+def _head_forward(hidden, w_vd, targets, chunk):
+  """One pass over vocabulary chunks: online logsumexp log Z, Σ p z (rescaled) and the target logit."""
+  v, n = w_vd.shape[0], hidden.shape[0]
+  h = hidden.astype(w_vd.dtype)
+
+  def body(carry, xs):
     m, s, sz, tgt = carry
-    w_c = jax.lax.dynamic_slice_in_dim(w_pad, c * chunk, chunk, axis=1)
-    z = jnp.dot(h_c, w_c, preferred_element_type=jnp.float32)          # [N, chunk]
-    ids = c * chunk + jnp.arange(chunk)
-    z = jnp.where(ids[None, :] < v, z, -jnp.inf)
+    w_c, c = xs
+    z, ids = _chunk_logits(h, w_c, c, v)
     m_new = jnp.maximum(m, jnp.max(z, axis=-1))
     scale = jnp.exp(m - m_new)
     e = jnp.exp(z - m_new[:, None])
@@ -49,10 +65,52 @@ def logprobs_from_hidden(hidden: Array, w: Array, targets: Array, *, vocab_chunk
     tgt = tgt + jnp.sum(jnp.where(ids[None, :] == targets[:, None], z, 0.0), axis=-1)
     return (m_new, s, sz, tgt), None
 
+  blocks = _vocab_blocks(w_vd, chunk)
   init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,)), jnp.zeros((n,)))
-  (m, s, sz, tgt), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
-  log_z = m + jnp.log(s)
-  return tgt - log_z, log_z - sz / s
+  (m, s, sz, tgt), _ = jax.lax.scan(body, init, (blocks, jnp.arange(blocks.shape[0])))
+  log_z, mean_z = m + jnp.log(s), sz / s
+  return (tgt - log_z, log_z - mean_z), (log_z, mean_z)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _head_logprobs(hidden: Array, w_vd: Array, targets: Array, chunk: int) -> tuple[Array, Array]:
+  """(log p(target), entropy) [N] of softmax(hidden · w_vdᵀ), w_vd [V, D], `chunk` vocabulary rows at a time.
+
+  Custom VJP: the forward keeps only log Z and E_p[z] per row; the backward recomputes each chunk's logits once
+  and applies ∂ log p_t / ∂z_v = 1[v = t] − p_v and ∂H / ∂z_v = −p_v (z_v − E_p[z]) directly (no gradient through
+  the online-logsumexp carry), reading the weight rows in place.
+  """
+  return _head_forward(hidden, w_vd, targets, chunk)[0]
+
+
+def _head_fwd(hidden, w_vd, targets, chunk):
+  out, stats = _head_forward(hidden, w_vd, targets, chunk)
+  return out, (hidden, w_vd, targets, stats)
+
+
+def _head_bwd(chunk, res, cts):
+  hidden, w_vd, targets, (log_z, mean_z) = res
+  g_lp, g_ent = (jnp.asarray(g, jnp.float32) for g in cts)
+  v, dt = w_vd.shape[0], w_vd.dtype
+  h = hidden.astype(dt)
+
+  def body(dh, xs):
+    w_c, c = xs
+    z, ids = _chunk_logits(h, w_c, c, v)
+    p = jnp.exp(z - log_z[:, None])                                       # 0 past the vocabulary
+    centred = jnp.where(jnp.isfinite(z), z - mean_z[:, None], 0.0)
+    dz = g_lp[:, None] * (jnp.where(ids[None, :] == targets[:, None], 1.0, 0.0) - p) - g_ent[:, None] * p * centred
+    dz = dz.astype(dt)
+    dh = dh + jnp.dot(dz, w_c, preferred_element_type=jnp.float32)                              # [N, D]
+    dw_c = jax.lax.dot_general(dz, h, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)  # [chunk, D]
+    return dh, dw_c.astype(dt)
+
+  blocks = _vocab_blocks(w_vd, chunk)
+  dh, dw = jax.lax.scan(body, jnp.zeros(hidden.shape, jnp.float32), (blocks, jnp.arange(blocks.shape[0])))
+  return dh.astype(hidden.dtype), dw.reshape(-1, w_vd.shape[1])[:v], None
+
+
+_head_logprobs.defvjp(_head_fwd, _head_bwd)
 
 
 def token_logprobs(params: dict, tokens: Array, cfg: ModelConfig, *, prompt_len: int, attn_mask: Optional[Array] = None,
