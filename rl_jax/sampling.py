@@ -14,11 +14,12 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rl_jax.checks import check_sampling_args, check_token_ids
 from rl_jax.models.config import ModelConfig
-from rl_jax.decode import (DecodeCache, decode_cache_from, decode_step, decode_weights, grow_cache, repeat_rows,
-                           resolve_cpu_kernels)
+from rl_jax.decode import (DecodeCache, DecodeWeights, decode_cache_from, decode_step, decode_weights, grow_cache,
+                           repeat_rows, resolve_cpu_kernels)
 from rl_jax.models.llama import default_positions, forward_with_cache, init_cache, sampler_dtype
 
 Array = jax.Array
@@ -206,6 +207,72 @@ def decode_buckets(max_new_tokens: int, block: int) -> list[tuple[int, int]]:
   return [(s, min(s + block, max_new_tokens)) for s in range(0, max_new_tokens, block)]
 
 
+class DecodeCarry(NamedTuple):
+  """Per-row state of the static sampler between decode steps (every leaf has the batch axis first)."""
+  logits: Array       # [B, V] next-token logits
+  cache: DecodeCache  # the decode-layout KV cache, P + (slots of the current bucket)
+  key_valid: Array    # [B, P + filled] bool: the cache slots each row may attend
+  done: Array         # [B] bool: the row has drawn a stop token
+  row_keys: Array     # [B] the row's PRNG key (`row_uniforms`)
+  next_pos: Array     # [B] int32 real prompt tokens of the row (its first new position)
+
+
+def _check_generate_args(cfg: ModelConfig, p: int, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                         stop_tokens, pad_id: int, group_size: int, decode_block: int, temperature_tau: float):
+  check_sampling_args(cfg.vocab_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      stop_tokens=stop_tokens, pad_id=pad_id)
+  if p + max_new_tokens > cfg.max_seq_len:
+    raise ValueError(f"prompt length {p} + max_new_tokens {max_new_tokens} exceeds the model's cache/context "
+                     f"max_seq_len={cfg.max_seq_len}.")
+  if group_size < 1 or decode_block < 1:
+    raise ValueError(f"group_size and decode_block must be >= 1, got {group_size}, {decode_block}.")
+  if not 0.0 <= temperature_tau < 1.0:
+    raise ValueError(f"temperature_tau must lie in [0, 1), got {temperature_tau}.")
+
+
+def start_decode(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, *, group_size: int,
+                 dtype, cpu_kernels: bool | None) -> tuple[DecodeWeights, DecodeCarry]:
+  """The decode weights and the carry after prefill: each prompt prefilled once, its cache repeated for its G rows
+  (rows i·G … i·G + G − 1), row r's key `jax.random.split(rng, B·G)[r]`."""
+  b = prompts.shape[0]
+  prompt_mask = prompt_mask.astype(jnp.int32)
+  dtype = sampler_dtype(cfg) if dtype is None else dtype
+  cast = params if dtype is None else jax.tree.map(lambda a: a.astype(dtype), params)
+  logits, cache = repeat_rows(prefill(cast, cfg, prompts, prompt_mask, dtype), group_size)
+  prompt_mask = repeat_rows(prompt_mask, group_size)
+  w = decode_weights(cast, cfg, cpu_kernels=resolve_cpu_kernels(cpu_kernels))
+  return w, DecodeCarry(logits, cache, prompt_mask.astype(bool), jnp.zeros((b * group_size,), bool),
+                        jax.random.split(rng, b * group_size), jnp.sum(prompt_mask, axis=1))
+
+
+def decode_bucket(w: DecodeWeights, cfg: ModelConfig, carry: DecodeCarry, *, start: int, stop: int, p: int,
+                  temperature: float, top_k: int, top_p: float, stop_tokens: Sequence[int], pad_id: int,
+                  temperature_stats=None, temperature_tau: float = 0.0) -> tuple[DecodeCarry, tuple]:
+  """Decode steps [start, stop) of every row of `carry` with the cache grown to P + stop slots; returns the carry
+  and (tokens, mask, logp), each [stop − start, B]. A row only reads its own carry entries, so any subset of rows
+  decoded on its own gives the same rows."""
+  adapt = temperature_stats is not None and temperature_tau > 0
+  stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
+
+  def step(state, i):
+    last_logits, cache, key_valid, done = state
+    if adapt:
+      last_logits = last_logits / entropy_temperature_factor(last_logits, temperature_stats, temperature_tau)[:, None]
+    token, logp = sample_tokens(last_logits, row_uniforms(carry.row_keys, i), temperature=temperature, top_k=top_k,
+                                top_p=top_p)
+    live = ~done
+    token = jnp.where(live, token, pad_id)
+    key_valid = jax.lax.dynamic_update_slice(key_valid, live[:, None], (0, p + i))
+    logits, cache = decode_step(w, cfg, cache, token, carry.next_pos + i, p + i, key_valid)
+    done = done | (live & jnp.any(token[:, None] == stops[None, :], axis=-1))
+    return (logits, cache, key_valid, done), (token, live.astype(jnp.float32), jnp.where(live, logp, 0.0))
+
+  key_valid = jnp.pad(carry.key_valid, ((0, 0), (0, p + stop - carry.key_valid.shape[1])))
+  state = (carry.logits, grow_cache(carry.cache, p + stop), key_valid, carry.done)
+  (logits, cache, key_valid, done), out = jax.lax.scan(step, state, jnp.arange(start, stop))
+  return carry._replace(logits=logits, cache=cache, key_valid=key_valid, done=done), out
+
+
 def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, *, max_new_tokens: int,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
                  pad_id: int = 0, group_size: int = 1, decode_block: int = DECODE_BLOCK, dtype=None,
@@ -226,48 +293,19 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
       when this process has a single CPU device, `generate` also when the parameters sit on one CPU device;
       float32 weights only). False: XLA's matmuls.
   Row r's randomness is `jax.random.split(rng, B·G)[r]` folded with the step index (see `row_uniforms`).
+  Every row runs every step (traceable inside a caller's jit); `generate` by default drops finished rows
+  between buckets (`generate_shrinking`).
   """
-  check_sampling_args(cfg.vocab_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      stop_tokens=stop_tokens, pad_id=pad_id)
-  b, p = prompts.shape
-  if p + max_new_tokens > cfg.max_seq_len:
-    raise ValueError(f"prompt length {p} + max_new_tokens {max_new_tokens} exceeds the model's cache/context "
-                     f"max_seq_len={cfg.max_seq_len}.")
-  if group_size < 1 or decode_block < 1:
-    raise ValueError(f"group_size and decode_block must be >= 1, got {group_size}, {decode_block}.")
-  prompt_mask = prompt_mask.astype(jnp.int32)
-  dtype = sampler_dtype(cfg) if dtype is None else dtype
-  cast = params if dtype is None else jax.tree.map(lambda a: a.astype(dtype), params)
-  logits, cache = repeat_rows(prefill(cast, cfg, prompts, prompt_mask, dtype), group_size)
-  prompt_mask = repeat_rows(prompt_mask, group_size)
-  row_keys = jax.random.split(rng, b * group_size)
-  w = decode_weights(cast, cfg, cpu_kernels=resolve_cpu_kernels(cpu_kernels))
-  next_pos = jnp.sum(prompt_mask, axis=1)
-  stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
-
-  if not 0.0 <= temperature_tau < 1.0:
-    raise ValueError(f"temperature_tau must lie in [0, 1), got {temperature_tau}.")
-  adapt = temperature_stats is not None and temperature_tau > 0
-
-  def step(carry, i):
-    last_logits, cache, key_valid, done = carry
-    if adapt:
-      last_logits = last_logits / entropy_temperature_factor(last_logits, temperature_stats, temperature_tau)[:, None]
-    token, logp = sample_tokens(last_logits, row_uniforms(row_keys, i), temperature=temperature, top_k=top_k,
-                                top_p=top_p)
-    live = ~done
-    token = jnp.where(live, token, pad_id)
-    key_valid = jax.lax.dynamic_update_slice(key_valid, live[:, None], (0, p + i))
-    logits, cache = decode_step(w, cfg, cache, token, next_pos + i, p + i, key_valid)
-    done = done | (live & jnp.any(token[:, None] == stops[None, :], axis=-1))
-    return (logits, cache, key_valid, done), (token, live.astype(jnp.float32), jnp.where(live, logp, 0.0))
-
-  carry = (logits, cache, prompt_mask.astype(bool), jnp.zeros((b * group_size,), bool))
+  p = prompts.shape[1]
+  _check_generate_args(cfg, p, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id, group_size,
+                       decode_block, temperature_tau)
+  w, carry = start_decode(params, cfg, prompts, prompt_mask, rng, group_size=group_size, dtype=dtype,
+                          cpu_kernels=cpu_kernels)
+  sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=tuple(stop_tokens), pad_id=pad_id,
+                  temperature_stats=temperature_stats, temperature_tau=temperature_tau)
   outs = []
   for start, stop in decode_buckets(max_new_tokens, decode_block):
-    logits, cache, key_valid, done = carry
-    key_valid = jnp.pad(key_valid, ((0, 0), (0, p + stop - key_valid.shape[1])))
-    carry, out = jax.lax.scan(step, (logits, grow_cache(cache, p + stop), key_valid, done), jnp.arange(start, stop))
+    carry, out = decode_bucket(w, cfg, carry, start=start, stop=stop, p=p, **sampling)
     outs.append(out)
   tokens, mask, logp = (jnp.concatenate(x, axis=0).T for x in zip(*outs))
   return Samples(tokens, mask, logp)
@@ -276,10 +314,78 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
 _generate_jit = jax.jit(generate_raw, static_argnames=STATIC_ARGS)
 
 
+def row_sizes(b: int) -> list[int]:
+  """The batch sizes a shrinking sampler of b rows may run at: 1, 2, 3, 4, 6, 8, 12, 16, … (powers of two and 1.5×
+  them) below b, and b; each size costs one compile per bucket, and a size wastes under a third of its rows."""
+  sizes, k = {b}, 1
+  while k < b:
+    sizes.update(s for s in (k, 3 * k // 2) if 0 < s < b)
+    k *= 2
+  return sorted(sizes)
+
+
+def shrunk_rows(done: np.ndarray, sizes: Sequence[int]) -> np.ndarray | None:
+  """Indices (ascending) of the rows to keep: every live row, padded with finished rows up to the smallest size
+  in `sizes` that holds the live rows; None when that size is the current batch (nothing to drop)."""
+  live = np.flatnonzero(~done)
+  size = min(s for s in sizes if s >= len(live))
+  if size >= len(done):
+    return None
+  return np.sort(np.concatenate([live, np.flatnonzero(done)[:size - len(live)]]))
+
+
+_start_jit = jax.jit(start_decode, static_argnames=("cfg", "group_size", "dtype", "cpu_kernels"))
+_bucket_jit = jax.jit(decode_bucket, static_argnames=("cfg", "start", "stop", "p", "temperature", "top_k", "top_p",
+                                                      "stop_tokens", "pad_id", "temperature_tau"))
+_take_rows = jax.jit(lambda carry, rows: jax.tree.map(lambda a: a[rows], carry))
+
+
+def generate_shrinking(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, *,
+                       max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                       stop_tokens: Sequence[int] = (), pad_id: int = 0, group_size: int = 1,
+                       decode_block: int = DECODE_BLOCK, dtype=None, temperature_stats=None,
+                       temperature_tau: float = 0.0, cpu_kernels: bool | None = None) -> Samples:
+  """`generate_raw` (same arguments, same rows) driven from the host bucket by bucket: before each bucket the
+  rows that have drawn a stop token are dropped, the live ones compacted into the smallest `row_sizes` batch
+  that holds them (padded with finished rows), and sampling ends once every row has stopped.
+
+  A decode step's cost falls with the batch (the weights are read once per step whatever the batch), and with
+  long-tailed completion lengths most rows stop well before the longest. Each row keeps its key, positions,
+  cache and step index, so its tokens and log-probs are those of the full batch. Concrete arrays only (it
+  reads `done` on the host between buckets); at most len(row_sizes(B·G)) compiles per bucket.
+  """
+  b, p = prompts.shape
+  _check_generate_args(cfg, p, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id, group_size,
+                       decode_block, temperature_tau)
+  w, carry = _start_jit(params, cfg, prompts, prompt_mask, rng, group_size=group_size, dtype=dtype,
+                        cpu_kernels=cpu_kernels)
+  n = b * group_size
+  sizes = row_sizes(n)
+  rows = np.arange(n)
+  out = (np.full((n, max_new_tokens), pad_id, np.int32), np.zeros((n, max_new_tokens), np.float32),
+         np.zeros((n, max_new_tokens), np.float32))
+  sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=tuple(stop_tokens), pad_id=pad_id,
+                  temperature_stats=temperature_stats, temperature_tau=temperature_tau)
+  for start, stop in decode_buckets(max_new_tokens, decode_block):
+    done = np.asarray(carry.done)
+    if done.all():
+      break
+    keep = shrunk_rows(done, sizes)
+    if keep is not None:
+      carry, rows = _take_rows(carry, jnp.asarray(keep, jnp.int32)), rows[keep]
+    carry, bucket = _bucket_jit(w, cfg, carry, start=start, stop=stop, p=p, **sampling)
+    for full, part in zip(out, bucket):
+      full[rows, start:stop] = np.asarray(part).T
+  return Samples(*map(jnp.asarray, out))
+
+
 @functools.wraps(generate_raw)
-def generate(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, **kw) -> Samples:
+def generate(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Array, rng: Array, *, shrink: bool = True,
+             **kw) -> Samples:
   check_token_ids("prompts", prompts, cfg.vocab_size)   # concrete prompts only: jit cannot look inside
   kw["cpu_kernels"] = kernels_for_arrays(kw.get("cpu_kernels"), params)
+  if shrink:
+    return generate_shrinking(params, cfg, prompts, prompt_mask, rng, **kw)
   return _generate_jit(params, cfg, prompts, prompt_mask, rng, **kw)
 
 
