@@ -153,14 +153,20 @@ def _varied_rewards(gsm8k, monkeypatch):
 def test_gsm8k_after_reuses_before_only_when_no_weight_moved(gsm8k, tmp_path, monkeypatch):
   """All-wrong groups give zero advantages, a zero gradient and a zero Adam update: the weights after RL are the
   initial ones bit for bit, and so is the evaluation (same weights, settings and key). A run that moved a weight
-  is evaluated again."""
+  is evaluated again, by the sampler compiled for "before" (the trained parameters are placed as the initial ones
+  were, so the jitted sampler's cache gains no entry)."""
+  from rl_jax import continuous_sampling, sampling
   from rl_jax.evaluation import params_digest
 
-  real, calls = gsm8k.evaluate_all, []
+  real, calls, compiled = gsm8k.evaluate_all, [], []
+  samplers = lambda: sampling._generate_jit._cache_size() + continuous_sampling._generate_continuous_jit._cache_size()
 
   def counting(cfg, params, mcfg, tok, tag):
     calls.append((tag, params_digest(params)))
-    return real(cfg, params, mcfg, tok, tag)
+    size = samplers()
+    out = real(cfg, params, mcfg, tok, tag)
+    compiled.append(samplers() - size)
+    return out
 
   monkeypatch.setattr(gsm8k, "evaluate_all", counting)
   tiny = dict(GSM8K_TINY, rl_steps=2)
@@ -169,13 +175,14 @@ def test_gsm8k_after_reuses_before_only_when_no_weight_moved(gsm8k, tmp_path, mo
   assert all(r["grad_norm"] == 0 for r in rows)
   assert [t for t, _ in calls] == ["before"] and still["after"] == still["before"] and still["after_is_before"]
 
-  calls.clear()
+  calls.clear(), compiled.clear()
   _varied_rewards(gsm8k, monkeypatch)
   moved = gsm8k.main(gsm8k.Config(run_dir=str(tmp_path / "moved"), **dict(tiny, lr=1e-2)))
   rows = [r for r in read_metrics(tmp_path / "moved" / "metrics.jsonl") if r["phase"] == "rl"]
   assert any(r["grad_norm"] > 0 for r in rows)
   assert [t for t, _ in calls] == ["before", "after"] and calls[0][1] != calls[1][1]
   assert "after_is_before" not in moved
+  assert compiled[1] == 0, compiled                        # "after" reuses the sampler "before" compiled
 
 
 def test_gsm8k_resume_refuses_a_run_trained_with_other_settings(gsm8k, tmp_path):

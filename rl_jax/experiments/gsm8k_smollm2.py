@@ -147,6 +147,9 @@ def main(cfg: Config) -> dict:
     mcfg = compute_options(cfg, mcfg)
     run = loop.make_run(cfg, mcfg, params, Questions(cfg, tok, train, order), prompt_len=cfg.max_prompt_len,
                         decode_block=cfg.decode_block)
+    # on the run's shardings, as the trained parameters will be: the "before" and "after" evaluations then pass
+    # equally placed arrays to the jitted sampler, which compiles once for both
+    params = run.place_params(params)
     restored = rd.restore(run, params, jax.random.PRNGKey(cfg.seed))
     evals = BeforeAfter(rd, to_dict(cfg), lambda p, tag: evaluate_all(cfg, p, mcfg, tok, tag), eval_fields=EVAL_FIELDS,
                         bookkeeping=BOOKKEEPING, before_from=cfg.before_from)
