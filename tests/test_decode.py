@@ -78,14 +78,13 @@ def test_greedy_with_a_shared_prompt_cache_and_small_buckets_matches_the_full_fo
   out = generate(PARAMS, CFG, IDS, MASK, jax.random.PRNGKey(0), max_new_tokens=7, temperature=0.0, group_size=2,
                  decode_block=3)
   assert out.tokens.shape == (6, 7)
-  for row in range(6):
-    seq = [int(t) for t, m in zip(IDS[row // 2], MASK[row // 2]) if m]
-    for step in range(7):
-      logits = forward(PARAMS, jnp.asarray([seq]), CFG)[0, -1]
-      nxt = int(jnp.argmax(logits))
-      assert int(out.tokens[row, step]) == nxt
-      np.testing.assert_allclose(float(out.logp[row, step]), float(jax.nn.log_softmax(logits)[nxt]), atol=1e-5)
-      seq.append(nxt)
+  for row in range(6):   # causal: one forward over prompt + sampled tokens gives every step's next-token logits
+    prompt = [int(t) for t, m in zip(IDS[row // 2], MASK[row // 2]) if m]
+    tokens = np.asarray(out.tokens[row])
+    logits = forward(PARAMS, jnp.asarray([prompt + tokens.tolist()]), CFG)[0, len(prompt) - 1:-1]
+    np.testing.assert_array_equal(tokens, np.asarray(jnp.argmax(logits, -1)))    # each step the greedy token
+    want = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), tokens[:, None], -1)[:, 0]
+    np.testing.assert_allclose(np.asarray(out.logp[row]), want, atol=1e-5)
 
 
 def test_shared_prompt_and_buckets_do_not_change_sampled_rows():
