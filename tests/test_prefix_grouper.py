@@ -12,8 +12,10 @@ from rl_jax.prefix_grouper import grouped_logprobs
 CFG = tiny_config(31, max_seq_len=32, qkv_bias=True, qk_norm=True)
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_grouped_equals_standard_forward_and_gradients(jit):
+@pytest.fixture(scope="module")
+def case():
+  """A group of 4 ragged suffixes after one prefix, weights, and the standard per-sample forward's weighted
+  log-prob sum with its parameter gradients (computed once, jitted: the reference for both tests below)."""
   params = init_params(CFG, jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   lp, g, ls = 9, 4, 7
@@ -22,18 +24,24 @@ def test_grouped_equals_standard_forward_and_gradients(jit):
   smask = jnp.asarray((np.arange(ls)[None] < np.array([7, 3, 5, 1])[:, None]).astype(np.int32))
   weights = jnp.asarray(rng.normal(size=(g, ls)), jnp.float32) * smask
 
-  def grouped(params):
-    return jnp.sum(grouped_logprobs(params, CFG, prefix, suffixes, smask) * weights)
-
   def standard(params):
     tokens = jnp.concatenate([jnp.broadcast_to(prefix, (g, lp)), suffixes], axis=1)
     attn = jnp.concatenate([jnp.ones((g, lp), jnp.int32), smask], axis=1)
     logp, _ = token_logprobs(params, tokens, CFG, prompt_len=lp, attn_mask=attn)
     return jnp.sum(logp * smask * weights)
 
+  return params, prefix, suffixes, smask, weights, jax.jit(jax.value_and_grad(standard))(params)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_grouped_equals_standard_forward_and_gradients(case, jit):
+  params, prefix, suffixes, smask, weights, (b, gb) = case
+
+  def grouped(params):
+    return jnp.sum(grouped_logprobs(params, CFG, prefix, suffixes, smask) * weights)
+
   vg = jax.value_and_grad
   a, ga = (jax.jit(vg(grouped)) if jit else vg(grouped))(params)
-  b, gb = vg(standard)(params)
   np.testing.assert_allclose(float(a), float(b), rtol=1e-5, atol=1e-5)  # a weighted sum with cancellation
   for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
