@@ -46,7 +46,7 @@ from rl_jax.loop_run import (  # noqa: F401
 from rl_jax.loop_run_dir import LOGS, RunDir, checkpoint_dir, estimator_template, is_shared_storage  # noqa: F401
 from rl_jax.mc_values import SPO_CHAIN_INTERVAL, SPO_CHAIN_THRESHOLD, spo_chain_mc_values
 from rl_jax.progress import progress
-from rl_jax.train import Rollouts, Timer, TrainState, dynamic_sampling, rl_iteration  # noqa: F401
+from rl_jax.train import Rollouts, Timer, TrainState, dynamic_sampling, rl_iteration, split_key  # noqa: F401
 from rl_jax.tree_rollout import impute_empty_rows
 
 
@@ -120,7 +120,8 @@ def mc_values(run: Run, params, batch: StepRollouts, key):
 def advantages(run: Run, batch: StepRollouts, adv_state, params, key):
   """(advantages [P, G] or [P, G, T], the estimator's new state, metrics, loss mask [P·G, T] or None) of the
   step's batch: stateful estimators carry their per-question state; the rest are
-  `rl_jax.advantages.batch.batch_advantages` (group, token, tree and Monte-Carlo estimators)."""
+  `rl_jax.advantages.batch.batch_advantages` (group, token, tree and Monte-Carlo estimators). Monte-Carlo
+  estimators sample their continuations with fold_in(key, 7), `key` being the step's rollout key."""
   name, rewards, ro = run.advantage, batch.rewards, batch.rollouts
   if name in STATEFUL_ADVANTAGES:
     fn = functools.partial(advantages_lib.get(name), **run.advantage_kw)
@@ -130,7 +131,7 @@ def advantages(run: Run, batch: StepRollouts, adv_state, params, key):
   if name in reward_advantages(MASK_ADVANTAGE) and batch.paths is None:   # from rewards and the completion mask
     fn = functools.partial(advantages_lib.get(name), **run.advantage_kw)
     return fn(jnp.asarray(rewards, jnp.float32), jnp.asarray(ro.completion_mask.reshape(p, g, -1))), adv_state, {}, None
-  mc = mc_values(run, params, batch, key) if name in MC_ADVANTAGES else None
+  mc = mc_values(run, params, batch, jax.random.fold_in(key, 7)) if name in MC_ADVANTAGES else None
   out = batch_adv.batch_advantages(name, run.advantage_kw, ro.completion.reshape(p, g, -1),
                                    ro.completion_mask.reshape(p, g, -1), rewards, paths=batch.paths,
                                    valid=None if batch.valid is None else batch.valid.reshape(p, g), mc=mc)
@@ -154,11 +155,11 @@ def rl_step(run: Run, state: TrainState, step: int, ref_params, adv_state):
   """One RL step on data position `step`: rollouts (with dynamic-sampling refills), rewards, advantages,
   epochs × mini-batches of updates. Returns (state, metrics row, estimator state, rewards record, sample)."""
   cfg, timer = run.cfg, Timer()
-  rng, key = jax.random.split(state.rng)
+  rng, key = split_key(state.rng)
   state = state._replace(rng=rng)
   batch = sample_step(run, state.params, step, key)
   gen_s = timer.elapsed()
-  adv, adv_state, adv_metrics, loss_mask = advantages(run, batch, adv_state, state.params, jax.random.fold_in(key, 7))
+  adv, adv_state, adv_metrics, loss_mask = advantages(run, batch, adv_state, state.params, key)
   ro, rewards = batch.rollouts, batch.rewards
   train_ro = ro if loss_mask is None else ro._replace(completion_mask=loss_mask)
   prompt_len = ro.tokens.shape[1] - ro.completion.shape[1]

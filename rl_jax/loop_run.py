@@ -196,8 +196,8 @@ class Run:
   def rollout(self, params, prompts: Prompts, key) -> Rollouts:
     """`group_size` samples per prompt (prompt i → rows i·G..i·G+G−1) from the run's sampler."""
     g = self.cfg.group_size
-    out = self.call(self.sampler(*prompts.ids.shape), params, jnp.asarray(prompts.ids), jnp.asarray(prompts.mask), key,
-                    *self.extras.sampler_inputs())
+    out = self.call(self.sampler(*prompts.ids.shape), params, np.asarray(prompts.ids), np.asarray(prompts.mask), key,
+                    *self.extras.sampler_inputs())   # host arrays go straight into the jitted call
     comp, cmask, lp = (sharding.to_host(x) for x in out)
     p_rep, m_rep = np.repeat(prompts.ids, g, axis=0), np.repeat(prompts.mask, g, axis=0)
     tokens = np.concatenate([p_rep, comp], axis=1)

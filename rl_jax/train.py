@@ -8,6 +8,7 @@ One jit-compiled pure function per kind of update, `(state, batch) -> (state, me
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -278,10 +279,10 @@ def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rol
   p, g = rewards.shape
   adv = np.asarray(advantages_fn(jnp.asarray(rewards, jnp.float32)))
   adv = adv.reshape(p * g, *adv.shape[2:])        # [P·G] sequence-level or [P·G, T] token-level
-  tokens, attn = jnp.asarray(rollouts.tokens), jnp.asarray(rollouts.attn_mask)
-  packed_of = lambda rows: None if pack is None else pack(rollouts.tokens[rows], rollouts.attn_mask[rows])
+  tokens, attn = np.asarray(rollouts.tokens), np.asarray(rollouts.attn_mask)   # host arrays: rows picked in numpy
+  packed_of = lambda rows: None if pack is None else pack(tokens[rows], attn[rows])
   logp_of = (lambda params: logprob_fn(params, tokens, attn)) if pack is None else (
-      lambda params, rows=packed_of(slice(None)): logprob_fn(params, tokens, attn, rows))
+      lambda params: logprob_fn(params, tokens, attn, packed_of(slice(None))))
   single = epochs == 1 and minibatches == 1 and not recompute_old_logp
   old_logp = None if single else to_host(logp_of(state.params))
   ref_logp = None if ref_params is None else to_host(logp_of(ref_params))
@@ -294,21 +295,21 @@ def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rol
   if keep_groups and p % minibatches:
     raise ValueError(f"keep_groups: {p} groups do not split into {minibatches} equal mini-batches.")
   size = n // minibatches
+  mu = np.asarray(rollouts.rollout_logp, np.float32)
   history = []
   for epoch in range(epochs):
-    state, sub = _split_rng(state)
+    rng, perm = shuffle_key(state.rng, p if keep_groups else n)
+    state = state._replace(rng=rng)
+    order = np.asarray(perm)
     if keep_groups:
-      order = (np.asarray(jax.random.permutation(sub, p))[:, None] * g + np.arange(g)[None, :]).reshape(n)
-    else:
-      order = np.asarray(jax.random.permutation(sub, n))
+      order = (order[:, None] * g + np.arange(g)[None, :]).reshape(n)
     for k in range(minibatches):
       idx = order[k * size:(k + 1) * size]
-      batch = RLBatch(tokens[idx], attn[idx], jnp.asarray(cmask[idx]),
-                      None if old_logp is None else jnp.asarray(old_logp[idx]),
-                      jnp.asarray(adv[idx]), None if ref_logp is None else jnp.asarray(ref_logp[idx]),
-                      jnp.asarray(rollouts.rollout_logp[idx], jnp.float32), packed_of(idx))
+      batch = RLBatch(tokens[idx], attn[idx], cmask[idx], None if old_logp is None else old_logp[idx], adv[idx],
+                      None if ref_logp is None else ref_logp[idx], mu[idx], packed_of(idx))
       state, metrics = rl_step(state, batch)
       history.append(metrics)
+  history = jax.device_get(history)               # one transfer of every update's metrics, after the last update
   mean = {k: float(np.mean([float(m[k]) for m in history])) for k in history[0]}
   mean.update(advantage_stats(adv, cmask, rewards))
   return state, mean
@@ -333,9 +334,20 @@ def advantage_stats(adv: np.ndarray, cmask: np.ndarray, rewards: np.ndarray) -> 
           "flat_group_signal": float((row_signal & flat).sum() / max(flat.sum(), 1))}
 
 
-def _split_rng(state: TrainState):
-  rng, sub = jax.random.split(state.rng)
-  return state._replace(rng=rng), sub
+@jax.jit
+def split_key(key: Array) -> tuple[Array, Array]:
+  """The two halves of jax.random.split(key), in one compiled call (eagerly, the split and the unpacking of its
+  rows are separate dispatches, milliseconds of host time per RL step on a CPU backend)."""
+  keys = jax.random.split(key)
+  return keys[0], keys[1]
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def shuffle_key(key: Array, n: int) -> tuple[Array, Array]:
+  """(next key, a permutation of range(n)) = (k1, jax.random.permutation(k2, n)) for k1, k2 = split(key): an
+  epoch's row order and the key the state carries on, in one compiled call."""
+  keys = jax.random.split(key)
+  return keys[0], jax.random.permutation(keys[1], n)
 
 
 def dynamic_sampling_mask(rewards: np.ndarray) -> np.ndarray:
