@@ -12,7 +12,9 @@ Table 1, one decode step at batch B (prompt P, attention over P + N/2 slots, the
              samplers use on one CPU device, with the attention over the cache in its CPU kernel) and, for
              comparison, through XLA's matmuls and XLA's attention (T = 1).
 Every row takes its weights as an argument of the jitted steps (as the samplers, which build them inside their
-jit; weights closed over as constants let XLA fold their layout changes at compile time and hold one copy per row).
+jit; weights closed over as constants let XLA fold their layout changes at compile time and hold one copy per row),
+donated with the cache and handed back: an argument that is not donated is copied into the scan's loop state on
+every call (every weight, once per STEPS steps), which the samplers' own weights are not.
 Each row is timed `--rounds` times, round robin over the rows, and reported as median [min–max] per step.
 Table 2, the GSM8K sampling workload (chat-templated test questions, N new tokens, stop at EOS): useful tokens/s
 (tokens up to and including the stop) of transformers' `generate`, rl_jax's static sampler (one prefill per
@@ -100,7 +102,7 @@ def before_steps(cfg, p: int, n_new: int):
       return (cache, token, rng), logp
     (cache, token, rng), _ = jax.lax.scan(step, (cache, token, rng), jnp.arange(n_new // 2, n_new // 2 + STEPS))
     return cache, key_valid, token, rng, params
-  return jax.jit(run, donate_argnums=0)
+  return jax.jit(run, donate_argnums=(0, 4))
 
 
 def now_steps(cfg, p: int, n_new: int, step_fn=decode_step, step_kw=None, **sampling):
@@ -115,7 +117,7 @@ def now_steps(cfg, p: int, n_new: int, step_fn=decode_step, step_kw=None, **samp
       return (cache, token), logp
     (cache, token), _ = jax.lax.scan(step, (cache, token), jnp.arange(n_new // 2, n_new // 2 + STEPS))
     return cache, key_valid, token, keys, w
-  return jax.jit(run, donate_argnums=0)
+  return jax.jit(run, donate_argnums=(0, 4))
 
 
 def prompt_cache(params, cfg, tok, batch: int, p: int, n_new: int):
@@ -145,6 +147,18 @@ def step_floor(params, batch: int, slots: int, cfg) -> dict:
               wall_parts=(flops / rate, nbytes / bw), cpu_parts=(flops / cpu_rate, nbytes / cpu_bw))
 
 
+def _own(tree, taken: set):
+  """`tree` with every leaf that is in `taken` (ids of arrays held elsewhere) or repeated within it replaced by a
+  copy: a row donates its weights, so they may share no buffer with another row or with the parameters."""
+  seen = set(taken)
+  def one(a):
+    if id(a) in seen:
+      return jnp.copy(a)
+    seen.add(id(a))
+    return a
+  return jax.tree.map(one, tree)
+
+
 def decode_rows(params, cfg, tok, batch: int, p: int, n_new: int) -> list:
   """(name, jitted STEPS-step function, its first args) for each row of the decode table."""
   s_now = p + n_new // 2 + STEPS
@@ -153,10 +167,11 @@ def decode_rows(params, cfg, tok, batch: int, p: int, n_new: int) -> list:
   mk_now = lambda dtype: jax.tree.map(lambda a: a.astype(dtype), grow_cache(decode_cache_from(
       jax.tree.map(lambda a: a[:, :, :s_now], cache)), s_now))
   keys = jax.random.split(jax.random.PRNGKey(0), batch)
+  params_ids = {id(a) for a in jax.tree.leaves(params)}
   rows = [("before (T = 1)", before_steps(cfg, p, n_new),
-           (jax.tree.map(jnp.copy, cache), key_valid, token, jax.random.PRNGKey(0), params)),
+           (jax.tree.map(jnp.copy, cache), key_valid, token, jax.random.PRNGKey(0), jax.tree.map(jnp.copy, params))),
           ("previous (T = 1)", now_steps(cfg, p, n_new, previous_decode_step, temperature=1.0),
-           (mk_now(jnp.float32), kv_now, token, keys, previous_weights(params, cfg)))]
+           (mk_now(jnp.float32), kv_now, token, keys, _own(previous_weights(params, cfg), params_ids)))]
   kernels = resolve_cpu_kernels(None, jax.devices()[:1])
   weights = {}
   xla_attention = dict(temperature=1.0, step_kw=dict(cpu_attention=False))
@@ -168,21 +183,35 @@ def decode_rows(params, cfg, tok, batch: int, p: int, n_new: int) -> list:
                                jnp.float32, kernels),
                               ("now, T = 1, bfloat16 weights/KV (XLA)", dict(temperature=1.0), jnp.bfloat16, False)]:
     if (dtype, on) not in weights:
-      weights[dtype, on] = decode_weights(jax.tree.map(lambda a: a.astype(dtype), params), cfg, cpu_kernels=on)
+      weights[dtype, on] = _own(decode_weights(jax.tree.map(lambda a: a.astype(dtype), params), cfg, cpu_kernels=on),
+                                params_ids)
     name += " (CPU kernels unavailable: XLA)" if "CPU" in name and not on else ""
     rows.append((name, now_steps(cfg, p, n_new, **kw),
                  (mk_now(dtype), kv_now, token, keys, weights[dtype, on])))
   return rows
 
 
+def _call(fn, args: list, i: int, timed: bool):
+  """Runs row i once; the weights it donated and handed back (its last argument) replace the donated ones in
+  every row that shares them. (wall, CPU) seconds when timed."""
+  donated = args[i][-1]
+  wall, cpu, args[i] = run_time(fn, args[i]) if timed else (0.0, 0.0, jax.block_until_ready(fn(*args[i])))
+  for j, a in enumerate(args):
+    if a[-1] is donated:
+      args[j] = (*a[:-1], args[i][-1])
+  return wall, cpu
+
+
 def time_rows(rows: list, rounds: int) -> list[tuple[list, list]]:
   """Per row, (wall seconds per step, CPU seconds per step) of `rounds` calls, round robin over the rows after
   one warm-up (compile) call each."""
-  args = [jax.block_until_ready(fn(*a)) for _, fn, a in rows]
+  args = [a for _, _, a in rows]
+  for i, (_, fn, _) in enumerate(rows):
+    _call(fn, args, i, timed=False)
   times = [([], []) for _ in rows]
   for _ in range(rounds):
     for i, (_, fn, _) in enumerate(rows):
-      wall, cpu, args[i] = run_time(fn, args[i])
+      wall, cpu = _call(fn, args, i, timed=True)
       times[i][0].append(wall / STEPS)
       times[i][1].append(cpu / STEPS)
   return times
