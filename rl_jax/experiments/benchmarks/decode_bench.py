@@ -13,8 +13,8 @@ Table 1, one decode step at batch B (prompt P, attention over P + N/2 slots, the
              comparison, through XLA's matmuls and XLA's attention (T = 1).
 Every row takes its weights as an argument of the jitted steps (as the samplers, which build them inside their
 jit; weights closed over as constants let XLA fold their layout changes at compile time and hold one copy per row),
-donated with the cache and handed back: an argument that is not donated is copied into the scan's loop state on
-every call (every weight, once per STEPS steps), which the samplers' own weights are not.
+donated with the cache and handed back: XLA copies an argument that is not donated into the scan's loop state on
+every call (every weight, once per STEPS steps), while the samplers' weights are values of their own computation.
 Each row is timed `--rounds` times, round robin over the rows, and reported as median [min–max] per step.
 Table 2, the GSM8K sampling workload (chat-templated test questions, N new tokens, stop at EOS): useful tokens/s
 (tokens up to and including the stop) of transformers' `generate`, rl_jax's static sampler (one prefill per
