@@ -16,7 +16,8 @@ compute floor is 2·params·B FLOPs. Four layout choices bring it closer to that
 
 On CPU the five projections can instead run through rl_jax's packed-panel kernel (`rl_jax.kernels.cpu`):
 `decode_weights(..., cpu_kernels=True)` packs each float32 weight once per sampler call and `dense` sends a
-packed weight through the FFI call, so no step re-packs a weight as XLA's CPU matmul does on every call; with
+packed weight through the FFI call, so no step re-packs a weight as XLA's CPU matmul does on every call; the
+projections that follow an RMSNorm carry its gain and normalise their input in the kernel (`normed_dense`); with
 packed weights the attention over a float32 cache runs in the CPU kernel too (one pass over each head's cache).
 
 Sampling draws one uniform per row and inverts the CDF (`sample_tokens`) instead of a Gumbel draw for
@@ -74,13 +75,16 @@ def decode_weights(params: dict, cfg: ModelConfig, dtype=None, cpu_kernels: bool
   layers = tuple({name: cast(w[i]) for name, w in fused.items()} for i in range(cfg.n_layers))
   head = cast(params["embed"] if cfg.tie_embeddings else params["lm_head"].T)
   if cpu_kernels and head.dtype == jnp.float32:
-    pack = cpu_kernels_lib.pack_panels
-    layers = tuple({**lp, **{name: pack(lp[name]) for name in PROJECTIONS}} for lp in layers)
-    head = pack(head)
+    pack, eps = cpu_kernels_lib.pack_panels, cfg.rms_eps
+    layers = tuple({**lp, "w_qkv": pack(lp["w_qkv"], lp["attn_norm"], eps), "w_o": pack(lp["w_o"]),
+                    "w_gu": pack(lp["w_gu"], lp["mlp_norm"], eps), "w_down": pack(lp["w_down"])} for lp in layers)
+    head = pack(head, params["final_norm"], eps)
   return DecodeWeights(layers, cast(params["embed"]), params["final_norm"], head)
 
 
 PROJECTIONS = ("w_qkv", "w_o", "w_gu", "w_down")
+# Packed for the CPU kernels, w_qkv, w_gu and the head carry their input's RMSNorm gain (attn_norm, mlp_norm,
+# final_norm) and normalise their input in the kernel (`normed_dense`).
 
 
 def resolve_cpu_kernels(cpu_kernels: bool | None, devices=None) -> bool:
@@ -138,6 +142,15 @@ def dense(x: Array, w, preferred_element_type=None) -> Array:
   return jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=preferred_element_type)
 
 
+def normed_dense(x: Array, norm: Array, w, eps: float, preferred_element_type=None) -> Array:
+  """rms_norm(x, norm, eps) · wᵀ: in the CPU kernel when w is a `PackedWeight` that carries the norm (its gain
+  folded into w, the row scale 1/√(mean(x²) + eps) applied to the kernel's output; arXiv:1910.07467), else the
+  norm in XLA and `dense`."""
+  if isinstance(w, cpu_kernels_lib.PackedWeight) and w.rms_eps is not None:
+    return cpu_kernels_lib.packed_dense(x.astype(jnp.float32), w)
+  return dense(rms_norm(x, norm, eps), w, preferred_element_type)
+
+
 def attention_bias(allowed: Array) -> Array:
   """Additive mask [B, S]: 0 where a slot may be attended, −1e30 elsewhere (one per step, shared by all layers)."""
   return jnp.where(allowed, 0.0, -1e30).astype(jnp.float32)
@@ -165,7 +178,7 @@ def decode_layer(cfg: ModelConfig, inv_freq: Array, x: Array, lp: dict, cache_k:
   when the weights are packed for the CPU kernels, unless cpu_attention is False)."""
   b = x.shape[0]
   nq, nk = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-  qkv = dense(rms_norm(x, lp["attn_norm"], cfg.rms_eps), lp["w_qkv"])
+  qkv = normed_dense(x, lp["attn_norm"], lp["w_qkv"], cfg.rms_eps)
   if cfg.qkv_bias:
     qkv = qkv + lp["b_qkv"][None, :]
   q = qkv[:, :nq].reshape(b, 1, cfg.n_heads, cfg.head_dim)
@@ -177,7 +190,7 @@ def decode_layer(cfg: ModelConfig, inv_freq: Array, x: Array, lp: dict, cache_k:
   cache_k, cache_v = _write_slot(cache_k, cache_v, k, v, slot)
   kernel = cpu_attention and isinstance(lp["w_o"], cpu_kernels_lib.PackedWeight)
   x = x + dense(_cache_attention(q, cache_k, cache_v, bias, cfg, kernel).astype(x.dtype), lp["w_o"])
-  gu = dense(rms_norm(x, lp["mlp_norm"], cfg.rms_eps), lp["w_gu"])
+  gu = normed_dense(x, lp["mlp_norm"], lp["w_gu"], cfg.rms_eps)
   f = cfg.ffn_dim
   x = x + dense(jax.nn.silu(gu[:, :f]) * gu[:, f:], lp["w_down"])
   return x, cache_k, cache_v
@@ -197,5 +210,5 @@ def decode_step(w: DecodeWeights, cfg: ModelConfig, cache: DecodeCache, token: A
     x, ck, cv = decode_layer(cfg, inv_freq, x, lp, ck, cv, slot, positions, bias, cpu_attention)
     ks.append(ck)
     vs.append(cv)
-  h = rms_norm(x, w.final_norm, cfg.rms_eps)
-  return dense(h, w.head, preferred_element_type=jnp.float32), DecodeCache(tuple(ks), tuple(vs))
+  logits = normed_dense(x, w.final_norm, w.head, cfg.rms_eps, preferred_element_type=jnp.float32)
+  return logits, DecodeCache(tuple(ks), tuple(vs))

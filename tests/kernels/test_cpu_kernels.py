@@ -44,6 +44,31 @@ def test_packed_dense_matches_float64_eager_and_jitted(kernel, m, k, n):
   _close(jax.jit(packed_dense)(jnp.asarray(x), pw), want, k)
 
 
+@pytest.mark.parametrize("m,k,n", [(32, 96, 3 * PANEL + 1), (7, 33, 100), (1, 5, 7), (9, 577, 50)])
+def test_packed_dense_with_rms_norm_matches_float64(kernel, m, k, n):
+  """A weight packed with an RMSNorm gain: y = (x / √(mean(x²) + eps) ⊙ g) · Wᵀ from the raw x, against float64
+  (rows of very different scales), eagerly, jitted and through the jnp reference; its TPU lowering has no custom
+  call."""
+  x, w, _ = _case(m, k, n, seed=4)
+  rng = np.random.default_rng(5)
+  x = x * rng.uniform(0.01, 30.0, (m, 1)).astype(np.float32)
+  g = rng.uniform(0.5, 1.5, k).astype(np.float32)
+  eps = 1e-5
+  x64 = x.astype(np.float64)
+  want = (x64 / np.sqrt(np.mean(x64 ** 2, axis=1, keepdims=True) + eps) * g) @ w.astype(np.float64).T
+  pw = pack_panels(jnp.asarray(w), jnp.asarray(g), eps)
+  assert pw.rms_eps == eps and pw.n == n
+  for fn in (packed_dense, jax.jit(packed_dense), packed_dense_reference):
+    _close(fn(jnp.asarray(x), pw), want, k)
+  traced = jax.jit(packed_dense).trace(jnp.asarray(x), pw)
+  assert ops.RMS_TARGET in traced.lower(lowering_platforms=("cpu",)).as_text()
+  assert ops.RMS_TARGET not in traced.lower(lowering_platforms=("tpu",)).as_text()
+  with pytest.raises(ValueError, match="RMSNorm gain"):
+    pack_panels(jnp.asarray(w), jnp.asarray(g))
+  with pytest.raises(ValueError, match="RMSNorm gain"):
+    pack_panels(jnp.asarray(w), jnp.asarray(g[:-1]), eps)
+
+
 def test_panels_layout_and_reference():
   """panels[p, k, j] = W[p·48 + j, k], zero past N; the jnp reference (the non-CPU branch) equals x·Wᵀ."""
   x, w, want = _case(3, 4, 50)

@@ -22,8 +22,9 @@ from rl_jax.kernels.cpu.build import build
 
 PANEL = 48                      # columns per panel (kPanel in packed_dense.cc)
 TARGET = "rl_jax_packed_dense"
+RMS_TARGET = "rl_jax_packed_dense_rms"
 ATTENTION_TARGET = "rl_jax_decode_attention"
-LIBRARIES = {"packed_dense": ((TARGET, "RlJaxPackedDense"),),                     # source stem → (target, symbol)
+LIBRARIES = {"packed_dense": ((TARGET, "RlJaxPackedDense"), (RMS_TARGET, "RlJaxPackedDenseRms")),  # stem → targets
              "decode_attention": ((ATTENTION_TARGET, "RlJaxDecodeAttention"),)}
 ENV = "RL_JAX_CPU_KERNELS"      # "0" disables the kernels (the XLA path runs instead)
 logger = logging.getLogger("rl_jax.kernels.cpu")
@@ -34,20 +35,37 @@ _lock = threading.Lock()
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PackedWeight:
-  """A weight W [N, K] as panels [⌈N/48⌉, K, 48]: panels[p, k, j] = W[p·48 + j, k], zero past N."""
+  """A weight W [N, K] as panels [⌈N/48⌉, K, 48]: panels[p, k, j] = W[p·48 + j, k], zero past N. With `rms_eps`,
+  the panels hold W · diag(g) for an RMSNorm gain g and `packed_dense` normalises its input's rows first."""
   panels: jax.Array
   n: int = dataclasses.field(metadata=dict(static=True))
+  rms_eps: float | None = dataclasses.field(default=None, metadata=dict(static=True))
 
 
-def pack_panels(w: jax.Array) -> PackedWeight:
-  """W [N, K] (output-major) → PackedWeight; N is padded to a whole panel with zero rows."""
+def pack_panels(w: jax.Array, norm: jax.Array | None = None, eps: float | None = None) -> PackedWeight:
+  """W [N, K] (output-major) → PackedWeight; N is padded to a whole panel with zero rows. With an RMSNorm gain
+  `norm` [K] and its `eps`, the packed weight computes rms_norm(x, norm, eps) · Wᵀ from the raw x (the gain is
+  folded into the columns of W once here)."""
   n, k = w.shape
+  if (norm is None) != (eps is None) or (norm is not None and norm.shape != (k,)):
+    raise ValueError(f"pack_panels wants both an RMSNorm gain [{k}] and its eps, or neither; got "
+                     f"{None if norm is None else list(norm.shape)} and {eps}.")
+  if norm is not None:
+    w = w * norm[None, :].astype(w.dtype)
   w = jnp.pad(w, ((0, (-n) % PANEL), (0, 0)))
-  return PackedWeight(jnp.swapaxes(w.reshape(-1, PANEL, k), 1, 2), n)
+  return PackedWeight(jnp.swapaxes(w.reshape(-1, PANEL, k), 1, 2), n, None if eps is None else float(eps))
+
+
+def rms_scale(x: jax.Array, eps: float) -> jax.Array:
+  """x / √(mean(x²) + eps) over the last axis (RMSNorm without its gain; Zhang & Sennrich, arXiv:1910.07467)."""
+  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
 def packed_dense_reference(x: jax.Array, w: PackedWeight) -> jax.Array:
-  """x [M, K] · Wᵀ from the panels in jnp: [M, P·48] cut to N columns (any platform)."""
+  """x [M, K] · Wᵀ from the panels in jnp (x's rows RMS-normalised first when w.rms_eps is set): [M, P·48] cut to
+  N columns (any platform)."""
+  if w.rms_eps is not None:
+    x = rms_scale(x, w.rms_eps)
   y = jnp.einsum("mk,pkj->mpj", x, w.panels, preferred_element_type=jnp.float32)
   return y.reshape(x.shape[0], -1)[:, :w.n]
 
@@ -87,14 +105,19 @@ def max_threads() -> int:
 
 
 def packed_dense(x: jax.Array, w: PackedWeight) -> jax.Array:
-  """y [M, N] = x [M, K] · Wᵀ (float32): the FFI kernel when this lowers for CPU, the jnp reference on other
-  platforms. Call `load()` first (it registers the kernel)."""
+  """y [M, N] = x [M, K] · Wᵀ (float32; x's rows RMS-normalised first when w.rms_eps is set, in the kernel): the
+  FFI kernel when this lowers for CPU, the jnp reference on other platforms. Call `load()` first (it registers
+  the kernel)."""
   if x.ndim != 2 or x.shape[1] != w.panels.shape[1] or x.dtype != jnp.float32 or w.panels.dtype != jnp.float32:
     raise ValueError(f"packed_dense wants float32 x [M, {w.panels.shape[1]}] and float32 panels, got x "
                      f"{x.dtype}{list(x.shape)}, panels {w.panels.dtype}{list(w.panels.shape)}.")
-  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((x.shape[0], w.n), jnp.float32), vmap_method="sequential")
-  return jax.lax.platform_dependent(x, w.panels, cpu=lambda x, p: call(x, p, max_threads=np.int64(max_threads())),
-                                    default=lambda x, p: packed_dense_reference(x, PackedWeight(p, w.n)))
+  out = jax.ShapeDtypeStruct((x.shape[0], w.n), jnp.float32)
+  attrs = dict(max_threads=np.int64(max_threads()))
+  if w.rms_eps is not None:
+    attrs["eps"] = np.float32(w.rms_eps)
+  call = jax.ffi.ffi_call(TARGET if w.rms_eps is None else RMS_TARGET, out, vmap_method="sequential")
+  return jax.lax.platform_dependent(x, w.panels, cpu=lambda x, p: call(x, p, **attrs),
+                                    default=lambda x, p: packed_dense_reference(x, PackedWeight(p, w.n, w.rms_eps)))
 
 
 def decode_attention_reference(q: jax.Array, keys: jax.Array, values: jax.Array, bias: jax.Array) -> jax.Array:
