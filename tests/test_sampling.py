@@ -23,14 +23,13 @@ def prompts():
 def test_greedy_matches_stepwise_argmax_of_the_full_forward():
   ids, mask = prompts()
   out = generate(PARAMS, CFG, ids, mask, jax.random.PRNGKey(1), max_new_tokens=6, temperature=0.0)
-  for row in range(ids.shape[0]):
-    seq = [int(t) for t, m in zip(ids[row], mask[row]) if m]
-    for step in range(6):
-      logits = forward(PARAMS, jnp.asarray([seq]), CFG)[0, -1]
-      nxt = int(jnp.argmax(logits))
-      assert int(out.tokens[row, step]) == nxt
-      np.testing.assert_allclose(float(out.logp[row, step]), float(jax.nn.log_softmax(logits)[nxt]), atol=1e-5)
-      seq.append(nxt)
+  for row in range(ids.shape[0]):   # causal: one forward over prompt + sampled tokens gives every step's logits
+    prompt = [int(t) for t, m in zip(ids[row], mask[row]) if m]
+    tokens = np.asarray(out.tokens[row])
+    logits = forward(PARAMS, jnp.asarray([prompt + tokens.tolist()]), CFG)[0, len(prompt) - 1:-1]
+    np.testing.assert_array_equal(tokens, np.asarray(jnp.argmax(logits, -1)))    # each step the argmax
+    want = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), tokens[:, None], -1)[:, 0]
+    np.testing.assert_allclose(np.asarray(out.logp[row]), want, atol=1e-5)
 
 
 def test_sampler_logprobs_equal_recomputed_logprobs_at_temperature_one():
