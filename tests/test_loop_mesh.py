@@ -16,19 +16,25 @@ def run(tmp_path, mesh):
   return exp.main(cfg)
 
 
-def test_a_run_on_a_mesh_equals_the_run_on_one_device(tmp_path):
-  assert jax.device_count() == 8
-  one = run(tmp_path, "1,1,1")
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+  one = run(tmp_path_factory.mktemp("mesh"), "1,1,1")
   assert one["history"][0]["kl"] > 0 or one["history"][-1]["kl"] > 0   # β > 0: the reference term is live
-  for mesh in ("2,2,2", "1,8,1"):
-    other = run(tmp_path, mesh)
-    for a, b in zip(one["history"], other["history"]):
-      assert a["reward"] == b["reward"] and a["gen_batches"] == b["gen_batches"]
-      assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-    assert one["accuracy"] == other["accuracy"]
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), one["params"], other["params"])
-    sh = other["params_sharding"]["layers"]["wq"]
-    assert sh.mesh.shape == dict(zip(("data", "fsdp", "tensor"), map(int, mesh.split(","))))
+  return one
+
+
+# (2,2,2) shards over all three axes at once; (1,8,1), FSDP over all eight devices, is a third whole run
+@pytest.mark.parametrize("mesh", ["2,2,2", pytest.param("1,8,1", marks=pytest.mark.slow)])
+def test_a_run_on_a_mesh_equals_the_run_on_one_device(one_device, mesh, tmp_path):
+  assert jax.device_count() == 8
+  one, other = one_device, run(tmp_path, mesh)
+  for a, b in zip(one["history"], other["history"]):
+    assert a["reward"] == b["reward"] and a["gen_batches"] == b["gen_batches"]
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+  assert one["accuracy"] == other["accuracy"]
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), one["params"], other["params"])
+  sh = other["params_sharding"]["layers"]["wq"]
+  assert sh.mesh.shape == dict(zip(("data", "fsdp", "tensor"), map(int, mesh.split(","))))
 
 
 def test_the_mesh_option_is_checked_before_compute():
