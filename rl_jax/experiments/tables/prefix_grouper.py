@@ -73,7 +73,7 @@ def measure(seed: int, prompt_len: int, group: int, completion: int, repeats: in
 def main(argv=()) -> dict:
   args = common.parse_args(argv, keys=("prompts", "groups", "completion"), doc=__doc__)
   report = common.Report(NAME, args, argv)
-  prompts = [int(x) for x in str(common.extra_value(args, "prompts", "32,128" if args.quick else "64,256,1024")).split(",")]
+  prompts = [int(x) for x in str(common.extra_value(args, "prompts", "32" if args.quick else "64,256,1024")).split(",")]
   groups = [int(x) for x in str(common.extra_value(args, "groups", "4" if args.quick else "4,8,16")).split(",")]
   completion = common.extra_value(args, "completion", 16 if args.quick else 32)
   repeats = 2 if args.quick else 5
