@@ -109,6 +109,10 @@ def test_bfloat16_sampler_stays_close_to_float32():
   np.testing.assert_allclose(np.asarray(b.logp)[agree], np.asarray(a.logp)[agree], atol=0.05)
 
 
+# the samplers call sample_tokens under jit; so do the token comparisons below (eagerly it is ~0.5 s a call)
+_sample_tokens = jax.jit(sample_tokens, static_argnames=("temperature", "top_k", "top_p"))
+
+
 def _decode_logits(step_fn, w, cfg, params, steps):
   """Logits of `steps` decode steps after prefilling IDS, feeding fixed tokens (rows see their own prompts)."""
   logits, cache = prefill(params, cfg, IDS, MASK)
@@ -147,8 +151,8 @@ def test_fused_step_samples_the_same_tokens_as_the_unfused_step():
   keys = jax.random.split(jax.random.PRNGKey(3), 3)
   for i in range(6):
     for kw in (dict(temperature=1.0), dict(temperature=0.6, top_p=0.9), dict(temperature=0.0)):
-      ta, la = sample_tokens(a[:, i], row_uniforms(keys, i), **kw)
-      tb, lb = sample_tokens(b[:, i], row_uniforms(keys, i), **kw)
+      ta, la = _sample_tokens(a[:, i], row_uniforms(keys, i), **kw)
+      tb, lb = _sample_tokens(b[:, i], row_uniforms(keys, i), **kw)
       np.testing.assert_array_equal(np.asarray(ta), np.asarray(tb))
       np.testing.assert_allclose(np.asarray(la), np.asarray(lb), atol=1e-5)
 
@@ -186,8 +190,8 @@ def test_cpu_kernel_step_equals_the_xla_step(cpu_kernel, extra):
   keys = jax.random.split(jax.random.PRNGKey(3), 3)
   for i in range(5):
     for kw in (dict(temperature=1.0), dict(temperature=0.0)):
-      np.testing.assert_array_equal(np.asarray(sample_tokens(a[:, i], row_uniforms(keys, i), **kw)[0]),
-                                    np.asarray(sample_tokens(b[:, i], row_uniforms(keys, i), **kw)[0]))
+      np.testing.assert_array_equal(np.asarray(_sample_tokens(a[:, i], row_uniforms(keys, i), **kw)[0]),
+                                    np.asarray(_sample_tokens(b[:, i], row_uniforms(keys, i), **kw)[0]))
 
 
 def test_samplers_with_and_without_the_cpu_kernel_draw_the_same_tokens(cpu_kernel):
