@@ -18,7 +18,8 @@ every call (every weight, once per STEPS steps), while the samplers' weights are
 Each row is timed `--rounds` times, round robin over the rows, and reported as median [min–max] per step.
 Table 2, the GSM8K sampling workload (chat-templated test questions, N new tokens, stop at EOS): useful tokens/s
 (tokens up to and including the stop) of transformers' `generate`, rl_jax's static sampler (one prefill per
-prompt) and the continuous-batching sampler (`slots` rows, refilled as rows finish).
+prompt; every row decoded until the last stops, and shrinking: finished rows dropped between buckets) and the
+continuous-batching sampler (`slots` rows, refilled as rows finish).
 
 CPU seconds of this process are shown next to wall seconds, with the floor in CPU seconds: on a shared machine
 compare CPU seconds of a run pinned to one core, where CPU time does not count the time other processes hold it:
