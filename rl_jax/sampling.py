@@ -293,8 +293,9 @@ def generate_raw(params: dict, cfg: ModelConfig, prompts: Array, prompt_mask: Ar
       when this process has a single CPU device, `generate` also when the parameters sit on one CPU device;
       float32 weights only). False: XLA's matmuls.
   Row r's randomness is `jax.random.split(rng, B·G)[r]` folded with the step index (see `row_uniforms`).
-  Every row runs every step (traceable inside a caller's jit); `generate` by default drops finished rows
-  between buckets (`generate_shrinking`).
+  Every row runs every step (traceable inside a caller's jit). `generate(..., shrink=True)` (the default) drops
+  finished rows between buckets and ends once every row has stopped (`generate_shrinking`, same rows);
+  shrink=False runs this function under one jit.
   """
   p = prompts.shape[1]
   _check_generate_args(cfg, p, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id, group_size,
