@@ -346,8 +346,8 @@ def split_key(key: Array) -> tuple[Array, Array]:
 def shuffle_key(key: Array, n: int) -> tuple[Array, Array]:
   """(next key, a permutation of range(n)) = (k1, jax.random.permutation(k2, n)) for k1, k2 = split(key): an
   epoch's row order and the key the state carries on, in one compiled call."""
-  keys = jax.random.split(key)
-  return keys[0], jax.random.permutation(keys[1], n)
+  rng, sub = split_key(key)
+  return rng, jax.random.permutation(sub, n)
 
 
 def dynamic_sampling_mask(rewards: np.ndarray) -> np.ndarray:

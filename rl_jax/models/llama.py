@@ -46,10 +46,14 @@ def init_params(cfg: ModelConfig, rng: Array) -> dict:
   return params
 
 
+def rms_scale(x: Array, eps: float) -> Array:
+  """x / √(mean(x²) + eps) over the last axis: RMSNorm without its gain (Zhang & Sennrich, arXiv:1910.07467)."""
+  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+
+
 def rms_norm(x: Array, weight: Array, eps: float) -> Array:
   """x / sqrt(mean(x²) + eps) · weight, computed in float32."""
-  x32 = x.astype(jnp.float32)
-  y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  y = rms_scale(x.astype(jnp.float32), eps)
   return (y * weight.reshape((1,) * (y.ndim - 1) + (-1,))).astype(x.dtype)
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_jax.kernels.cpu.build import build
+from rl_jax.models.llama import rms_scale
 
 PANEL = 48                      # columns per panel (kPanel in packed_dense.cc)
 TARGET = "rl_jax_packed_dense"
@@ -54,11 +55,6 @@ def pack_panels(w: jax.Array, norm: jax.Array | None = None, eps: float | None =
     w = w * norm[None, :].astype(w.dtype)
   w = jnp.pad(w, ((0, (-n) % PANEL), (0, 0)))
   return PackedWeight(jnp.swapaxes(w.reshape(-1, PANEL, k), 1, 2), n, None if eps is None else float(eps))
-
-
-def rms_scale(x: jax.Array, eps: float) -> jax.Array:
-  """x / √(mean(x²) + eps) over the last axis (RMSNorm without its gain; Zhang & Sennrich, arXiv:1910.07467)."""
-  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
 def packed_dense_reference(x: jax.Array, w: PackedWeight) -> jax.Array:
