@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from rl_jax.kernels import cpu as cpu_kernels_lib
 from rl_jax.models.config import ModelConfig
-from rl_jax.models.llama import KVCache, apply_rope, lm_head_weight, rms_norm, rope_frequencies
+from rl_jax.models.llama import KVCache, lm_head_weight, rms_norm, rope_frequencies, rope_tables, rotate_half
 
 Array = jax.Array
 
@@ -156,40 +156,57 @@ def attention_bias(allowed: Array) -> Array:
   return jnp.where(allowed, 0.0, -1e30).astype(jnp.float32)
 
 
-def _cache_attention(q: Array, cache_k: Array, cache_v: Array, bias: Array, cfg: ModelConfig,
-                     cpu_kernel: bool = False) -> Array:
+def _cache_attention(q: Array, cache_k: Array, cache_v: Array, bias: Array, cfg: ModelConfig) -> Array:
   """softmax(q·kᵀ/√hd + bias) v for one query per row: q [B, H, hd], bias [B, S] → [B, H·hd] (float32 math;
-  q is scaled before the product, exact when hd is a power of 4). cpu_kernel (float32 cache): one pass over
-  the cache in `rl_jax.kernels.cpu.decode_attention`."""
+  q is scaled before the product, exact when hd is a power of 4)."""
   b = q.shape[0]
   kh, hd = cfg.n_kv_heads, cfg.head_dim
   q = q.reshape(b, kh, cfg.n_heads // kh, hd).astype(jnp.float32) * (1.0 / math.sqrt(hd))
-  if cpu_kernel and cache_k.dtype == jnp.float32:
-    return cpu_kernels_lib.decode_attention(q, cache_k, cache_v, bias).reshape(b, cfg.n_heads * hd)
   scores = jnp.einsum("bkgd,bkds->bkgs", q, cache_k.astype(jnp.float32)) + bias[:, None, None, :]
   probs = jax.nn.softmax(scores, axis=-1)
   return jnp.einsum("bkgs,bksd->bkgd", probs, cache_v.astype(jnp.float32)).reshape(b, kh * (cfg.n_heads // kh) * hd)
 
 
-def decode_layer(cfg: ModelConfig, inv_freq: Array, x: Array, lp: dict, cache_k: Array, cache_v: Array,
-                 slot: Array, positions: Array, bias: Array, cpu_attention: bool = True) -> tuple[Array, Array, Array]:
-  """One pre-norm decoder block for one token per row: x [B, D], positions [B]; writes this token's
-  k/v at `slot` first, then attends over the cache with the additive mask `bias` [B, S] (through the CPU kernel
-  when the weights are packed for the CPU kernels, unless cpu_attention is False)."""
-  b = x.shape[0]
-  nq, nk = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+def _qkv_heads(qkv: Array, lp: dict, cfg: ModelConfig) -> tuple[Array, Array, Array]:
+  """q [B, H, hd], k and v [B, K, hd] of the fused projection (q and k RMS-normalised per head with qk_norm)."""
+  b, hd = qkv.shape[0], cfg.head_dim
+  nq, nk = cfg.n_heads * hd, cfg.n_kv_heads * hd
+  q, k = qkv[:, :nq].reshape(b, cfg.n_heads, hd), qkv[:, nq:nq + nk].reshape(b, cfg.n_kv_heads, hd)
+  if cfg.qk_norm:
+    q, k = rms_norm(q, lp["q_norm"], cfg.rms_eps), rms_norm(k, lp["k_norm"], cfg.rms_eps)
+  return q, k, qkv[:, nq + nk:].reshape(b, cfg.n_kv_heads, hd)
+
+
+def _attention(cfg: ModelConfig, rope: tuple[Array, Array], qkv: Array, lp: dict, cache_k: Array, cache_v: Array,
+               slot: Array, bias: Array, cpu_kernel: bool) -> tuple[Array, Array, Array]:
+  """The new token's attention from its q/k/v projection [B, (H + 2K)·hd]: RoPE of q and k (cos/sin [B, hd/2]),
+  k/v written at `slot`, attention over the cache → ([B, H·hd], cache_k, cache_v). cpu_kernel (float32 cache):
+  all of it in one pass over each head's cache in `rl_jax.kernels.cpu.decode_attention_update`, the cache updated
+  in place."""
+  cos, sin = rope
+  if cpu_kernel and cache_k.dtype == jnp.float32:
+    if cfg.qk_norm:
+      qkv = jnp.concatenate([a.reshape(a.shape[0], -1) for a in _qkv_heads(qkv, lp, cfg)], axis=1)
+    return cpu_kernels_lib.decode_attention_update(qkv.astype(jnp.float32), cos, sin, slot, bias, cache_k, cache_v,
+                                                   cfg.n_heads, 1.0 / math.sqrt(cfg.head_dim))
+  q, k, v = _qkv_heads(qkv, lp, cfg)
+  q, k = rotate_half(q, cos[:, None], sin[:, None]), rotate_half(k, cos[:, None], sin[:, None])
+  cache_k, cache_v = _write_slot(cache_k, cache_v, k, v, slot)
+  return _cache_attention(q, cache_k, cache_v, bias, cfg), cache_k, cache_v
+
+
+def decode_layer(cfg: ModelConfig, rope: tuple[Array, Array], x: Array, lp: dict, cache_k: Array, cache_v: Array,
+                 slot: Array, bias: Array, cpu_attention: bool = True) -> tuple[Array, Array, Array]:
+  """One pre-norm decoder block for one token per row: x [B, D], RoPE tables rope = (cos, sin) [B, hd/2] of the
+  rows' positions; writes this token's k/v at `slot` first, then attends over the cache with the additive mask
+  `bias` [B, S] (through the CPU kernel when the weights are packed for the CPU kernels, unless cpu_attention is
+  False)."""
   qkv = normed_dense(x, lp["attn_norm"], lp["w_qkv"], cfg.rms_eps)
   if cfg.qkv_bias:
     qkv = qkv + lp["b_qkv"][None, :]
-  q = qkv[:, :nq].reshape(b, 1, cfg.n_heads, cfg.head_dim)
-  k = qkv[:, nq:nq + nk].reshape(b, 1, cfg.n_kv_heads, cfg.head_dim)
-  v = qkv[:, nq + nk:].reshape(b, cfg.n_kv_heads, cfg.head_dim)
-  if cfg.qk_norm:
-    q, k = rms_norm(q, lp["q_norm"], cfg.rms_eps), rms_norm(k, lp["k_norm"], cfg.rms_eps)
-  q, k = apply_rope(q, positions[:, None], inv_freq)[:, 0], apply_rope(k, positions[:, None], inv_freq)[:, 0]
-  cache_k, cache_v = _write_slot(cache_k, cache_v, k, v, slot)
   kernel = cpu_attention and isinstance(lp["w_o"], cpu_kernels_lib.PackedWeight)
-  x = x + dense(_cache_attention(q, cache_k, cache_v, bias, cfg, kernel).astype(x.dtype), lp["w_o"])
+  attn, cache_k, cache_v = _attention(cfg, rope, qkv, lp, cache_k, cache_v, slot, bias, kernel)
+  x = x + dense(attn.astype(x.dtype), lp["w_o"])
   gu = normed_dense(x, lp["mlp_norm"], lp["w_gu"], cfg.rms_eps)
   f = cfg.ffn_dim
   x = x + dense(jax.nn.silu(gu[:, :f]) * gu[:, f:], lp["w_down"])
@@ -202,12 +219,12 @@ def decode_step(w: DecodeWeights, cfg: ModelConfig, cache: DecodeCache, token: A
   `allowed` [B, S] marks the cache slots each row may attend. With weights packed for the CPU kernels
   (`decode_weights(..., cpu_kernels=True)`) the attention runs in the CPU kernel too, unless cpu_attention is
   False (for comparisons)."""
-  inv_freq = rope_frequencies(cfg)
+  rope = rope_tables(positions, rope_frequencies(cfg))
   bias = attention_bias(allowed)
   x = w.embed[token]
   ks, vs = [], []
   for lp, ck, cv in zip(w.layers, cache.k, cache.v):
-    x, ck, cv = decode_layer(cfg, inv_freq, x, lp, ck, cv, slot, positions, bias, cpu_attention)
+    x, ck, cv = decode_layer(cfg, rope, x, lp, ck, cv, slot, bias, cpu_attention)
     ks.append(ck)
     vs.append(cv)
   logits = normed_dense(x, w.final_norm, w.head, cfg.rms_eps, preferred_element_type=jnp.float32)

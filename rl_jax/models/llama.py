@@ -79,12 +79,23 @@ def rope_frequencies(cfg: ModelConfig) -> Array:
   return inv
 
 
-def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
-  """Rotary embedding, half-split layout (HF "rotate_half"): x [B, S, N, hd], positions [B, S]."""
-  angles = positions[..., None].astype(jnp.float32) * inv_freq[None, None, :]          # [B, S, hd/2]
-  cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+def rope_tables(positions: Array, inv_freq: Array) -> tuple[Array, Array]:
+  """cos and sin of the RoPE angles positions · inv_freq (arXiv:2104.09864): positions [...] → [..., hd/2] each."""
+  angles = positions[..., None].astype(jnp.float32) * inv_freq.reshape((1,) * positions.ndim + inv_freq.shape)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def rotate_half(x: Array, cos: Array, sin: Array) -> Array:
+  """x [..., hd] rotated in the half-split layout (HF "rotate_half"): [x1·cos − x2·sin, x2·cos + x1·sin] for the
+  halves x1, x2 and cos/sin [..., hd/2] broadcast against them (float32 math, x's dtype out)."""
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+  """Rotary embedding, half-split layout (HF "rotate_half"): x [B, S, N, hd], positions [B, S]."""
+  cos, sin = rope_tables(positions, inv_freq)                                          # [B, S, hd/2]
+  return rotate_half(x, cos[:, :, None, :], sin[:, :, None, :])
 
 
 class KVCache(NamedTuple):

@@ -184,3 +184,72 @@ def test_decode_attention_lowers_for_tpu_without_the_custom_call_and_refuses_bad
     ops.decode_attention(q, keys, values[:, :, :-1], bias)
   with pytest.raises(ValueError, match="decode_attention wants"):
     ops.decode_attention(q, keys.astype(jnp.bfloat16), values, bias)
+
+
+def _update_case(b, k, g, hd, s, slot, seed=0):
+  """Operands of decode_attention_update and its float64 NumPy result: RoPE (half-split) of q and k from the
+  angles' cos/sin, q scaled, k and v written at each row's slot (none outside [0, S)), softmax attention."""
+  rng = np.random.default_rng(seed)
+  h = k * g
+  qkv = rng.standard_normal((b, (h + 2 * k) * hd)).astype(np.float32)
+  angles = rng.uniform(0, 50, (b, hd // 2))
+  cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+  keys, values = (rng.standard_normal(shape).astype(np.float32) for shape in ((b, k, hd, s), (b, k, s, hd)))
+  bias = np.where(rng.random((b, s)) < 0.3, -1e30, 0.0).astype(np.float32)
+  slots = np.broadcast_to(np.asarray(slot), (b,))
+  slots = np.where(slots < 0, slots + s, slots)       # NumPy indexing: −1 is the last slot
+  bias[np.arange(b), np.clip(slots, 0, s - 1)] = 0.0
+  x, c, sn = qkv.astype(np.float64), cos.astype(np.float64)[:, None], sin.astype(np.float64)[:, None]
+  def rot(a):                                        # a [B, N, hd]
+    a1, a2 = a[..., :hd // 2], a[..., hd // 2:]
+    return np.concatenate([a1 * c - a2 * sn, a2 * c + a1 * sn], -1)
+  q = rot(x[:, :h * hd].reshape(b, h, hd)) / np.sqrt(hd)
+  kn, vn = rot(x[:, h * hd:(h + k) * hd].reshape(b, k, hd)), x[:, (h + k) * hd:].reshape(b, k, hd)
+  k64, v64 = keys.astype(np.float64), values.astype(np.float64)
+  for r in range(b):
+    if 0 <= slots[r] < s:
+      k64[r, :, :, slots[r]], v64[r, :, slots[r], :] = kn[r], vn[r]
+  scores = np.einsum("bkgd,bkds->bkgs", q.reshape(b, k, g, hd), k64) + bias[:, None, None, :]
+  p = np.exp(scores - scores.max(-1, keepdims=True))
+  out = np.einsum("bkgs,bksd->bkgd", p / p.sum(-1, keepdims=True), v64).reshape(b, h * hd)
+  args = tuple(map(jnp.asarray, (qkv, cos, sin, np.asarray(slot, np.int32), bias, keys, values)))
+  return args, (out, k64, v64)
+
+
+@pytest.mark.parametrize("b,k,g,hd,s,slot", [(2, 3, 3, 64, 264, 100), (3, 2, 4, 20, 37, [0, 36, 5]),
+                                             (1, 1, 1, 16, 1, 0), (4, 1, 7, 8, 80, [3, 79, 200, -1])])
+def test_decode_attention_update_matches_float64(kernel, b, k, g, hd, s, slot):
+  """RoPE of q and k, the cache write at a shared or per-row slot (one past the end: no write; −1: the last
+  slot) and the attention, in one kernel: eager, jitted with the caches donated, and the jnp reference."""
+  args, (want, want_k, want_v) = _update_case(b, k, g, hd, s, slot)
+  scale = 1.0 / np.sqrt(hd)
+  jitted = jax.jit(ops.decode_attention_update, static_argnums=(7, 8), donate_argnums=(5, 6))
+  for fn in (ops.decode_attention_update, jitted, ops.decode_attention_update_reference):
+    a = list(args)
+    if fn is ops.decode_attention_update_reference:
+      a[3] = ops.row_slots(a[3], b, s)
+    a[5], a[6] = jnp.copy(a[5]), jnp.copy(a[6])   # the caches are updated in place (donated when jitted)
+    out, keys, values = fn(*a, g * k, scale)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=0, atol=2e-5 * np.sqrt(s))
+    np.testing.assert_allclose(np.asarray(keys), want_k, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(values), want_v, rtol=0, atol=0)
+
+
+def test_decode_attention_update_aliases_the_cache_and_lowers_for_tpu_without_it(kernel):
+  """The caches are results aliased to their operands (no copy when donated), the TPU lowering has no custom
+  call, bad operands are refused before the call."""
+  args, _ = _update_case(2, 1, 2, 16, 9, 3)
+  fn = jax.jit(ops.decode_attention_update, static_argnums=(7, 8), donate_argnums=(5, 6))
+  traced = fn.trace(*args, 2, 0.25)
+  cpu = traced.lower(lowering_platforms=("cpu",))
+  assert ops.UPDATE_TARGET in cpu.as_text() and "output_operand_aliases" in cpu.as_text()
+  hlo = cpu.compile().as_text()
+  assert " copy(" not in hlo, hlo                 # donated: the kernel writes the caches themselves
+  assert ops.UPDATE_TARGET not in traced.lower(lowering_platforms=("tpu",)).as_text()
+  qkv, cos, sin, slot, bias, keys, values = args
+  with pytest.raises(ValueError, match="decode_attention_update wants"):
+    ops.decode_attention_update(qkv[:, :-1], cos, sin, slot, bias, keys, values, 2, 0.25)
+  with pytest.raises(ValueError, match="decode_attention_update wants"):
+    ops.decode_attention_update(qkv, cos, sin, slot.astype(jnp.float32), bias, keys, values, 2, 0.25)
+  with pytest.raises(ValueError, match="decode_attention_update wants"):
+    ops.decode_attention_update(qkv, cos, sin, slot, bias, keys, values, 3, 0.25)

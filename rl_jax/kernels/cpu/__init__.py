@@ -1,8 +1,10 @@
 """C++ kernels for the CPU backend, called through XLA FFI and compiled on first use (see README.md)."""
 
 from rl_jax.kernels.cpu import build, ops
-from rl_jax.kernels.cpu.ops import (PANEL, PackedWeight, decode_attention, decode_attention_reference, load,
-                                   pack_panels, packed_dense, packed_dense_reference)
+from rl_jax.kernels.cpu.ops import (PANEL, PackedWeight, decode_attention, decode_attention_reference,
+                                   decode_attention_update, decode_attention_update_reference, load, pack_panels,
+                                   packed_dense, packed_dense_reference)
 
-__all__ = ["build", "ops", "PANEL", "PackedWeight", "decode_attention", "decode_attention_reference", "load",
-           "pack_panels", "packed_dense", "packed_dense_reference"]
+__all__ = ["build", "ops", "PANEL", "PackedWeight", "decode_attention", "decode_attention_reference",
+           "decode_attention_update", "decode_attention_update_reference", "load", "pack_panels", "packed_dense",
+           "packed_dense_reference"]

@@ -8,6 +8,12 @@
 // hardware prefetcher follows), and the next head's keys and values are prefetched into L2 while the current
 // head is computed. Scores live in a [G, S] scratch in L1; the softmax uses a vectorised exp.
 // (row, kv head) pairs are split over XLA's intra-op threads (common.h).
+//
+// A second entry point (`RlJaxDecodeAttentionUpdate`) does the step's work on the new token too, per (row, kv
+// head), just before that head's attention: it takes the q/k/v projection qkv [B, (H + 2K)·hd] as it comes
+// from the matmul, rotates q and k by RoPE (half-split layout, the step's cos/sin tables [B, hd/2]), scales q,
+// writes the rotated key and the value into cache slot slot[b] of the caches, which are updated in place (each
+// is both an operand and, aliased to it, a result), and attends over them.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -236,6 +242,87 @@ ffi::Error decode_attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::
   return ffi::Error::Success();
 }
 
+// The RoPE rotation of one head (half-split layout, arXiv:2104.09864): y[i] = x[i]·c[i] − x[i + n]·s[i],
+// y[i + n] = x[i + n]·c[i] + x[i]·s[i] for i < n = hd/2, each times `scale`.
+void rope(const float* x, const float* c, const float* s, int64_t hd, float scale, float* y) {
+  const int64_t n = hd / 2;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = x[i], b = x[i + n];
+    y[i] = (a * c[i] - b * s[i]) * scale;
+    y[i + n] = (b * c[i] + a * s[i]) * scale;
+  }
+}
+
+struct Update {        // the new token's operands of `decode_attention_update`
+  const float *qkv, *cos, *sin;
+  const int32_t* slot;
+  float scale;
+};
+
+// Pairs [i0, i1) of (row, kv head): the new key (rotated) and value written into the cache at the row's slot
+// (none when the slot is outside [0, S)), the head's G query rows rotated and scaled into a scratch, then the
+// head's attention, the next pair's keys and values prefetched while one is computed.
+void update_range(const Dims& d, const Update& u, float* keys, float* values, const float* bias, float* out,
+                  int64_t i0, int64_t i1) {
+  std::vector<float> scores(d.G * d.S), tail((d.hd + 1) * kLanes), q(d.G * d.hd), k(d.hd);
+  const int64_t block = d.hd * d.S, width = (d.K * (d.G + 2)) * d.hd, half = d.hd / 2;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t b = i / d.K, h = i % d.K, slot = u.slot[b];
+    const float *row = u.qkv + b * width, *c = u.cos + b * half, *s = u.sin + b * half;
+    const float* v_new = row + (d.K * d.G + d.K + h) * d.hd;
+    float *kc = keys + i * block, *vc = values + i * block;
+    if (slot >= 0 && slot < d.S) {
+      rope(row + (d.K * d.G + h) * d.hd, c, s, d.hd, 1.0f, k.data());
+      for (int64_t t = 0; t < d.hd; ++t) kc[t * d.S + slot] = k[t];
+      std::memcpy(vc + slot * d.hd, v_new, d.hd * sizeof(float));
+    }
+    for (int64_t g = 0; g < d.G; ++g) rope(row + (h * d.G + g) * d.hd, c, s, d.hd, u.scale, q.data() + g * d.hd);
+    const bool more = i + 1 < i1;
+    head(d, q.data(), kc, vc, bias + b * d.S, out + i * d.G * d.hd, scores.data(), tail.data(),
+         more ? reinterpret_cast<const char*>(kc + block) : nullptr,
+         more ? reinterpret_cast<const char*>(vc + block) : nullptr);
+  }
+}
+
+// The cache as the result buffer: XLA aliases it to the operand (input_output_aliases); were it a separate
+// buffer, the operand is copied into it first.
+float* in_place(const ffi::Buffer<ffi::F32>& in, ffi::ResultBuffer<ffi::F32>& res) {
+  float* p = res->typed_data();
+  if (p != in.typed_data()) std::memcpy(p, in.typed_data(), in.element_count() * sizeof(float));
+  return p;
+}
+
+ffi::Error decode_attention_update(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> cos,
+                                   ffi::Buffer<ffi::F32> sin, ffi::Buffer<ffi::S32> slot,
+                                   ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> keys,
+                                   ffi::Buffer<ffi::F32> values, ffi::ResultBuffer<ffi::F32> out,
+                                   ffi::ResultBuffer<ffi::F32> keys_out, ffi::ResultBuffer<ffi::F32> values_out,
+                                   int64_t max_threads, float scale) {
+  auto xd = qkv.dimensions(), cd = cos.dimensions(), sd = sin.dimensions(), td = slot.dimensions();
+  auto kd = keys.dimensions(), vd = values.dimensions(), bd = bias.dimensions(), od = out->dimensions();
+  if (xd.size() != 2 || kd.size() != 4 || vd.size() != 4 || od.size() != 2 || cd.size() != 2 || sd.size() != 2 ||
+      td.size() != 1 || bd.size() != 2)
+    return ffi::Error::InvalidArgument("decode_attention_update: wrong ranks");
+  const int64_t B = kd[0], K = kd[1], hd = kd[2], S = kd[3], G = K > 0 && hd > 0 ? od[1] / (K * hd) : 0;
+  if (hd % 2 || xd[0] != B || od[0] != B || od[1] != K * G * hd || xd[1] != (K * G + 2 * K) * hd ||
+      vd[0] != B || vd[1] != K || vd[2] != S || vd[3] != hd || cd[0] != B || cd[1] != hd / 2 || sd[0] != B ||
+      sd[1] != hd / 2 || td[0] != B || bd[0] != B || bd[1] != S)
+    return ffi::Error::InvalidArgument("decode_attention_update: expected qkv [B, (H + 2K)·hd], cos/sin [B, hd/2], "
+                                       "slot [B], bias [B, S], keys [B, K, hd, S], values [B, K, S, hd], even hd");
+  float *kp = in_place(keys, keys_out), *vp = in_place(values, values_out);
+  Dims d{B, K, G, hd, S};
+  if (B * K * G * hd == 0) return ffi::Error::Success();
+  if (S == 0) return ffi::Error::InvalidArgument("decode_attention_update: an empty cache has no softmax");
+  const Update u{qkv.typed_data(), cos.typed_data(), sin.typed_data(), slot.typed_data(), scale};
+  const int64_t pairs = B * K, chunks = thread_count(pool, pairs, max_threads);
+  const float* bp = bias.typed_data();
+  float* op = out->typed_data();
+  parallel_chunks(pool, chunks, [=](int64_t c) {
+    update_range(d, u, kp, vp, bp, op, c * pairs / chunks, (c + 1) * pairs / chunks);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RlJaxDecodeAttention, decode_attention,
@@ -247,3 +334,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RlJaxDecodeAttention, decode_attention,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("max_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RlJaxDecodeAttentionUpdate, decode_attention_update,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // qkv
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // cos
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // sin
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // slot
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // keys (aliased to the second result)
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // values (aliased to the third result)
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("max_threads")
+                                  .Attr<float>("scale"));

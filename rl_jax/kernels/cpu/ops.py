@@ -19,14 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_jax.kernels.cpu.build import build
-from rl_jax.models.llama import rms_scale
+from rl_jax.models.llama import rms_scale, rotate_half
 
 PANEL = 48                      # columns per panel (kPanel in packed_dense.cc)
 TARGET = "rl_jax_packed_dense"
 RMS_TARGET = "rl_jax_packed_dense_rms"
 ATTENTION_TARGET = "rl_jax_decode_attention"
+UPDATE_TARGET = "rl_jax_decode_attention_update"
 LIBRARIES = {"packed_dense": ((TARGET, "RlJaxPackedDense"), (RMS_TARGET, "RlJaxPackedDenseRms")),  # stem → targets
-             "decode_attention": ((ATTENTION_TARGET, "RlJaxDecodeAttention"),)}
+             "decode_attention": ((ATTENTION_TARGET, "RlJaxDecodeAttention"),
+                                  (UPDATE_TARGET, "RlJaxDecodeAttentionUpdate"))}
 ENV = "RL_JAX_CPU_KERNELS"      # "0" disables the kernels (the XLA path runs instead)
 logger = logging.getLogger("rl_jax.kernels.cpu")
 _state: dict = {}
@@ -136,3 +138,62 @@ def decode_attention(q: jax.Array, keys: jax.Array, values: jax.Array, bias: jax
   call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct(q.shape, jnp.float32), vmap_method="sequential")
   return jax.lax.platform_dependent(q, keys, values, bias, default=decode_attention_reference,
                                     cpu=lambda *a: call(*a, max_threads=np.int64(max_threads())))
+
+
+def _update_shapes(qkv, cos, sin, slot, bias, keys, values, n_heads: int) -> None:
+  """Raises ValueError unless the operands of `decode_attention_update` agree (float32, int32 slot, even hd)."""
+  b, kh, hd, s = keys.shape if keys.ndim == 4 else (0, 0, 0, 0)
+  want = dict(qkv=(b, (n_heads + 2 * kh) * hd), cos=(b, hd // 2), sin=(b, hd // 2), bias=(b, s), keys=(b, kh, hd, s),
+              values=(b, kh, s, hd))
+  got = dict(qkv=qkv.shape, cos=cos.shape, sin=sin.shape, bias=bias.shape, keys=keys.shape, values=values.shape)
+  floats = (qkv, cos, sin, bias, keys, values)
+  if (got != want or s == 0 or hd % 2 or kh == 0 or n_heads % kh or slot.shape not in ((), (b,))
+          or not jnp.issubdtype(slot.dtype, jnp.integer) or any(a.dtype != jnp.float32 for a in floats)):
+    raise ValueError(f"decode_attention_update wants float32 operands of shapes {want} (S > 0, even hd, {n_heads} "
+                     f"query heads a multiple of the kv heads) and an integer slot [] or [{b}]; got {got}, slot "
+                     f"{slot.dtype}{list(slot.shape)}, dtypes {[a.dtype for a in floats]}.")
+
+
+def row_slots(slot: jax.Array, b: int, s: int) -> jax.Array:
+  """The cache slot of each row as int32 [B]: a scalar slot clamped into [0, S) as `lax.dynamic_update_slice`
+  does, a per-row slot with negative entries counted from the end (NumPy indexing; entries outside [0, S) then
+  write nothing)."""
+  slot = jnp.asarray(slot, jnp.int32)
+  if slot.ndim == 0:
+    return jnp.full((b,), jnp.clip(slot, 0, s - 1), jnp.int32)
+  return jnp.where(slot < 0, slot + s, slot)
+
+
+def decode_attention_update_reference(qkv, cos, sin, slot, bias, keys, values, n_heads: int, scale: float):
+  """The new token's step in jnp: q, k, v = split(qkv), k's RoPE (`rotate_half` with cos/sin [B, hd/2]) written
+  with v at each row's slot `slot` [B] (int32, none outside [0, S)), then attention of q's RoPE times `scale`
+  over the updated cache → (out [B, H·hd], keys, values)."""
+  b, kh, hd, _ = keys.shape
+  nq = n_heads * hd
+  q = rotate_half(qkv[:, :nq].reshape(b, n_heads, hd), cos[:, None], sin[:, None])
+  k = rotate_half(qkv[:, nq:nq + kh * hd].reshape(b, kh, hd), cos[:, None], sin[:, None])
+  rows = jnp.arange(b)
+  keys = keys.at[rows, :, :, slot].set(k, mode="drop")
+  values = values.at[rows, :, slot, :].set(qkv[:, nq + kh * hd:].reshape(b, kh, hd), mode="drop")
+  out = decode_attention_reference((q * scale).reshape(b, kh, n_heads // kh, hd), keys, values, bias)
+  return out.reshape(b, nq), keys, values
+
+
+def decode_attention_update(qkv: jax.Array, cos: jax.Array, sin: jax.Array, slot: jax.Array, bias: jax.Array,
+                            keys: jax.Array, values: jax.Array, n_heads: int, scale: float):
+  """One decode step's attention from the q/k/v projection qkv [B, (H + 2K)·hd] (decode_attention.cc on CPU):
+  RoPE of q and k (cos/sin [B, hd/2]), q scaled by `scale`, the new key and value written into the caches keys
+  [B, K, hd, S] / values [B, K, S, hd] at `slot` (scalar, or one per row; see `row_slots`) in place (the caches
+  are aliased to the results: donate them, or carry them in a loop, and XLA copies nothing), then attention over
+  them with the additive mask bias [B, S] → (out [B, H·hd], keys, values). The jnp reference on other
+  platforms. Call `load()` first."""
+  slot = jnp.asarray(slot)
+  _update_shapes(qkv, cos, sin, slot, bias, keys, values, n_heads)
+  slot = row_slots(slot, keys.shape[0], keys.shape[-1])
+  outs = (jax.ShapeDtypeStruct((qkv.shape[0], n_heads * keys.shape[2]), jnp.float32),
+          jax.ShapeDtypeStruct(keys.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape, jnp.float32))
+  call = jax.ffi.ffi_call(UPDATE_TARGET, outs, vmap_method="sequential", input_output_aliases={5: 1, 6: 2})
+  attrs = dict(max_threads=np.int64(max_threads()), scale=np.float32(scale))
+  return tuple(jax.lax.platform_dependent(
+      qkv, cos, sin, slot, bias, keys, values, cpu=lambda *a: tuple(call(*a, **attrs)),
+      default=lambda *a: decode_attention_update_reference(*a, n_heads=n_heads, scale=scale)))
