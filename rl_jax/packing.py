@@ -11,8 +11,9 @@ gives (`rl_jax.models.llama.default_positions`). `rl_jax.prefix_grouper.packed_l
 this layout with the shared-prefix attention of Prefix Grouper (arXiv 2506.05433): a prompt token sees the
 earlier tokens of its prompt, a completion token its prompt and the earlier tokens of its own completion.
 Positions computed: R·S ≈ Σ_groups (l + Σ_j n_j), the distinct real tokens, instead of B·(P + T); the
-output projection runs on the completion tokens only. Every span is at most `window` long, so a query only
-ever needs the `window` keys before it (banded attention: rl_jax.prefix_grouper.banded_attention).
+output projection runs on the completion tokens only. No prompt is longer than `prompt_window` and no
+completion than `completion_window`, so a query only needs the prompt keys of its span and the
+`completion_window` keys before it (grouped attention: rl_jax.prefix_grouper.grouped_attention).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class Packed:
   source: np.ndarray      # [R, N] int32: the position in the row whose hidden state predicts each target (the
                           #   previous completion token, or the prompt's last token); 0 past them
   dest: np.ndarray        # [R, N] int32: b·T + t of each target in the [B, T] layout; B·T past them (discarded)
-  window: int = dataclasses.field(default=1, metadata=dict(static=True))   # ≥ the longest span (static)
+  prompt_window: int = dataclasses.field(default=1, metadata=dict(static=True))       # ≥ the longest prompt
+  completion_window: int = dataclasses.field(default=1, metadata=dict(static=True))   # ≥ the longest completion
 
 
 def groups_of(tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int) -> list:
@@ -100,10 +102,10 @@ def round_up(n: int, fine: int = 16) -> int:
   return -(-n // step) * step
 
 
-# How finely each static size of the packed rows is rounded (`round_up`'s `fine`). Every new (R, S, N, window)
+# How finely each static size of the packed rows is rounded (`round_up`'s `fine`). Every new (R, S, N, windows)
 # compiles the train step and the log-prob forward again, so the sizes that do not change the positions the
 # decoder computes are rounded coarsely: N (the targets the output projection runs on, ≤ 1/4 padding) and the
-# attention window (≤ 1/2, and never past the row). Simulated over 100 steps of 8 GSM8K-like groups of 4
+# attention windows (≤ 1/2, and never past the row). Simulated over 100 steps of 8 GSM8K-like groups of 4
 # (2 mini-batches; prompts 80–160 tokens, completions log-normal around 170 capped at 192): 13 log-prob and 17
 # train-step shapes at 1.044× the distinct tokens, against 43 and 92 at 1.022× when all four used 1/16.
 ROW_FINE, TARGET_FINE, WINDOW_FINE = 8, 4, 2
@@ -121,7 +123,7 @@ def target_width(n: int) -> int:
 
 
 def window_width(longest: int, row_length: int) -> int:
-  """The attention window: the longest span, rounded (WINDOW_FINE), at most the row length."""
+  """An attention window: the longest prompt or completion, rounded (WINDOW_FINE), at most the row length."""
   return min(round_up(longest, WINDOW_FINE), row_length)
 
 
@@ -150,7 +152,8 @@ def pack_groups(tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int, *, r
     tokens, attn_mask: [B, P + T] with P = prompt_len (left-padded prompts, right-padded completions).
     rows_multiple: R is a multiple of it (micro-batches, devices on the batch axes).
     max_span: longer groups are split (`split_groups`; their prompt is then computed once per part).
-  The window is the longest span rounded (`window_width`); N the most completion tokens of a row (`target_width`).
+  The windows are the longest prompt and completion rounded (`window_width`); N the most completion tokens of a
+  row (`target_width`).
   """
   groups = groups_of(tokens, attn_mask, prompt_len)
   if max_span is not None:
@@ -159,8 +162,11 @@ def pack_groups(tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int, *, r
   sizes = [len(p) + sum(len(c) for _, c in members) for p, members in groups]
   r, s, bins = choose_layout(sizes, rows_multiple=rows_multiple)
   n = target_width(max([sum(sizes[g] - len(groups[g][0]) for g in row) for row in bins] + [1]))
+  longest_prompt = max(len(p) for p, _ in groups)
+  longest_completion = max(len(c) for _, members in groups for _, c in members)
   out = Packed(*(np.zeros((r, s), np.int32) for _ in range(4)), np.zeros((r, n), np.int32),
-               np.zeros((r, n), np.int32), np.full((r, n), b * t, np.int32), window=window_width(max(sizes), s))
+               np.zeros((r, n), np.int32), np.full((r, n), b * t, np.int32),
+               prompt_window=window_width(longest_prompt, s), completion_window=window_width(longest_completion, s))
   for row, groups_of_row in enumerate(bins):
     at, k = 0, 0
     for seg, g in enumerate(groups_of_row, start=1):

@@ -58,53 +58,79 @@ def packed_mask(segment: Array, member: Array) -> Array:
   """Shared-prefix attention on packed rows: allowed [R, S, S] (query i, key j) =
   j ≤ i ∧ seg_i = seg_j > 0 ∧ (mem_j = 0 ∨ mem_j = mem_i), and i = j always (a padding position sees itself,
   so its softmax is defined). Prompt tokens (mem 0) see their prompt; completion j its prompt and itself."""
-  s = segment.shape[1]
-  return _allowed(jnp.arange(s), jnp.arange(s), segment, member, segment, member)
+  r, s = segment.shape
+  idx = jnp.arange(s)
+  return _allowed_at(idx, jnp.broadcast_to(idx, (r, s)), segment, member, segment, member)
 
 
-def _allowed(qi, kj, q_seg, q_mem, k_seg, k_mem):
-  """`packed_mask` for query indices qi [C] and key indices kj [W] with their segments/members [R, C], [R, W]."""
-  causal = (kj[None, :] <= qi[:, None])[None]
-  same = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] > 0)
-  prefix_or_own = (k_mem[:, None, :] == 0) | (q_mem[:, :, None] == k_mem[:, None, :])
-  return (causal & same & prefix_or_own) | (kj[None, :] == qi[:, None])[None]
+def span_starts(segment: Array) -> Array:
+  """[R, S] int32: the index of the first position of the span holding each position (of the last span that starts
+  at or before it; 0 before the first): a span starts where the segment changes to a value > 0."""
+  idx = jnp.arange(segment.shape[1], dtype=jnp.int32)
+  starts = (segment > 0) & (segment != jnp.pad(segment, ((0, 0), (1, 0)))[:, :-1])
+  return jax.lax.cummax(jnp.where(starts, idx[None], 0), axis=1)
 
 
-def banded_attention(q: Array, k: Array, v: Array, segment: Array, member: Array, window: int, cfg: ModelConfig,
-                     chunk: int = 0) -> Array:
-  """softmax(q kᵀ/√hd + `packed_mask`) v on packed rows, one block of C queries at a time against the
-  window + C keys before and inside it: exact when no span is longer than `window` (a query's keys all lie
-  in its own span), and C·(window + C) scores per block instead of C·S (the rows can be long).
+def grouped_attention(q: Array, k: Array, v: Array, segment: Array, member: Array, prompt_window: int,
+                      completion_window: int, cfg: ModelConfig, chunk: int = 0) -> Array:
+  """softmax(q kᵀ/√hd + `packed_mask`) v on packed rows, one block of C queries (from x0 = i·C) at a time
+  against two key sets under one softmax:
+    prompt: the `prompt_window` keys from the start of the span holding x0 (`span_starts`): the pairs whose key
+            is before x0 and in a prompt (member 0);
+    band:   the `completion_window` + C keys before and inside the block: every other allowed pair.
+  Exact when no prompt is longer than `prompt_window` and no completion than `completion_window`: an allowed key
+  before x0 lies in its query's span, which then holds x0, so it is that span's prompt (in the prompt set) or
+  the query's own completion (within the band); a span starting at or after x0 lies in the block. Scores per
+  block C·(prompt_window + completion_window + C) instead of C·S (dense) or C·(longest span + C) (a band over
+  whole spans): a completion token attends to its prompt and its own completion only (Prefix Grouper's mask,
+  arXiv 2506.05433).
 
-  q [R, S, H, hd], k/v [R, S, K, hd] → [R, S, H·hd]; C = `chunk` or min(cfg.attn_chunk, max(16, window/4)).
-  Products in float32 for cfg.attention == "full" (as `_attention`), else in the input dtype with float32
-  accumulation; each block is recomputed in the backward pass.
+  q [R, S, H, hd], k/v [R, S, K, hd] → [R, S, H·hd]; C = `chunk` or min(cfg.attn_chunk, 32). Products in float32
+  for cfg.attention == "full" (as `_attention`), else in the input dtype with float32 accumulation; each block
+  is recomputed in the backward pass.
   """
   r, s, h, hd = q.shape
-  kh = k.shape[2]
-  c = min(chunk or min(cfg.attn_chunk, max(16, window // 4)), s)
+  kh, lw, w = k.shape[2], prompt_window, completion_window
+  c = min(chunk or min(cfg.attn_chunk, 32), s)
   n = -(-s // c)
   end = n * c - s
   dt = jnp.float32 if cfg.attention == "full" else q.dtype
   qb = jnp.pad(q, ((0, 0), (0, end), (0, 0), (0, 0))).astype(dt).reshape(r, n, c, kh, h // kh, hd).swapaxes(0, 1)
   blocks = lambda x: jnp.pad(x, ((0, 0), (0, end))).reshape(r, n, c).swapaxes(0, 1)
-  front = lambda x: jnp.pad(x, ((0, 0), (window, end)) + ((0, 0),) * (x.ndim - 2))
-  kp, vp, seg_k, mem_k = front(k.astype(dt)), front(v.astype(dt)), front(segment), front(member)
+  pad = lambda x: jnp.pad(x, ((0, 0), (w, end + lw)) + ((0, 0),) * (x.ndim - 2))   # key j at j + w
+  kp, vp, seg_k, mem_k = pad(k.astype(dt)), pad(v.astype(dt)), pad(segment), pad(member)
+  first = span_starts(segment)[:, ::c].T                                               # [n, R]
 
   @jax.checkpoint
   def block(_, xs):
-    i, qc, q_seg, q_mem = xs
-    sl = lambda x: jax.lax.dynamic_slice_in_dim(x, i * c, window + c, axis=1)    # original keys i·c − window ..
-    kc, vc = sl(kp), sl(vp)
-    allowed = _allowed(i * c + jnp.arange(c), i * c - window + jnp.arange(window + c), q_seg, q_mem,
-                       sl(seg_k), sl(mem_k))
+    i, qc, q_seg, q_mem, ps = xs
+    x0, qi = i * c, i * c + jnp.arange(c)
+    kj_p = ps[:, None] + jnp.arange(lw)[None]                                          # [R, lw] key indices
+    pre = lambda x: jnp.take_along_axis(x, (kj_p + w).reshape((r, lw) + (1,) * (x.ndim - 2)), axis=1)
+    band = lambda x: jax.lax.dynamic_slice_in_dim(x, x0, w + c, axis=1)               # keys x0 − w ..
+    kj_b = x0 - w + jnp.arange(w + c)
+    in_prompt_set = lambda kj, mem: (kj < x0) & (mem == 0)                             # [R, W]
+    ok_p = _allowed_at(qi, kj_p, q_seg, q_mem, pre(seg_k), pre(mem_k)) & in_prompt_set(kj_p, pre(mem_k))[:, None]
+    ok_b = _allowed_at(qi, jnp.broadcast_to(kj_b, (r, w + c)), q_seg, q_mem, band(seg_k), band(mem_k))
+    ok_b &= ~in_prompt_set(kj_b[None], band(mem_k))[:, None]
+    kc, vc = (jnp.concatenate([pre(x), band(x)], axis=1) for x in (kp, vp))
     scores = jnp.einsum("bckgd,btkd->bkgct", qc, kc, preferred_element_type=jnp.float32) / math.sqrt(hd)
+    allowed = jnp.concatenate([ok_p, ok_b], axis=2)
     probs = jax.nn.softmax(jnp.where(allowed[:, None, None], scores, -1e30), axis=-1)
     out = jnp.einsum("bkgct,btkd->bckgd", probs.astype(dt), vc, preferred_element_type=jnp.float32)
     return None, out.astype(q.dtype)
 
-  _, out = jax.lax.scan(block, None, (jnp.arange(n), qb, blocks(segment), blocks(member)))
+  _, out = jax.lax.scan(block, None, (jnp.arange(n), qb, blocks(segment), blocks(member), first))
   return out.swapaxes(0, 1).reshape(r, n * c, h * hd)[:, :s]
+
+
+def _allowed_at(qi, kj, q_seg, q_mem, k_seg, k_mem):
+  """`packed_mask` [R, C, W] for query indices qi [C] and per-row key indices kj [R, W] with their
+  segments/members [R, C], [R, W]."""
+  causal = kj[:, None, :] <= qi[None, :, None]
+  same = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] > 0)
+  prefix_or_own = (k_mem[:, None, :] == 0) | (q_mem[:, :, None] == k_mem[:, None, :])
+  return (causal & same & prefix_or_own) | (kj[:, None, :] == qi[None, :, None])
 
 
 def scatter_rows(values: Array, dest: Array, shape: tuple[int, int]) -> Array:
@@ -121,14 +147,15 @@ def packed_logprobs(params: dict, cfg: ModelConfig, packed, shape: tuple[int, in
   (rl_jax.packing.pack_groups), equal to `rl_jax.logprobs.token_logprobs` on the plain [B, P + T] layout at
   every real completion token (0 at padding).
 
-  h = decoder(tokens, positions, `banded_attention`) [R, S, D]; target x_n of a row is scored by the hidden
+  h = decoder(tokens, positions, `grouped_attention`) [R, S, D]; target x_n of a row is scored by the hidden
   state at its source position (its predecessor, or its prompt's last token): log p(x_n) = log softmax(h_src · W)[x_n]
   (the output projection runs on completion tokens only), then scattered to [B, T] by dest. Each prompt is
   computed once for its G completions; the gradient through that one copy is the sum of the G copies'
   gradients of the plain layout (Prefix Grouper, arXiv 2506.05433). `shape` = (B, T); `packed`: a
   rl_jax.packing.Packed of arrays.
   """
-  attention = lambda q, k, v: banded_attention(q, k, v, packed.segment, packed.member, packed.window, cfg)
+  attention = lambda q, k, v: grouped_attention(q, k, v, packed.segment, packed.member, packed.prompt_window,
+                                                packed.completion_window, cfg)
   h = hidden_states(params, packed.tokens, cfg, positions=packed.positions, attention=attention)   # [R, S, D]
   pred = jnp.take_along_axis(h, packed.source[..., None], axis=1)                                   # [R, N, D]
   r, n, d = pred.shape

@@ -15,7 +15,7 @@ from rl_jax.models import init_params, tiny_config
 from rl_jax.models.llama import _attention
 from rl_jax.packing import (choose_layout, first_fit, groups_of, layout_stats, pack_groups, round_up, target_width,
                             window_width)
-from rl_jax.prefix_grouper import banded_attention, packed_logprobs, packed_mask
+from rl_jax.prefix_grouper import grouped_attention, packed_logprobs, packed_mask, span_starts
 from rl_jax.train import RLBatch, init_state, make_logprob_fn, make_rl_step
 
 CFG = tiny_config(31, max_seq_len=64, qkv_bias=True, qk_norm=True)
@@ -143,7 +143,8 @@ def test_layout_by_hand():
   np.testing.assert_array_equal(rows.targets, [[21, 22, 31, 0, 0, 0, 0, 0]])
   np.testing.assert_array_equal(rows.source, [[1, 2, 1, 0, 0, 0, 0, 0]])   # 21 and 31 from 12, 22 from 21
   np.testing.assert_array_equal(rows.dest, [[0, 1, 2, 6, 6, 6, 6, 6]])     # b·T + t, T = 2; 6 = discarded
-  assert rows.window == 8                                                  # the longest span, 5, rounded up
+  assert rows.prompt_window == rows.completion_window == 8                 # longest prompt, completion 2, rounded up
+  np.testing.assert_array_equal(span_starts(jnp.asarray(rows.segment)), [[0, 0, 0, 0, 0, 5, 5, 5]])
   allowed = np.asarray(packed_mask(jnp.asarray(rows.segment), jnp.asarray(rows.member)))[0]
   np.testing.assert_array_equal(allowed[4], [1, 1, 0, 0, 1, 0, 0, 0])     # 31 sees its prompt and itself only
   np.testing.assert_array_equal(allowed[3], [1, 1, 1, 1, 0, 0, 0, 0])
@@ -153,19 +154,75 @@ def test_layout_by_hand():
                                               "distinct_tokens": 6}
 
 
-@pytest.mark.parametrize("chunk,attention", [(3, "full"), (4, "chunked"), (64, "full")])
-def test_banded_attention_equals_the_dense_packed_mask(chunk, attention):
+def dense_reference(q, k, v, segment, member):
+  """softmax(q kᵀ/√hd + mask) v in float64 NumPy, the mask written out pair by pair from its definition: key j is
+  seen by query i iff i = j, or j ≤ i in the same span (segment > 0) and j is a prompt token or of i's completion."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  r, s, h, hd = q.shape
+  k, v = (np.repeat(x, h // x.shape[2], axis=2) for x in (k, v))
+  out = np.zeros_like(q)
+  for b in range(r):
+    for i in range(s):
+      keys = [j for j in range(s) if j == i or (j <= i and segment[b, i] == segment[b, j] > 0
+                                                and member[b, j] in (0, member[b, i]))]
+      scores = np.einsum("hd,thd->ht", q[b, i], k[b, keys]) / np.sqrt(hd)
+      p = np.exp(scores - scores.max(-1, keepdims=True))
+      out[b, i] = np.einsum("ht,thd->hd", p / p.sum(-1, keepdims=True), v[b, keys])
+  return out.reshape(r, s, h * hd)
+
+
+LAYOUTS = {   # (groups, rows_multiple): several spans per row, uneven spans, a lone prompt + 1 completion, empty rows
+    "mixed": (ALL, 2), "uneven": ([(7, [6, 1]), (1, [1, 6, 6, 6]), (4, [3])], 1), "lone": ([(3, [1])], 1),
+    "padding_rows": (CASES["g1"], 4)}
+
+
+def qkv(r, s, seed=0, hd=8):
+  return tuple(jax.random.normal(key, (r, s, n, hd)) for key, n in zip(jax.random.split(jax.random.PRNGKey(seed), 3),
+                                                                       (4, 2, 2)))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("chunk,attention,jit", [(3, "full", True), (4, "chunked", False), (0, "full", False),
+                                                 (64, "full", True)])
+def test_grouped_attention_equals_a_float64_reference(layout, chunk, attention, jit):
+  groups, multiple = LAYOUTS[layout]
+  tokens, attn = make_batch(groups, seed=8)
+  rows = pack_groups(tokens, attn, P, rows_multiple=multiple)
+  q, k, v = qkv(*rows.tokens.shape)
+  cfg = dataclasses.replace(CFG, attention=attention)
+  fn = lambda q, k, v: grouped_attention(q, k, v, jnp.asarray(rows.segment), jnp.asarray(rows.member),
+                                         rows.prompt_window, rows.completion_window, cfg, chunk=chunk)
+  got = (jax.jit(fn) if jit else fn)(q, k, v)
+  np.testing.assert_allclose(np.asarray(got), dense_reference(q, k, v, rows.segment, rows.member), rtol=1e-5,
+                             atol=1e-5)
+  if layout == "padding_rows":
+    assert not rows.segment[-1].any()                          # a row of padding only
+
+
+def test_grouped_attention_needs_its_windows():
+  # exact at the longest prompt (7) and completion (6) of the batch, not narrower (chunk 2: most blocks start
+  # inside a span)
   tokens, attn = make_batch(ALL, seed=8)
   rows = pack_groups(tokens, attn, P, rows_multiple=2)
-  r, s = rows.tokens.shape
-  q, k, v = (jax.random.normal(key, (r, s, n, 16)) for key, n in zip(jax.random.split(jax.random.PRNGKey(0), 3),
-                                                                     (4, 2, 2)))
-  cfg = dataclasses.replace(CFG, attention=attention)
+  q, k, v = qkv(*rows.tokens.shape)
   seg, mem = jnp.asarray(rows.segment), jnp.asarray(rows.member)
-  dense = _attention(q, k, v, packed_mask(seg, mem), CFG)
-  banded = jax.jit(lambda q, k, v: banded_attention(q, k, v, seg, mem, rows.window, cfg, chunk=chunk))(q, k, v)
-  assert rows.window < s                                        # the band is narrower than a row
-  np.testing.assert_allclose(np.asarray(banded), np.asarray(dense), rtol=1e-5, atol=1e-5)
+  want = dense_reference(q, k, v, rows.segment, rows.member)
+  err = lambda lw, w: float(np.abs(np.asarray(grouped_attention(q, k, v, seg, mem, lw, w, CFG, chunk=2)) - want).max())
+  assert err(7, 6) < 1e-5 and err(6, 6) > 1e-3 and err(7, 4) > 1e-3
+
+
+def test_grouped_attention_gradients_equal_the_dense_masked_attention():
+  tokens, attn = make_batch(LAYOUTS["uneven"][0] + CASES["ragged"], seed=9)
+  rows = pack_groups(tokens, attn, P, rows_multiple=2)
+  q, k, v = qkv(*rows.tokens.shape, seed=1)
+  seg, mem = jnp.asarray(rows.segment), jnp.asarray(rows.member)
+  weights = jax.random.normal(jax.random.PRNGKey(5), q.shape[:2] + (q.shape[2] * q.shape[3],))
+  grouped = lambda q, k, v: jnp.sum(weights * grouped_attention(q, k, v, seg, mem, rows.prompt_window,
+                                                                rows.completion_window, CFG, chunk=5))
+  dense = lambda q, k, v: jnp.sum(weights * _attention(q, k, v, packed_mask(seg, mem), CFG))
+  for g, d in zip(jax.jit(jax.grad(grouped, argnums=(0, 1, 2)))(q, k, v), jax.grad(dense, argnums=(0, 1, 2))(q, k, v)):
+    assert float(jnp.abs(d).max()) > 0.1
+    np.testing.assert_allclose(np.asarray(g), np.asarray(d), rtol=1e-4, atol=1e-5)
 
 
 def test_bin_packing_and_the_row_length_choice():
@@ -235,15 +292,17 @@ def test_a_loop_run_packed_equals_the_plain_run(tmp_path, monkeypatch):
 
 
 def test_the_static_sizes_that_do_not_change_the_positions_are_rounded_coarsely():
-  # N (targets per row) at 1/4 of an octave, the window at 1/2 and never past the row (each new value compiles).
+  # N (targets per row) at 1/4 of an octave, the windows at 1/2 and never past the row (each new value compiles).
   assert [target_width(n) for n in (5, 65, 100, 200, 257)] == [8, 80, 112, 224, 320]
   assert [window_width(n, 4096) for n in (5, 65, 100, 200, 257)] == [8, 96, 128, 256, 384]
   assert window_width(257, 300) == 300 and window_width(200, 200) == 200
   tokens, attn = make_batch(ALL, seed=8)
   rows = pack_groups(tokens, attn, P)
-  spans = [len(p) + sum(len(c) for _, c in m) for p, m in groups_of(tokens, attn, P)]
-  assert max(spans) <= rows.window <= rows.tokens.shape[1]
-  assert rows.window == window_width(max(spans), rows.tokens.shape[1])
+  groups = groups_of(tokens, attn, P)
+  longest_prompt, longest_completion = max(len(p) for p, _ in groups), max(len(c) for _, m in groups for _, c in m)
+  assert (longest_prompt, longest_completion) == (7, 6)
+  assert rows.prompt_window == window_width(7, rows.tokens.shape[1]) == 8
+  assert rows.completion_window == window_width(6, rows.tokens.shape[1]) == 8
 
 
 def test_the_packed_shapes_benchmark_counts_shapes_and_restores_the_rounding():

@@ -240,7 +240,7 @@ def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: O
   """Final-norm hidden states [B, S, D] for tokens [B, S] (no cache).
 
   `attention` (q [B, S, H, hd], k, v [B, S, K, hd]) -> [B, S, H·hd] replaces the causal padding-masked attention
-  (packed sequences: rl_jax.prefix_grouper.banded_attention); `positions` must then be given.
+  (packed sequences: rl_jax.prefix_grouper.grouped_attention); `positions` must then be given.
   """
   if tokens.ndim != 2:
     raise ValueError(f"tokens must be [B, S], got shape {tokens.shape}.")

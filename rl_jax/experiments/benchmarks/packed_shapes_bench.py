@@ -1,6 +1,6 @@
 """How many packed shapes a run compiles, against the positions it computes (host only, no model).
 
-Every new (R, S, N, window) of the packed rows (rl_jax.packing) compiles the train step or the log-prob forward
+Every new (R, S, N, prompt and completion windows) of the packed rows (rl_jax.packing) compiles the train step or the log-prob forward
 again. This draws GSM8K-like batches (8 prompts of 80–160 real tokens, padded to 160; 4 completions each,
 log-normal around 170 tokens, capped at 192), packs each whole batch (the π_old / reference forward) and its 2
 mini-batches of whole groups (the train step) as the loop does, and counts the distinct shapes over `--steps`
@@ -47,7 +47,7 @@ def rounding(row: int, target: int, window: int):
 
 
 def shape_of(rows: packing.Packed) -> tuple:
-  return rows.tokens.shape, rows.targets.shape, rows.window
+  return rows.tokens.shape, rows.targets.shape, rows.prompt_window, rows.completion_window
 
 
 def count(steps: int, seed: int) -> dict:
