@@ -195,10 +195,10 @@ def sampler_call(run, shapes: RunShapes):
 def packed_rows(run, shapes: RunShapes, n: int):
   """Abstract packed rows (rl_jax.packing.Packed) for `n` rows when the run packs (cfg.packed), else None: the
   longest layout the loop can hand over, every prompt full and every completion at the cap, n/G prompts and n
-  completions in R rows (R = the row multiple of `Run.pack`), the windows the longest prompt and completion."""
+  completions in R rows (R = the row multiple of `Run.pack`), the attention windows P and T (as `pack_groups`)."""
   if not run.cfg.packed:
     return None
-  from rl_jax.packing import ROW_FINE, Packed, round_up, span_limit, target_width, window_width
+  from rl_jax.packing import ROW_FINE, Packed, round_up, span_limit, target_width
   p, t, g = shapes.prompt_len, shapes.new_tokens, shapes.group_size
   span = min(p + g * t, span_limit(p + t))                 # Run.pack splits longer groups
   parts = -(-(p + g * t) // span) if g > 1 else 1
@@ -207,8 +207,7 @@ def packed_rows(run, shapes: RunShapes, n: int):
   s = round_up(max(span, -(-(-(-n // g) * parts * p + n * t) // r)), ROW_FINE)
   m = target_width(-(-n * t // r))
   tok, tgt = _rows(run, (r, s), jnp.int32), _rows(run, (r, m), jnp.int32)
-  return Packed(tok, tok, tok, tok, tgt, tgt, tgt, prompt_window=window_width(p, s),
-                completion_window=window_width(t, s))
+  return Packed(tok, tok, tok, tok, tgt, tgt, tgt, prompt_window=min(p, s), completion_window=min(t, s))
 
 
 def logprob_call(run, shapes: RunShapes):

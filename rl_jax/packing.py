@@ -36,7 +36,7 @@ class Packed:
   source: np.ndarray      # [R, N] int32: the position in the row whose hidden state predicts each target (the
                           #   previous completion token, or the prompt's last token); 0 past them
   dest: np.ndarray        # [R, N] int32: b·T + t of each target in the [B, T] layout; B·T past them (discarded)
-  prompt_window: int = dataclasses.field(default=1, metadata=dict(static=True))       # ≥ the longest prompt
+  prompt_window: int = dataclasses.field(default=1, metadata=dict(static=True))       # ≥ the longest prompt (static)
   completion_window: int = dataclasses.field(default=1, metadata=dict(static=True))   # ≥ the longest completion
 
 
@@ -102,29 +102,24 @@ def round_up(n: int, fine: int = 16) -> int:
   return -(-n // step) * step
 
 
-# How finely each static size of the packed rows is rounded (`round_up`'s `fine`). Every new (R, S, N, windows)
-# compiles the train step and the log-prob forward again, so the sizes that do not change the positions the
-# decoder computes are rounded coarsely: N (the targets the output projection runs on, ≤ 1/4 padding) and the
-# attention windows (≤ 1/2, and never past the row). Simulated over 100 steps of 8 GSM8K-like groups of 4
-# (2 mini-batches; prompts 80–160 tokens, completions log-normal around 170 capped at 192): 13 log-prob and 17
-# train-step shapes at 1.044× the distinct tokens, against 43 and 92 at 1.022× when all four used 1/16.
-ROW_FINE, TARGET_FINE, WINDOW_FINE = 8, 4, 2
+# How finely each static size of the packed rows is rounded (`round_up`'s `fine`). Every new (R, S, N) compiles
+# the train step and the log-prob forward again (the attention windows are the run's fixed P and T), so N, which
+# does not change the positions the decoder computes, is rounded coarsely (the targets the output projection runs
+# on, ≤ 1/4 padding). Simulated over 100 steps of 8 GSM8K-like groups of 4 (2 mini-batches; prompts 80–160
+# tokens, completions log-normal around 170 capped at 192): 12 log-prob and 15 train-step shapes at 1.044× the
+# distinct tokens, against 20 and 39 at 1.022× when both used 1/16.
+ROW_FINE, TARGET_FINE = 8, 4
 
 
 def span_limit(plain_width: int) -> int:
   """The longest span the loop packs (`pack_groups`' max_span): 4 plain rows of `plain_width` = P + T tokens;
-  a longer group is split, so the attention window stays within 4 plain rows."""
+  a longer group is split, so a row need not be longer than 4 plain rows."""
   return 4 * plain_width
 
 
 def target_width(n: int) -> int:
   """N: a row's most completion tokens `n`, rounded (TARGET_FINE)."""
   return round_up(n, TARGET_FINE)
-
-
-def window_width(longest: int, row_length: int) -> int:
-  """An attention window: the longest prompt or completion, rounded (WINDOW_FINE), at most the row length."""
-  return min(round_up(longest, WINDOW_FINE), row_length)
 
 
 def choose_layout(sizes: list, *, rows_multiple: int = 1, candidates: int = 24) -> tuple[int, int, list]:
@@ -152,7 +147,8 @@ def pack_groups(tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int, *, r
     tokens, attn_mask: [B, P + T] with P = prompt_len (left-padded prompts, right-padded completions).
     rows_multiple: R is a multiple of it (micro-batches, devices on the batch axes).
     max_span: longer groups are split (`split_groups`; their prompt is then computed once per part).
-  The windows are the longest prompt and completion rounded (`window_width`); N the most completion tokens of a
+  The attention windows are the plain widths P and T (at most S): fixed for a run's batches, so they add no
+  compiled shapes, and a query scores no more keys than in the plain layout; N the most completion tokens of a
   row (`target_width`).
   """
   groups = groups_of(tokens, attn_mask, prompt_len)
@@ -162,11 +158,9 @@ def pack_groups(tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int, *, r
   sizes = [len(p) + sum(len(c) for _, c in members) for p, members in groups]
   r, s, bins = choose_layout(sizes, rows_multiple=rows_multiple)
   n = target_width(max([sum(sizes[g] - len(groups[g][0]) for g in row) for row in bins] + [1]))
-  longest_prompt = max(len(p) for p, _ in groups)
-  longest_completion = max(len(c) for _, members in groups for _, c in members)
   out = Packed(*(np.zeros((r, s), np.int32) for _ in range(4)), np.zeros((r, n), np.int32),
-               np.zeros((r, n), np.int32), np.full((r, n), b * t, np.int32),
-               prompt_window=window_width(longest_prompt, s), completion_window=window_width(longest_completion, s))
+               np.zeros((r, n), np.int32), np.full((r, n), b * t, np.int32), prompt_window=min(prompt_len, s),
+               completion_window=min(t, s))
   for row, groups_of_row in enumerate(bins):
     at, k = 0, 0
     for seg, g in enumerate(groups_of_row, start=1):

@@ -13,8 +13,7 @@ from rl_jax import objectives
 from rl_jax.logprobs import token_logprobs
 from rl_jax.models import init_params, tiny_config
 from rl_jax.models.llama import _attention
-from rl_jax.packing import (choose_layout, first_fit, groups_of, layout_stats, pack_groups, round_up, target_width,
-                            window_width)
+from rl_jax.packing import choose_layout, first_fit, groups_of, layout_stats, pack_groups, round_up, target_width
 from rl_jax.prefix_grouper import grouped_attention, packed_logprobs, packed_mask, span_starts
 from rl_jax.train import RLBatch, init_state, make_logprob_fn, make_rl_step
 
@@ -143,7 +142,7 @@ def test_layout_by_hand():
   np.testing.assert_array_equal(rows.targets, [[21, 22, 31, 0, 0, 0, 0, 0]])
   np.testing.assert_array_equal(rows.source, [[1, 2, 1, 0, 0, 0, 0, 0]])   # 21 and 31 from 12, 22 from 21
   np.testing.assert_array_equal(rows.dest, [[0, 1, 2, 6, 6, 6, 6, 6]])     # b·T + t, T = 2; 6 = discarded
-  assert rows.prompt_window == rows.completion_window == 8                 # longest prompt, completion 2, rounded up
+  assert (rows.prompt_window, rows.completion_window) == (3, 2)            # the plain widths P, T
   np.testing.assert_array_equal(span_starts(jnp.asarray(rows.segment)), [[0, 0, 0, 0, 0, 5, 5, 5]])
   allowed = np.asarray(packed_mask(jnp.asarray(rows.segment), jnp.asarray(rows.member)))[0]
   np.testing.assert_array_equal(allowed[4], [1, 1, 0, 0, 1, 0, 0, 0])     # 31 sees its prompt and itself only
@@ -292,26 +291,26 @@ def test_a_loop_run_packed_equals_the_plain_run(tmp_path, monkeypatch):
 
 
 def test_the_static_sizes_that_do_not_change_the_positions_are_rounded_coarsely():
-  # N (targets per row) at 1/4 of an octave, the windows at 1/2 and never past the row (each new value compiles).
+  # N (targets per row) at 1/4 of an octave; the attention windows are the plain widths P, T (each new value
+  # compiles), whatever the batch's longest prompt and completion, and never past the row.
   assert [target_width(n) for n in (5, 65, 100, 200, 257)] == [8, 80, 112, 224, 320]
-  assert [window_width(n, 4096) for n in (5, 65, 100, 200, 257)] == [8, 96, 128, 256, 384]
-  assert window_width(257, 300) == 300 and window_width(200, 200) == 200
-  tokens, attn = make_batch(ALL, seed=8)
-  rows = pack_groups(tokens, attn, P)
-  groups = groups_of(tokens, attn, P)
-  longest_prompt, longest_completion = max(len(p) for p, _ in groups), max(len(c) for _, m in groups for _, c in m)
-  assert (longest_prompt, longest_completion) == (7, 6)
-  assert rows.prompt_window == window_width(7, rows.tokens.shape[1]) == 8
-  assert rows.completion_window == window_width(6, rows.tokens.shape[1]) == 8
+  for groups in (ALL, CASES["lengths_0_1"]):
+    rows = pack_groups(*make_batch(groups, seed=8), P)
+    assert (rows.prompt_window, rows.completion_window) == (P, T)
+  short = pack_groups(np.array([[0, 0, 5, 6]]), np.array([[0, 0, 1, 1]]), 3)      # one span of 2 in a row of 8
+  assert short.tokens.shape[1] == 8 and (short.prompt_window, short.completion_window) == (3, 1)
+  wide = pack_groups(np.pad(np.array([[5, 6]]), ((0, 0), (18, 0))), np.pad(np.array([[1, 1]]), ((0, 0), (18, 0))),
+                     19)
+  assert wide.tokens.shape[1] == 8 and wide.prompt_window == 8                     # P = 19 > S = 8
 
 
 def test_the_packed_shapes_benchmark_counts_shapes_and_restores_the_rounding():
   from rl_jax import packing
   from rl_jax.experiments.benchmarks import packed_shapes_bench as bench
-  before = packing.ROW_FINE, packing.TARGET_FINE, packing.WINDOW_FINE
-  with bench.rounding(16, 16, 16):
+  before = packing.ROW_FINE, packing.TARGET_FINE
+  with bench.rounding(16, 16):
     fine = bench.count(steps=4, seed=1)
-  assert (packing.ROW_FINE, packing.TARGET_FINE, packing.WINDOW_FINE) == before
+  assert (packing.ROW_FINE, packing.TARGET_FINE) == before
   coarse = bench.count(steps=4, seed=1)
   for c in (fine, coarse):
     assert 1 <= c["logprob_shapes"] <= 4 and 1 <= c["train_shapes"] <= 8

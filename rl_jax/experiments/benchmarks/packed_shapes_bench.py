@@ -1,6 +1,6 @@
 """How many packed shapes a run compiles, against the positions it computes (host only, no model).
 
-Every new (R, S, N, prompt and completion windows) of the packed rows (rl_jax.packing) compiles the train step or the log-prob forward
+Every new (R, S, N) of the packed rows (rl_jax.packing) compiles the train step or the log-prob forward
 again. This draws GSM8K-like batches (8 prompts of 80–160 real tokens, padded to 160; 4 completions each,
 log-normal around 170 tokens, capped at 192), packs each whole batch (the π_old / reference forward) and its 2
 mini-batches of whole groups (the train step) as the loop does, and counts the distinct shapes over `--steps`
@@ -36,14 +36,14 @@ def draw_batch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 @contextlib.contextmanager
-def rounding(row: int, target: int, window: int):
-  """rl_jax.packing's rounding of (S, N, window) set for the block."""
-  saved = packing.ROW_FINE, packing.TARGET_FINE, packing.WINDOW_FINE
-  packing.ROW_FINE, packing.TARGET_FINE, packing.WINDOW_FINE = row, target, window
+def rounding(row: int, target: int):
+  """rl_jax.packing's rounding of (S, N) set for the block."""
+  saved = packing.ROW_FINE, packing.TARGET_FINE
+  packing.ROW_FINE, packing.TARGET_FINE = row, target
   try:
     yield
   finally:
-    packing.ROW_FINE, packing.TARGET_FINE, packing.WINDOW_FINE = saved
+    packing.ROW_FINE, packing.TARGET_FINE = saved
 
 
 def shape_of(rows: packing.Packed) -> tuple:
@@ -74,14 +74,14 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.steps < 1:
     parser.error(f"--steps must be >= 1, got {args.steps}")
-  now = packing.ROW_FINE, packing.TARGET_FINE, packing.WINDOW_FINE
+  now = packing.ROW_FINE, packing.TARGET_FINE
   print(f"{args.steps} steps of {PROMPTS} groups × {GROUP}, {MINI_BATCHES} mini-batches (seed {args.seed})\n")
-  print("| rounding (S, N, window: 1/k of an octave) | log-prob shapes | train-step shapes | positions / distinct (worst) |")
+  print("| rounding (S, N: 1/k of an octave) | log-prob shapes | train-step shapes | positions / distinct (worst) |")
   print("|---|---|---|---|")
-  for name, fine in (("in use", now), ("every size 1/16", (16, 16, 16))):
+  for name, fine in (("in use", now), ("every size 1/16", (16, 16))):
     with rounding(*fine):
       c = count(args.steps, args.seed)
-    print(f"| {name}: 1/{fine[0]}, 1/{fine[1]}, 1/{fine[2]} | {c['logprob_shapes']} | {c['train_shapes']} | "
+    print(f"| {name}: 1/{fine[0]}, 1/{fine[1]} | {c['logprob_shapes']} | {c['train_shapes']} | "
           f"{c['positions_per_distinct']:.3f} ({c['worst']:.3f}) |")
 
 
