@@ -148,6 +148,48 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCach
   return KVCache(constrain_rows(jnp.zeros(shape, dtype), 1), constrain_rows(jnp.zeros(shape, dtype), 1))
 
 
+@jax.custom_vjp
+def project(x: Array, *ws: Array) -> tuple[Array, ...]:
+  """(x · W₁, …, x · W_n) for x [..., D] and weights W_i [D, F_i]: the projections of one input.
+
+  Custom VJP (the same values as autodiff): ∂x = Σ_i dy_i · W_iᵀ and ∂W_i = xᵀ · dy_i over all rows
+  (`weight_grads`), so the projections of one input share one xᵀ on CPU.
+  """
+  return tuple(x @ w for w in ws)
+
+
+def _project_fwd(x, *ws):
+  return project(x, *ws), (x, ws)
+
+
+def _project_bwd(res, cts):
+  x, ws = res
+  dx = sum(jax.lax.dot_general(dy, w, (((dy.ndim - 1,), (1,)), ((), ()))) for dy, w in zip(cts, ws))
+  dws = weight_grads(x.reshape(-1, x.shape[-1]), tuple(dy.reshape(-1, dy.shape[-1]) for dy in cts))
+  return (dx.astype(x.dtype),) + tuple(dw.astype(w.dtype) for dw, w in zip(dws, ws))
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
+def weight_grads(x: Array, dys: tuple[Array, ...]) -> tuple[Array, ...]:
+  """∂W_i = xᵀ · dy_i [D, F_i] for x [N, D] and dy_i [N, F_i] (in their dtype), summed over the N rows.
+
+  On CPU, xᵀ [D, N] is materialised once (an optimisation barrier keeps XLA from folding it back into the
+  products) and each product is a plain [D, N] × [N, F_i] matmul, the form XLA:CPU's fast matmul path takes;
+  left to itself XLA contracts over rows with the Eigen path, on a transposed copy of every dy_i. Other
+  platforms contract over the rows directly.
+  """
+  def cpu(x, *dys):
+    xt = jax.lax.optimization_barrier(x.T)
+    return tuple(jnp.dot(xt, dy) for dy in dys)
+
+  def default(x, *dys):
+    return tuple(jax.lax.dot_general(x, dy, (((0,), (0,)), ((), ()))) for dy in dys)
+
+  return jax.lax.platform_dependent(x, *dys, cpu=cpu, default=default)
+
+
 def _attention(q, k, v, allowed, cfg):
   """q [B, S, H, hd], k/v [B, S_k, K, hd], allowed [B, S, S_k] bool → [B, S, H·hd]."""
   b, s, h, hd = q.shape
@@ -199,7 +241,7 @@ def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=
   (q, k, v) -> [B, S, H·hd] replaces the masked attention of `allowed` when given."""
   b, s, _ = x.shape
   h = rms_norm(x, lp["attn_norm"], cfg.rms_eps)
-  q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+  q, k, v = project(h, lp["wq"], lp["wk"], lp["wv"])
   if cfg.qkv_bias:
     q, k, v = q + lp["bq"][None, None, :], k + lp["bk"][None, None, :], v + lp["bv"][None, None, :]
   q = q.reshape(b, s, cfg.n_heads, cfg.head_dim)
@@ -216,9 +258,10 @@ def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=
     ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (layer, 0, cache_index, 0, 0))
     cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (layer, 0, cache_index, 0, 0))
     k, v, new_kv = ck[layer], cv[layer], (ck, cv)
-  x = x + (attend(q, k, v, allowed, cfg) if attention is None else attention(q, k, v)) @ lp["wo"]
+  x = x + project(attend(q, k, v, allowed, cfg) if attention is None else attention(q, k, v), lp["wo"])[0]
   h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
-  x = x + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+  gate, up = project(h, lp["w_gate"], lp["w_up"])
+  x = x + project(jax.nn.silu(gate) * up, lp["w_down"])[0]
   return x, new_kv
 
 
