@@ -54,34 +54,47 @@ class DecodeCache(NamedTuple):
   v: tuple          # L × [B, K, S, hd] values
 
 
-def _out_major(w: Array) -> Array:
-  """A [L, D_in, D_out] stacked projection as [L, D_out, D_in]."""
-  return jnp.swapaxes(w, 1, 2)
-
-
 def decode_weights(params: dict, cfg: ModelConfig, dtype=None, cpu_kernels: bool = False) -> DecodeWeights:
   """Per-layer decode weights (optionally cast, e.g. to bfloat16), each projection stored output-major [N, K]
   and the projections that read the same input concatenated: w_qkv [(H + 2K)·hd, D], w_gu [2F, D] (gate; up),
   w_o [D, H·hd], w_down [D, F]; b_qkv [(H + 2K)·hd] with qkv_bias. Built once per sampler call.
   cpu_kernels: the projections and the head packed for the CPU kernel (float32 weights only; see
-  `resolve_cpu_kernels` for when that is safe)."""
+  `resolve_cpu_kernels` for when that is safe), straight from the parameters' input-major layout."""
   cast = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))
   st = params["layers"]
-  fused = dict(attn_norm=st["attn_norm"], mlp_norm=st["mlp_norm"], w_o=_out_major(st["wo"]),
-               w_qkv=_out_major(jnp.concatenate([st["wq"], st["wk"], st["wv"]], axis=2)),
-               w_gu=_out_major(jnp.concatenate([st["w_gate"], st["w_up"]], axis=2)), w_down=_out_major(st["w_down"]))
+  inputs = dict(w_qkv=jnp.concatenate([st["wq"], st["wk"], st["wv"]], axis=2), w_o=st["wo"],   # [L, K, N]
+                w_gu=jnp.concatenate([st["w_gate"], st["w_up"]], axis=2), w_down=st["w_down"])
+  rest = dict(attn_norm=st["attn_norm"], mlp_norm=st["mlp_norm"])
   if cfg.qkv_bias:
-    fused["b_qkv"] = jnp.concatenate([st["bq"], st["bk"], st["bv"]], axis=1)
+    rest["b_qkv"] = jnp.concatenate([st["bq"], st["bk"], st["bv"]], axis=1)
   if cfg.qk_norm:
-    fused.update(q_norm=st["q_norm"], k_norm=st["k_norm"])
-  layers = tuple({name: cast(w[i]) for name, w in fused.items()} for i in range(cfg.n_layers))
+    rest.update(q_norm=st["q_norm"], k_norm=st["k_norm"])
   head = cast(params["embed"] if cfg.tie_embeddings else params["lm_head"].T)
   if cpu_kernels and head.dtype == jnp.float32:
-    pack, eps = cpu_kernels_lib.pack_panels, cfg.rms_eps
-    layers = tuple({**lp, "w_qkv": pack(lp["w_qkv"], lp["attn_norm"], eps), "w_o": pack(lp["w_o"]),
-                    "w_gu": pack(lp["w_gu"], lp["mlp_norm"], eps), "w_down": pack(lp["w_down"])} for lp in layers)
-    head = pack(head, params["final_norm"], eps)
+    return _packed_weights(params, cfg, cast, inputs, rest)
+  layers = tuple({**{name: cast(w[i]) for name, w in rest.items()},
+                  **{name: cast(jnp.swapaxes(w[i], 0, 1)) for name, w in inputs.items()}} for i in range(cfg.n_layers))
   return DecodeWeights(layers, cast(params["embed"]), params["final_norm"], head)
+
+
+NORM_OF = {"w_qkv": "attn_norm", "w_gu": "mlp_norm"}   # the RMSNorm gain a packed projection carries
+
+
+def _packed_weights(params: dict, cfg: ModelConfig, cast, inputs: dict, rest: dict) -> DecodeWeights:
+  """`decode_weights` with the projections and the head as `PackedWeight`s, each packed in one pass from its
+  input-major [K, N] slice (`pack_panels_input_major`), the gains of NORM_OF folded in."""
+  eps, layers = cfg.rms_eps, []
+  for i in range(cfg.n_layers):
+    lp = {name: cast(w[i]) for name, w in rest.items()}
+    for name, w in inputs.items():
+      norm = lp[NORM_OF[name]] if name in NORM_OF else None
+      lp[name] = cpu_kernels_lib.pack_panels_input_major(cast(w[i]), norm, None if norm is None else eps)
+    layers.append(lp)
+  if cfg.tie_embeddings:
+    head = cpu_kernels_lib.pack_panels(cast(params["embed"]), params["final_norm"], eps)
+  else:
+    head = cpu_kernels_lib.pack_panels_input_major(cast(params["lm_head"]), params["final_norm"], eps)
+  return DecodeWeights(tuple(layers), cast(params["embed"]), params["final_norm"], head)
 
 
 PROJECTIONS = ("w_qkv", "w_o", "w_gu", "w_down")

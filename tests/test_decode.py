@@ -194,6 +194,28 @@ def test_cpu_kernel_step_equals_the_xla_step(cpu_kernel, extra):
                                     np.asarray(_sample_tokens(b[:, i], row_uniforms(keys, i), **kw)[0]))
 
 
+@pytest.mark.parametrize("extra", [dict(qkv_bias=True), dict(tie_embeddings=False, qk_norm=True)])
+def test_packed_weights_are_the_xla_weights_packed(extra):
+  """decode_weights(cpu_kernels=True) packs straight from the input-major parameters: each PackedWeight equals
+  pack_panels of the XLA path's output-major weight (its norm gain folded in), bit for bit; other entries equal."""
+  from rl_jax.kernels.cpu import pack_panels
+  cfg = tiny_config(53, max_seq_len=32, **extra)
+  params = init_params(cfg, jax.random.PRNGKey(4))
+  params["layers"] = dict(params["layers"], attn_norm=params["layers"]["attn_norm"] * 1.5 + 0.25,
+                          mlp_norm=params["layers"]["mlp_norm"] * 0.5 + 0.125)   # gains other than one
+  packed, plain = decode_weights(params, cfg, cpu_kernels=True), decode_weights(params, cfg)
+  norms = {"w_qkv": "attn_norm", "w_gu": "mlp_norm"}
+  pairs = [(packed.head, pack_panels(plain.head, plain.final_norm, cfg.rms_eps))]
+  for lp, lx in zip(packed.layers, plain.layers):
+    assert lp.keys() == lx.keys()
+    pairs += [(lp[n], pack_panels(lx[n], *((lx[norms[n]], cfg.rms_eps) if n in norms else ()))) for n in PROJECTIONS]
+    for n in set(lx) - set(PROJECTIONS):
+      np.testing.assert_array_equal(np.asarray(lp[n]), np.asarray(lx[n]))
+  for got, want in pairs:
+    assert (got.n, got.rms_eps) == (want.n, want.rms_eps)
+    np.testing.assert_array_equal(np.asarray(got.panels), np.asarray(want.panels))
+
+
 def test_samplers_with_and_without_the_cpu_kernel_draw_the_same_tokens(cpu_kernel):
   """generate / generate_continuous: auto (params on one CPU device) and forced kernels vs XLA's matmuls."""
   from rl_jax.continuous_sampling import generate_continuous

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rl_jax.kernels.cpu import PANEL, build, ops, pack_panels, packed_dense, packed_dense_reference
+from rl_jax.kernels.cpu import (PANEL, build, ops, pack_panels, pack_panels_input_major, packed_dense,
+                                packed_dense_reference)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,20 @@ def test_panels_layout_and_reference():
   p = np.asarray(pack_panels(jnp.asarray(w)).panels)
   assert p[1, 2, 1] == w[49, 2] and p[0, 3, 5] == w[5, 3] and not p[1, :, 2:].any()
   _close(packed_dense_reference(jnp.asarray(x), pack_panels(jnp.asarray(w))), want, 4)
+
+
+@pytest.mark.parametrize("k,n", [(4, 50), (33, 3 * PANEL), (577, 97)])
+def test_input_major_packing_equals_packing_the_transpose(k, n):
+  """pack_panels_input_major(W [K, N], g, eps) == pack_panels(Wᵀ, g, eps) bit for bit (with and without a gain)."""
+  rng = np.random.default_rng(6)
+  w, g = rng.normal(size=(k, n)).astype(np.float32), rng.uniform(0.5, 1.5, k).astype(np.float32)
+  for args in ((), (jnp.asarray(g), 1e-6)):
+    got, want = pack_panels_input_major(jnp.asarray(w), *args), pack_panels(jnp.asarray(w.T), *args)
+    assert (got.n, got.rms_eps) == (want.n, want.rms_eps) and got.panels.shape == want.panels.shape
+    np.testing.assert_array_equal(np.asarray(got.panels), np.asarray(want.panels))
+  assert np.asarray(pack_panels_input_major(jnp.asarray(w)).panels)[0, 2, 1] == w[2, 1]   # panels[p, k, j] = W[k, 48p + j]
+  with pytest.raises(ValueError, match="RMSNorm gain"):
+    pack_panels_input_major(jnp.asarray(w), jnp.asarray(g))
 
 
 def test_tpu_lowering_has_no_custom_call_and_cpu_lowering_has_it(kernel):
