@@ -25,7 +25,7 @@ from rl_jax.loop_config import MC_ADVANTAGES, Prompts, RLConfig, Task, advantage
 from rl_jax.metrics_log import atomic_write_text
 from rl_jax.models.llama import sampler_dtype
 from rl_jax.packing import pack_groups, span_limit
-from rl_jax.sampling import DECODE_BLOCK, Samples, generate_raw
+from rl_jax.sampling import DECODE_BLOCK, Samples, generate_raw, generate_shrinking
 from rl_jax.train import RLBatch, Rollouts, TrainState, init_state, make_logprob_fn, make_rl_step
 from rl_jax.tree_rollout import TreeRollout, first_width, tree_rollout_raw, tree_to_rollouts, tree_widths
 
@@ -193,11 +193,33 @@ class Run:
     """(state, RLBatch) -> (state, metrics), jitted per batch layout with the state's shardings."""
     return lambda state, batch: self.call(self.train_jit(prompt_len, batch), state, batch)
 
+  def shrinks(self) -> bool:
+    """Whether rollouts run the shrinking sampler (`rl_jax.sampling.generate_shrinking`: rows that drew a stop
+    token are dropped between decode buckets, sampling ends once every row has stopped; the same rows as the
+    full-batch sampler): on a one-device mesh of one process when the task has stop tokens. Otherwise the
+    jitted full-batch `sampler`, sharded over the mesh (the host reads nothing between its decode steps)."""
+    return self.mesh.devices.size == 1 and jax.process_count() == 1 and bool(self.task.stop_tokens)
+
+  def shrinking_samples(self, params, prompts: Prompts, key) -> Samples:
+    """`sampler`'s Samples [n·G, T] from `generate_shrinking`, with the run's sampling settings."""
+    t, cfg = self.task, self.cfg
+    stats = self.extras.sampler_inputs()
+    return self.call(lambda: generate_shrinking(
+        params, self.model_cfg, jnp.asarray(prompts.ids), jnp.asarray(prompts.mask), key,
+        max_new_tokens=t.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+        stop_tokens=tuple(t.stop_tokens), dtype=sampler_dtype(self.model_cfg), decode_block=self.decode_block,
+        group_size=cfg.group_size, temperature_stats=jnp.asarray(stats[0]) if stats else None,
+        temperature_tau=cfg.temperature_tau, cpu_kernels=resolve_cpu_kernels(None, self.mesh.devices.flat)))
+
   def rollout(self, params, prompts: Prompts, key) -> Rollouts:
-    """`group_size` samples per prompt (prompt i → rows i·G..i·G+G−1) from the run's sampler."""
+    """`group_size` samples per prompt (prompt i → rows i·G..i·G+G−1) from the run's sampler (the shrinking one
+    where `shrinks`)."""
     g = self.cfg.group_size
-    out = self.call(self.sampler(*prompts.ids.shape), params, np.asarray(prompts.ids), np.asarray(prompts.mask), key,
-                    *self.extras.sampler_inputs())   # host arrays go straight into the jitted call
+    if self.shrinks():
+      out = self.shrinking_samples(params, prompts, key)
+    else:
+      out = self.call(self.sampler(*prompts.ids.shape), params, np.asarray(prompts.ids), np.asarray(prompts.mask),
+                      key, *self.extras.sampler_inputs())   # host arrays go straight into the jitted call
     comp, cmask, lp = (sharding.to_host(x) for x in out)
     p_rep, m_rep = np.repeat(prompts.ids, g, axis=0), np.repeat(prompts.mask, g, axis=0)
     tokens = np.concatenate([p_rep, comp], axis=1)

@@ -37,6 +37,41 @@ def test_rollout_prefills_each_prompt_once_and_samples_as_the_repeated_prompts(t
   assert len({tuple(r) for r in ro.completion}) > 1                              # the rows are different samples
 
 
+def test_one_device_rollout_shrinks_and_equals_the_full_batch_sampler(tmp_path, monkeypatch):
+  """On one device the loop's rollouts come from the shrinking sampler: finished rows are dropped between decode
+  buckets, and every row's tokens, mask and log-probs equal the jitted full-batch sampler's (`Run.sampler`, what
+  a sharded run uses) for the same key."""
+  from rl_jax import sampling
+  cfg = tiny(tmp_path, temperature=1.0, digits=3)
+  task, model_cfg = exp.build(cfg)
+  params = init_params(model_cfg, jax.random.PRNGKey(1))
+  problems = exp.Problems(cfg, task)
+  run = loop.Run(cfg, model_cfg, params, problems, decode_block=2)
+  sizes, inner = [], sampling._bucket_jit
+  monkeypatch.setattr(sampling, "_bucket_jit", lambda w, c, carry, **kw: sizes.append(carry.done.shape[0])
+                      or inner(w, c, carry, **kw))
+  prompts, key = problems.prompts(0, 0), jax.random.PRNGKey(11)
+  assert run.shrinks()
+  ro = run.rollout(params, prompts, key)
+  full = run.call(run.sampler(*prompts.ids.shape), params, prompts.ids, prompts.mask, key)
+  np.testing.assert_array_equal(ro.completion, np.asarray(full.tokens))
+  np.testing.assert_array_equal(ro.completion_mask, np.asarray(full.mask))
+  np.testing.assert_allclose(ro.rollout_logp, np.asarray(full.logp), atol=1e-5)
+  n, lengths = cfg.prompts_per_step * cfg.group_size, ro.completion_mask.sum(1)
+  assert lengths.min() < lengths.max() and sizes[0] == n and min(sizes) < n    # rows stopped early; batch shrank
+  assert not loop.Run(cfg, model_cfg, params, NoStop(problems)).shrinks()   # nothing stops early: full-batch sampler
+
+
+class NoStop:
+  """A task without stop tokens (every row runs max_new_tokens)."""
+
+  def __init__(self, task):
+    self.task, self.stop_tokens = task, ()
+
+  def __getattr__(self, name):
+    return getattr(self.task, name)
+
+
 def test_batch_rows_sums_counts_and_averages_means():
   rows = [{"reward_failures": 2, "train_accuracy": 0.25}, {"reward_failures": 1, "train_accuracy": 0.75},
           {"reward_failures": np.int64(0), "train_accuracy": 0.5}]
