@@ -281,8 +281,9 @@ def rl_iteration(state: TrainState, rl_step: Callable, logprob_fn: Callable, rol
   adv = adv.reshape(p * g, *adv.shape[2:])        # [P·G] sequence-level or [P·G, T] token-level
   tokens, attn = np.asarray(rollouts.tokens), np.asarray(rollouts.attn_mask)   # host arrays: rows picked in numpy
   packed_of = lambda rows: None if pack is None else pack(tokens[rows], attn[rows])
+  whole = functools.cache(lambda: packed_of(slice(None)))    # the full batch packed once, for both forwards
   logp_of = (lambda params: logprob_fn(params, tokens, attn)) if pack is None else (
-      lambda params: logprob_fn(params, tokens, attn, packed_of(slice(None))))
+      lambda params: logprob_fn(params, tokens, attn, whole()))
   single = epochs == 1 and minibatches == 1 and not recompute_old_logp
   old_logp = None if single else to_host(logp_of(state.params))
   ref_logp = None if ref_params is None else to_host(logp_of(ref_params))
