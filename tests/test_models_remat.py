@@ -25,5 +25,6 @@ def test_remat_changes_nothing_but_memory():
     remat = wrap(jax.value_and_grad(lambda p: loss(p, dataclasses.replace(cfg, remat=True))))(params)
     np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), plain[1], remat[1])
-  hlo = jax.jit(jax.grad(lambda p: loss(p, dataclasses.replace(cfg, remat=True)))).lower(params).as_text()
-  assert "remat" in hlo or "checkpoint" in hlo or "optimization_barrier" in hlo.lower()
+  barriers = lambda c: jax.jit(jax.grad(lambda p: loss(p, c))).lower(params).as_text().count("optimization_barrier")
+  # the layer projections' CPU backward has barriers of its own (llama.weight_grads): remat adds its own on top
+  assert barriers(dataclasses.replace(cfg, remat=True)) > barriers(cfg)
