@@ -131,16 +131,12 @@ class Run:
     """Jitted (params, prompts [n, L], mask, rng) -> Samples [n·G, T] with the run's sampling settings: each
     prompt is prefilled once and its KV cache shared by its G = cfg.group_size rows (prompt i → rows
     i·G..i·G+G−1; row keys as for the n·G repeated prompts)."""
-    t, g = self.task, self.cfg.group_size
+    g = self.cfg.group_size
 
     def build():
       tau = self.cfg.temperature_tau   # HAPO: a fifth argument, the entropy statistics [4]
       fn = lambda params, prompts, mask, rng, stats=None: generate_raw(
-          params, self.model_cfg, prompts, mask, rng, max_new_tokens=t.max_new_tokens,
-          temperature=self.cfg.temperature, top_p=self.cfg.top_p, stop_tokens=tuple(t.stop_tokens),
-          dtype=sampler_dtype(self.model_cfg), decode_block=self.decode_block, group_size=g,
-          temperature_stats=stats, temperature_tau=tau,
-          cpu_kernels=resolve_cpu_kernels(None, self.mesh.devices.flat))   # one CPU device only
+          params, self.model_cfg, prompts, mask, rng, **self.sampling_settings(stats))
       rows, out, one = self.rows(n), self.rows(n * g), NamedSharding(self.mesh, P())
       return sharding.jit_global(fn, in_shardings=(self.param_sharding, rows, rows, one) + ((one,) if tau else ()),
                                  out_shardings=Samples(out, out, out))
@@ -149,7 +145,7 @@ class Run:
   def pack(self, tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int):
     """The rows in the packed layout (rl_jax.packing.pack_groups): R a multiple of lcm(micro-batch counts) ×
     the devices on the batch axes, so every micro-batch's rows spread over all of them; a group longer than
-    4 plain rows is split in parts (so the attention window stays within 4 plain rows)."""
+    4 plain rows is split in parts (so a row need not be longer than 4 plain rows)."""
     multiple = packed_row_multiple(self)
     return pack_groups(tokens, attn_mask, prompt_len, rows_multiple=multiple, max_span=span_limit(tokens.shape[1]))
 
@@ -217,14 +213,19 @@ class Run:
 
   def shrinking_samples(self, params, prompts: Prompts, key) -> Samples:
     """`sampler`'s Samples [n·G, T] from `generate_shrinking`, with the run's sampling settings."""
-    t, cfg = self.task, self.cfg
     stats = self.extras.sampler_inputs()
     return self.call(lambda: generate_shrinking(
         params, self.model_cfg, jnp.asarray(prompts.ids), jnp.asarray(prompts.mask), key,
-        max_new_tokens=t.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-        stop_tokens=tuple(t.stop_tokens), dtype=sampler_dtype(self.model_cfg), decode_block=self.decode_block,
-        group_size=cfg.group_size, temperature_stats=jnp.asarray(stats[0]) if stats else None,
-        temperature_tau=cfg.temperature_tau, cpu_kernels=resolve_cpu_kernels(None, self.mesh.devices.flat)))
+        **self.sampling_settings(jnp.asarray(stats[0]) if stats else None)))
+
+  def sampling_settings(self, temperature_stats) -> dict:
+    """The run's sampling keywords for `generate_raw` / `generate_shrinking` (HAPO's entropy statistics
+    `temperature_stats` [4] or None); the CPU kernels on one CPU device only."""
+    t, cfg = self.task, self.cfg
+    return dict(max_new_tokens=t.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                stop_tokens=tuple(t.stop_tokens), dtype=sampler_dtype(self.model_cfg), decode_block=self.decode_block,
+                group_size=cfg.group_size, temperature_stats=temperature_stats, temperature_tau=cfg.temperature_tau,
+                cpu_kernels=resolve_cpu_kernels(None, self.mesh.devices.flat))
 
   def rollout(self, params, prompts: Prompts, key) -> Rollouts:
     """`group_size` samples per prompt (prompt i → rows i·G..i·G+G−1) from the run's sampler (the shrinking one
