@@ -54,6 +54,11 @@ class DecodeCache(NamedTuple):
   v: tuple          # L × [B, K, S, hd] values
 
 
+SOURCES = dict(w_qkv=("wq", "wk", "wv"), w_o=("wo",), w_gu=("w_gate", "w_up"), w_down=("w_down",))
+# each projection of the decode step: the stacked input-major parameters [L, K, N_i] concatenated along N
+NORM_OF = {"w_qkv": "attn_norm", "w_gu": "mlp_norm"}   # the RMSNorm gain a packed projection carries
+
+
 def decode_weights(params: dict, cfg: ModelConfig, dtype=None, cpu_kernels: bool = False) -> DecodeWeights:
   """Per-layer decode weights (optionally cast, e.g. to bfloat16), each projection stored output-major [N, K]
   and the projections that read the same input concatenated: w_qkv [(H + 2K)·hd, D], w_gu [2F, D] (gate; up),
@@ -62,8 +67,6 @@ def decode_weights(params: dict, cfg: ModelConfig, dtype=None, cpu_kernels: bool
   `resolve_cpu_kernels` for when that is safe), straight from the parameters' input-major layout."""
   cast = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))
   st = params["layers"]
-  inputs = dict(w_qkv=jnp.concatenate([st["wq"], st["wk"], st["wv"]], axis=2), w_o=st["wo"],   # [L, K, N]
-                w_gu=jnp.concatenate([st["w_gate"], st["w_up"]], axis=2), w_down=st["w_down"])
   rest = dict(attn_norm=st["attn_norm"], mlp_norm=st["mlp_norm"])
   if cfg.qkv_bias:
     rest["b_qkv"] = jnp.concatenate([st["bq"], st["bk"], st["bv"]], axis=1)
@@ -71,29 +74,31 @@ def decode_weights(params: dict, cfg: ModelConfig, dtype=None, cpu_kernels: bool
     rest.update(q_norm=st["q_norm"], k_norm=st["k_norm"])
   head = cast(params["embed"] if cfg.tie_embeddings else params["lm_head"].T)
   if cpu_kernels and head.dtype == jnp.float32:
-    return _packed_weights(params, cfg, cast, inputs, rest)
+    return _packed_weights(params, cfg, cast, rest)
+  inputs = {name: jnp.concatenate([st[s] for s in srcs], axis=2) for name, srcs in SOURCES.items()}   # [L, K, N]
   layers = tuple({**{name: cast(w[i]) for name, w in rest.items()},
                   **{name: cast(jnp.swapaxes(w[i], 0, 1)) for name, w in inputs.items()}} for i in range(cfg.n_layers))
   return DecodeWeights(layers, cast(params["embed"]), params["final_norm"], head)
 
 
-NORM_OF = {"w_qkv": "attn_norm", "w_gu": "mlp_norm"}   # the RMSNorm gain a packed projection carries
-
-
-def _packed_weights(params: dict, cfg: ModelConfig, cast, inputs: dict, rest: dict) -> DecodeWeights:
-  """`decode_weights` with the projections and the head as `PackedWeight`s, each packed in one pass from its
-  input-major [K, N] slice (`pack_panels_input_major`), the gains of NORM_OF folded in."""
+def _packed_weights(params: dict, cfg: ModelConfig, cast, rest: dict) -> DecodeWeights:
+  """`decode_weights` with the projections and the head as `PackedWeight`s, each packed by the CPU kernel in one
+  pass from the stacked input-major parameters of SOURCES (`pack_input_major_op`: the layer's slice and the
+  concatenation are never materialised), the gains of NORM_OF folded in; the tied head from the embedding
+  (`pack_output_major_op`). The same panels as `pack_panels_input_major` / `pack_panels`, bit for bit."""
   eps, layers = cfg.rms_eps, []
+  st = {name: cast(params["layers"][name]) for name in (*NORM_OF.values(), *sum(SOURCES.values(), ()))}
   for i in range(cfg.n_layers):
     lp = {name: cast(w[i]) for name, w in rest.items()}
-    for name, w in inputs.items():
-      norm = lp[NORM_OF[name]] if name in NORM_OF else None
-      lp[name] = cpu_kernels_lib.pack_panels_input_major(cast(w[i]), norm, None if norm is None else eps)
+    for name, srcs in SOURCES.items():
+      norm = st[NORM_OF[name]] if name in NORM_OF else None
+      lp[name] = cpu_kernels_lib.pack_input_major_op([st[s] for s in srcs], norm, None if norm is None else eps,
+                                                     layer=i)
     layers.append(lp)
   if cfg.tie_embeddings:
-    head = cpu_kernels_lib.pack_panels(cast(params["embed"]), params["final_norm"], eps)
+    head = cpu_kernels_lib.pack_output_major_op(cast(params["embed"]), params["final_norm"], eps)
   else:
-    head = cpu_kernels_lib.pack_panels_input_major(cast(params["lm_head"]), params["final_norm"], eps)
+    head = cpu_kernels_lib.pack_input_major_op([cast(params["lm_head"])], params["final_norm"], eps)
   return DecodeWeights(tuple(layers), cast(params["embed"]), params["final_norm"], head)
 
 

@@ -195,15 +195,28 @@ def test_cpu_kernel_step_equals_the_xla_step(cpu_kernel, extra):
 
 
 @pytest.mark.parametrize("extra", [dict(qkv_bias=True), dict(tie_embeddings=False, qk_norm=True)])
-def test_packed_weights_are_the_xla_weights_packed(extra):
-  """decode_weights(cpu_kernels=True) packs straight from the input-major parameters: each PackedWeight equals
-  pack_panels of the XLA path's output-major weight (its norm gain folded in), bit for bit; other entries equal."""
-  from rl_jax.kernels.cpu import pack_panels
+def test_packed_weights_are_the_xla_weights_packed(cpu_kernel, extra):
+  """decode_weights(cpu_kernels=True) packs straight from the input-major parameters (the CPU packing kernel, eager
+  and jitted): each PackedWeight equals pack_panels of the XLA path's output-major weight (its norm gain folded in),
+  bit for bit; other entries equal."""
   cfg = tiny_config(53, max_seq_len=32, **extra)
   params = init_params(cfg, jax.random.PRNGKey(4))
   params["layers"] = dict(params["layers"], attn_norm=params["layers"]["attn_norm"] * 1.5 + 0.25,
                           mlp_norm=params["layers"]["mlp_norm"] * 0.5 + 0.125)   # gains other than one
-  packed, plain = decode_weights(params, cfg, cpu_kernels=True), decode_weights(params, cfg)
+  plain = decode_weights(params, cfg)
+  pairs = []
+  for packed in (decode_weights(params, cfg, cpu_kernels=True),
+                 jax.jit(lambda p: decode_weights(p, cfg, cpu_kernels=True))(params)):
+    pairs += _packed_pairs(packed, plain, cfg)
+  for got, want in pairs:
+    assert (got.n, got.rms_eps) == (want.n, want.rms_eps)
+    np.testing.assert_array_equal(np.asarray(got.panels), np.asarray(want.panels))
+
+
+def _packed_pairs(packed, plain, cfg) -> list:
+  """(packed weight, pack_panels of the plain weight) for the head and every projection; the other entries of the
+  layers checked equal."""
+  from rl_jax.kernels.cpu import pack_panels
   norms = {"w_qkv": "attn_norm", "w_gu": "mlp_norm"}
   pairs = [(packed.head, pack_panels(plain.head, plain.final_norm, cfg.rms_eps))]
   for lp, lx in zip(packed.layers, plain.layers):
@@ -211,9 +224,7 @@ def test_packed_weights_are_the_xla_weights_packed(extra):
     pairs += [(lp[n], pack_panels(lx[n], *((lx[norms[n]], cfg.rms_eps) if n in norms else ()))) for n in PROJECTIONS]
     for n in set(lx) - set(PROJECTIONS):
       np.testing.assert_array_equal(np.asarray(lp[n]), np.asarray(lx[n]))
-  for got, want in pairs:
-    assert (got.n, got.rms_eps) == (want.n, want.rms_eps)
-    np.testing.assert_array_equal(np.asarray(got.panels), np.asarray(want.panels))
+  return pairs
 
 
 def test_samplers_with_and_without_the_cpu_kernel_draw_the_same_tokens(cpu_kernel):

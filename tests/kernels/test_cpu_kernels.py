@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rl_jax.kernels.cpu import (PANEL, build, ops, pack_panels, pack_panels_input_major, packed_dense,
-                                packed_dense_reference)
+from rl_jax.kernels.cpu import (PANEL, build, ops, pack_input_major_op, pack_output_major_op, pack_panels,
+                                pack_panels_input_major, packed_dense, packed_dense_reference)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,62 @@ def test_input_major_packing_equals_packing_the_transpose(k, n):
   assert np.asarray(pack_panels_input_major(jnp.asarray(w)).panels)[0, 2, 1] == w[2, 1]   # panels[p, k, j] = W[k, 48p + j]
   with pytest.raises(ValueError, match="RMSNorm gain"):
     pack_panels_input_major(jnp.asarray(w), jnp.asarray(g))
+
+
+def _same_packing(got, want):
+  assert (got.n, got.rms_eps) == (want.n, want.rms_eps) and got.panels.shape == want.panels.shape
+  np.testing.assert_array_equal(np.asarray(got.panels), np.asarray(want.panels))
+
+
+@pytest.mark.parametrize("k,widths", [(3, (50,)), (33, (PANEL, 2 * PANEL)), (17, (64, 32, 32)), (577, (97, 5, 200))])
+def test_packing_kernel_equals_the_jnp_input_major_packing(kernel, k, widths):
+  """pack_input_major_op(ws, g, eps[, layer]) == pack_panels_input_major(concatenate(ws), g, eps) bit for bit:
+  sources whose widths are no multiple of 48 (panels straddling two or three sources), with and without a gain
+  (negative and fractional entries), one layer of stacked [L, K, N_i] weights, eager and jitted."""
+  rng = np.random.default_rng(11)
+  stacked = [jnp.asarray(rng.normal(size=(3, k, n)).astype(np.float32)) for n in widths]
+  gains = jnp.asarray(rng.uniform(-1.5, 1.5, (3, k)).astype(np.float32))
+  for layer in (None, 2):
+    ws = stacked if layer is not None else [w[1] for w in stacked]
+    g = gains if layer is not None else gains[1]
+    for norm, eps in ((None, None), (g, 1e-6)):
+      want = pack_panels_input_major(jnp.concatenate([w[1 if layer is None else layer] for w in stacked], axis=1),
+                                     None if norm is None else gains[1 if layer is None else layer], eps)
+      _same_packing(pack_input_major_op(ws, norm, eps, layer), want)
+      _same_packing(jax.jit(lambda ws, norm: pack_input_major_op(ws, norm, eps, layer))(ws, norm), want)
+
+
+@pytest.mark.parametrize("n,k", [(50, 3), (3 * PANEL, 32), (97, 577), (1, 16)])
+def test_packing_kernel_equals_the_jnp_output_major_packing(kernel, n, k):
+  """pack_output_major_op(W, g, eps) == pack_panels(W, g, eps) bit for bit (K not a multiple of the 16-column
+  transpose tile, N not a multiple of 48), with and without a gain, eager and jitted; special values pass as
+  they are (NaN, ±inf, −0, subnormals)."""
+  rng = np.random.default_rng(12)
+  w = rng.normal(size=(n, k)).astype(np.float32)
+  w.flat[:4] = [np.nan, -np.inf, -0.0, 1e-40][:w.size]
+  g = rng.uniform(-1.5, 1.5, k).astype(np.float32)
+  for norm, eps in ((None, None), (jnp.asarray(g), 1e-5)):
+    want = pack_panels(jnp.asarray(w), norm, eps)
+    _same_packing(pack_output_major_op(jnp.asarray(w), norm, eps), want)
+    _same_packing(jax.jit(lambda w, norm: pack_output_major_op(w, norm, eps))(jnp.asarray(w), norm), want)
+
+
+def test_packing_kernel_refuses_bad_inputs_and_lowers_for_tpu_without_the_custom_call(kernel):
+  w = jnp.ones((2, 8, 20))
+  for bad, match in [(lambda: pack_input_major_op([w[0], jnp.ones((7, 4))]), "same leading axes"),
+                     (lambda: pack_input_major_op([w], layer=2), "layer in"),
+                     (lambda: pack_input_major_op([w[0].astype(jnp.bfloat16)]), "float32"),
+                     (lambda: pack_input_major_op([w[0]], jnp.ones(8)), "RMSNorm gain"),
+                     (lambda: pack_input_major_op([w], jnp.ones(8), 1e-5, layer=0), "RMSNorm gain"),
+                     (lambda: pack_output_major_op(w), r"\[N, K\]"),
+                     (lambda: pack_output_major_op(w[0], jnp.ones(8), 1e-5), "RMSNorm gain")]:
+    with pytest.raises(ValueError, match=match):
+      bad()
+  for fn, target in [(lambda w: pack_input_major_op([w, w], layer=1).panels, ops.PACK_INPUT_TARGET),
+                     (lambda w: pack_output_major_op(w[0]).panels, ops.PACK_OUTPUT_TARGET)]:
+    traced = jax.jit(fn).trace(w)
+    assert target in traced.lower(lowering_platforms=("cpu",)).as_text()
+    assert target not in traced.lower(lowering_platforms=("tpu",)).as_text()
 
 
 def test_tpu_lowering_has_no_custom_call_and_cpu_lowering_has_it(kernel):

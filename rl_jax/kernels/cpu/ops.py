@@ -26,9 +26,12 @@ TARGET = "rl_jax_packed_dense"
 RMS_TARGET = "rl_jax_packed_dense_rms"
 ATTENTION_TARGET = "rl_jax_decode_attention"
 UPDATE_TARGET = "rl_jax_decode_attention_update"
+PACK_INPUT_TARGET = "rl_jax_pack_input_major"
+PACK_OUTPUT_TARGET = "rl_jax_pack_output_major"
 LIBRARIES = {"packed_dense": ((TARGET, "RlJaxPackedDense"), (RMS_TARGET, "RlJaxPackedDenseRms")),  # stem → targets
              "decode_attention": ((ATTENTION_TARGET, "RlJaxDecodeAttention"),
-                                  (UPDATE_TARGET, "RlJaxDecodeAttentionUpdate"))}
+                                  (UPDATE_TARGET, "RlJaxDecodeAttentionUpdate")),
+             "pack_panels": ((PACK_INPUT_TARGET, "RlJaxPackInputMajor"), (PACK_OUTPUT_TARGET, "RlJaxPackOutputMajor"))}
 ENV = "RL_JAX_CPU_KERNELS"      # "0" disables the kernels (the XLA path runs instead)
 logger = logging.getLogger("rl_jax.kernels.cpu")
 _state: dict = {}
@@ -71,6 +74,59 @@ def pack_panels_input_major(w: jax.Array, norm: jax.Array | None = None, eps: fl
     w = w * norm[:, None].astype(w.dtype)
   w = jnp.pad(w, ((0, 0), (0, (-n) % PANEL)))
   return PackedWeight(jnp.swapaxes(w.reshape(k, -1, PANEL), 0, 1), n, None if eps is None else float(eps))
+
+
+def _check_gain(name: str, norm, eps, want: tuple) -> None:
+  """Raises ValueError unless an RMSNorm gain of shape `want` comes with its eps, or neither is given."""
+  if (norm is None) != (eps is None) or (norm is not None and tuple(norm.shape) != want):
+    raise ValueError(f"{name} wants both an RMSNorm gain {list(want)} and its eps, or neither; got "
+                     f"{None if norm is None else list(norm.shape)} and {eps}.")
+
+
+def _panels_out(n: int, k: int) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((-(-n // PANEL), k, PANEL), jnp.float32)
+
+
+def pack_input_major_op(ws, norm: jax.Array | None = None, eps: float | None = None,
+                        layer: int | None = None) -> PackedWeight:
+  """`pack_panels_input_major(concatenate([w[layer] for w in ws], axis=1), norm[layer], eps)` in one pass over each
+  weight (pack_panels.cc, the same panels bit for bit) when this lowers for CPU, that jnp reference on other
+  platforms. ws: float32 input-major weights [K, N_i], or stacked [L, K, N_i] with `layer` picking one (read in
+  place: no slice or concatenation is materialised); norm: [K], or [L, K] with a layer. Call `load()` first."""
+  ws = tuple(ws)
+  rank = 2 if layer is None else 3
+  if (not ws or any(w.ndim != rank or w.dtype != jnp.float32 or w.shape[:-1] != ws[0].shape[:-1] for w in ws)
+          or (layer is not None and not 0 <= layer < ws[0].shape[0])):
+    raise ValueError(f"pack_input_major_op wants float32 weights all [{'L, ' * (rank - 2)}K, N_i] with the same "
+                     f"leading axes{'' if layer is None else ' and a layer in [0, L)'}; got "
+                     f"{[f'{w.dtype}{list(w.shape)}' for w in ws]}, layer {layer}.")
+  _check_gain("pack_input_major_op", norm, eps, ws[0].shape[:-1])
+  k, n = ws[0].shape[-2], sum(w.shape[-1] for w in ws)
+  gain = jnp.zeros((0,), jnp.float32) if norm is None else norm.astype(jnp.float32)
+  call = jax.ffi.ffi_call(PACK_INPUT_TARGET, _panels_out(n, k), vmap_method="sequential")
+  attrs = dict(layer=np.int64(-1 if layer is None else layer), max_threads=np.int64(max_threads()))
+
+  def reference(g, *ws):
+    pick = (lambda a: a) if layer is None else (lambda a: a[layer])
+    w = jnp.concatenate([pick(w) for w in ws], axis=1)
+    return pack_panels_input_major(w, None if norm is None else pick(g), eps).panels
+  panels = jax.lax.platform_dependent(gain, *ws, cpu=lambda *a: call(*a, **attrs), default=reference)
+  return PackedWeight(panels, n, None if eps is None else float(eps))
+
+
+def pack_output_major_op(w: jax.Array, norm: jax.Array | None = None, eps: float | None = None) -> PackedWeight:
+  """`pack_panels(w, norm, eps)` for a float32 output-major W [N, K] in one pass (pack_panels.cc: each panel the
+  transpose of 48 rows through a tile, the same panels bit for bit) when this lowers for CPU, the jnp reference on
+  other platforms. Call `load()` first."""
+  if w.ndim != 2 or w.dtype != jnp.float32:
+    raise ValueError(f"pack_output_major_op wants a float32 weight [N, K], got {w.dtype}{list(w.shape)}.")
+  _check_gain("pack_output_major_op", norm, eps, (w.shape[1],))
+  gain = jnp.zeros((0,), jnp.float32) if norm is None else norm.astype(jnp.float32)
+  call = jax.ffi.ffi_call(PACK_OUTPUT_TARGET, _panels_out(*w.shape), vmap_method="sequential")
+  panels = jax.lax.platform_dependent(
+      gain, w, cpu=lambda g, w: call(g, w, max_threads=np.int64(max_threads())),
+      default=lambda g, w: pack_panels(w, None if norm is None else g, eps).panels)
+  return PackedWeight(panels, w.shape[0], None if eps is None else float(eps))
 
 
 def packed_dense_reference(x: jax.Array, w: PackedWeight) -> jax.Array:
