@@ -15,12 +15,12 @@ compute floor is 2·params·B FLOPs. Four layout choices bring it closer to that
   attention reads the filled prefix rounded up to a block, not the whole preallocated length.
 
 On CPU the five projections can instead run through rl_jax's packed-panel kernel (`rl_jax.kernels.cpu`):
-`decode_weights(..., cpu_kernels=True)` packs each float32 weight once per sampler call and `dense` sends a
-packed weight through the FFI call, so no step re-packs a weight as XLA's CPU matmul does on every call; the
-projections that follow an RMSNorm carry its gain and normalise their input in the kernel (`normed_dense`); with
-packed weights the attention over a float32 cache runs in the CPU kernel too, from the q/k/v projection: RoPE of
-q and k, q's scaling, the write of the new key and value into the cache (updated in place) and one pass over each
-head's cache (`rl_jax.kernels.cpu.decode_attention_update`).
+`decode_weights(..., cpu_kernels=True)` packs each float32 weight once per sampler call (in one pass, by the CPU
+packing kernel) and `dense` sends a packed weight through the FFI call, so no step re-packs a weight as XLA's CPU
+matmul does on every call; the projections that follow an RMSNorm carry its gain and normalise their input in the
+kernel (`normed_dense`); with packed weights the attention over a float32 cache runs in the CPU kernel too, from
+the q/k/v projection: RoPE of q and k, q's scaling, the write of the new key and value into the cache (updated in
+place) and one pass over each head's cache (`rl_jax.kernels.cpu.decode_attention_update`).
 
 Sampling draws one uniform per row and inverts the CDF (`sample_tokens`) instead of a Gumbel draw for
 every vocabulary entry; with top-k/top-p it works among the top candidates only.

@@ -85,7 +85,10 @@ void output_major_panel(const float* w, int64_t N, int64_t K, const float* gain,
       }
     } else {
       for (int64_t j = 0; j < rows; ++j)
-        for (int64_t c = 0; c < cols; ++c) tile[j][c] = gain ? w[(r0 + j) * K + k0 + c] * gain[k0 + c] : w[(r0 + j) * K + k0 + c];
+        for (int64_t c = 0; c < cols; ++c) {
+          const float x = w[(r0 + j) * K + k0 + c];
+          tile[j][c] = gain ? x * gain[k0 + c] : x;
+        }
     }
     for (int64_t c = 0; c < cols; ++c)
       for (int64_t j = 0; j < kPanel; ++j) out[(k0 + c) * kPanel + j] = tile[j][c];
@@ -127,7 +130,8 @@ ffi::Error pack_input_major(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gain, ff
     sources[s] = Source{w->typed_data() + (layer < 0 ? 0 : layer * K * n), n, N};
     N += n;
   }
-  if (P != (N + kPanel - 1) / kPanel) return ffi::Error::InvalidArgument("pack_panels: panels must be [ceil(N / 48), K, 48]");
+  if (P != (N + kPanel - 1) / kPanel)
+    return ffi::Error::InvalidArgument("pack_panels: panels must be [ceil(N / 48), K, 48]");
   auto g = gain_data(gain, layer, K);
   if (!g.has_value()) return g.error();
   const float* gp = *g;
