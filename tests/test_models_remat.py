@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import jaxprs_in_params
 
 from rl_jax.logprobs import token_logprobs
 from rl_jax.models import init_params, tiny_config
@@ -28,3 +29,33 @@ def test_remat_changes_nothing_but_memory():
   barriers = lambda c: jax.jit(jax.grad(lambda p: loss(p, c))).lower(params).as_text().count("optimization_barrier")
   # the layer projections' CPU backward has barriers of its own (llama.weight_grads): remat adds its own on top
   assert barriers(dataclasses.replace(cfg, remat=True)) > barriers(cfg)
+
+
+def _plain_dots(jaxpr) -> int:
+  """dot_generals without batch dimensions (the layer projections, the LM head) in a jaxpr and its sub-jaxprs."""
+  n = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      n += not eqn.params["dimension_numbers"][1][0]
+    n += sum(_plain_dots(sub) for sub in jaxprs_in_params(eqn.params))
+  return n
+
+
+def test_dots_policy_keeps_the_projections():
+  """remat_policy "dots" saves the projection outputs (q, k, v, o, gate, up: 6 per layer) of the custom VJP
+  `llama.project`: its backward recomputes none of them (as many projection matmuls as without remat), "full"
+  recomputes all six; gradients equal the plain model's, jitted and eager."""
+  cfg = tiny_config(32, n_layers=2, max_seq_len=32)
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 10), 1, 32)
+
+  def grad(c):
+    return jax.grad(lambda p: jnp.sum(token_logprobs(p, tokens, c, prompt_len=4)[0] * jnp.arange(6.0)[None, :]))
+
+  dots = dataclasses.replace(cfg, remat=True, remat_policy="dots")
+  count = lambda c: _plain_dots(jax.make_jaxpr(grad(c))(params).jaxpr)
+  assert count(dots) == count(cfg)
+  assert count(dataclasses.replace(cfg, remat=True)) == count(cfg) + 6
+  ref = jax.jit(grad(cfg))(params)
+  for wrap in (jax.jit, lambda f: f):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ref, wrap(grad(dots))(params))

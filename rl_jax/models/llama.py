@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from rl_jax.models.config import ModelConfig
 
@@ -172,6 +173,17 @@ def _project_bwd(res, cts):
 project.defvjp(_project_fwd, _project_bwd)
 
 
+SAVEABLE = "projection"   # the checkpoint_name of the layer projection outputs remat_policy "dots" keeps
+
+
+def saveable(ys: tuple[Array, ...]) -> tuple[Array, ...]:
+  """The projection outputs ys unchanged, named SAVEABLE for the remat policy (jax.ad_checkpoint.checkpoint_name).
+
+  The down projection is not tagged: its output only enters the residual sum, which the backward never reads.
+  """
+  return tuple(checkpoint_name(y, SAVEABLE) for y in ys)
+
+
 def weight_grads(x: Array, dys: tuple[Array, ...]) -> tuple[Array, ...]:
   """∂W_i = xᵀ · dy_i [D, F_i] for x [N, D] and dy_i [N, F_i] (in their dtype), summed over the N rows.
 
@@ -241,7 +253,7 @@ def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=
   (q, k, v) -> [B, S, H·hd] replaces the masked attention of `allowed` when given."""
   b, s, _ = x.shape
   h = rms_norm(x, lp["attn_norm"], cfg.rms_eps)
-  q, k, v = project(h, lp["wq"], lp["wk"], lp["wv"])
+  q, k, v = saveable(project(h, lp["wq"], lp["wk"], lp["wv"]))
   if cfg.qkv_bias:
     q, k, v = q + lp["bq"][None, None, :], k + lp["bk"][None, None, :], v + lp["bv"][None, None, :]
   q = q.reshape(b, s, cfg.n_heads, cfg.head_dim)
@@ -258,9 +270,9 @@ def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=
     ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (layer, 0, cache_index, 0, 0))
     cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (layer, 0, cache_index, 0, 0))
     k, v, new_kv = ck[layer], cv[layer], (ck, cv)
-  x = x + project(attend(q, k, v, allowed, cfg) if attention is None else attention(q, k, v), lp["wo"])[0]
+  x = x + saveable(project(attend(q, k, v, allowed, cfg) if attention is None else attention(q, k, v), lp["wo"]))[0]
   h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
-  gate, up = project(h, lp["w_gate"], lp["w_up"])
+  gate, up = saveable(project(h, lp["w_gate"], lp["w_up"]))
   x = x + project(jax.nn.silu(gate) * up, lp["w_down"])[0]
   return x, new_kv
 
@@ -310,8 +322,14 @@ def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: O
 
 
 def remat_policy(cfg: ModelConfig):
-  """jax.checkpoint policy of cfg.remat_policy: "full" saves nothing inside a layer, "dots" its matmul outputs."""
-  return None if cfg.remat_policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  """jax.checkpoint policy of cfg.remat_policy: "full" saves nothing inside a layer (the backward recomputes
+  its whole forward), "dots" keeps the projection outputs tagged by `saveable` (q, k, v, the attention output
+  projection, gate, up), so the backward recomputes only the attention and elementwise ops.
+
+  The projections run inside a custom VJP (`project`), whose matmuls a dot-based policy
+  (jax.checkpoint_policies.dots_with_no_batch_dims_saveable) does not see: it would save nothing more than "full".
+  """
+  return None if cfg.remat_policy == "full" else jax.checkpoint_policies.save_only_these_names(SAVEABLE)
 
 
 def lm_head_weight(params: dict, cfg: ModelConfig) -> Array:
