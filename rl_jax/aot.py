@@ -242,12 +242,20 @@ def attention_flops(model: ModelConfig, queries: int, context: float) -> float:
   return 4.0 * model.n_layers * model.n_heads * model.head_dim * queries * context
 
 
+def remat_flops(model: ModelConfig, s: int, fwd_seq: float) -> float:
+  """FLOPs the backward recomputes per row of s tokens: the whole forward fwd_seq with remat "full", its attention
+  only with "dots" (the projection outputs are kept), nothing without remat."""
+  if not model.remat:
+    return 0.0
+  return fwd_seq if model.remat_policy == "full" else attention_flops(model, s, s / 2)
+
+
 def roofline(model: ModelConfig, run: RunShapes, chip: Chip, chips: int, tensor: int) -> dict:
   """Analytic time of one RL step at the chip's peak FLOP/s and HBM bandwidth (a lower bound on time).
 
-  Forward = 2·N·tokens + attention, training = 3× forward, +1 forward with remat, +1 with gradient
-  accumulation (its log-prob pass). Decoding is max(compute, memory) per step, memory = the compute-dtype
-  weights a chip streams (its tensor shard, FSDP-gathered) + its rows' KV cache at the mean context length.
+  Forward = 2·N·tokens + attention, training = 3× forward, + what remat recomputes (`remat_flops`), +1 forward
+  with gradient accumulation (its log-prob pass). Decoding is max(compute, memory) per step, memory = the
+  compute-dtype weights a chip streams (its tensor shard, FSDP-gathered) + its rows' KV cache at the mean context length.
   MFU = (6·N per trained token + 2·N per sampled / scored token, + attention) / (time · chips · peak).
   """
   n, p, t = matmul_params(model), run.prompt_len, run.new_tokens
@@ -263,8 +271,8 @@ def roofline(model: ModelConfig, run: RunShapes, chip: Chip, chips: int, tensor:
   decode_bytes = t * (n * itemsize / tensor + kv_per_chip)
   decode_s = max(decode_flops / flops_s, decode_bytes / chip.hbm_bytes_per_s)
   forward_passes = run.logprob_rows * (int(run.old_logp) + int(run.reference)) * fwd_seq
-  train_mult = 3 + int(model.remat) + int(run.micro_batches > 1)
-  train = run.updates * run.train_rows * train_mult * fwd_seq
+  recompute = remat_flops(model, s, fwd_seq)
+  train = run.updates * run.train_rows * ((3 + int(run.micro_batches > 1)) * fwd_seq + recompute)
   seconds = prefill / flops_s + decode_s + (forward_passes + train) / flops_s
   useful = prefill + decode_flops + forward_passes + run.updates * run.train_rows * 3 * fwd_seq
   return {"step_seconds": seconds, "tokens_per_second": run.sample_rows * t / seconds,

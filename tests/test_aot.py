@@ -108,6 +108,10 @@ def test_roofline_counts_flops_by_hand():
   fwd = 2 * n * 4 + 4 * 2 * 2 * 4 * 4 * 2           # one row: 2N·S + 4·L·H·hd·S·(S/2)
   train = 4 * 3 * fwd                                # no remat, no accumulation
   assert est["train_seconds"] == pytest.approx(train / chip.peak_flops)
+  # remat "full" recomputes the whole forward, "dots" its attention only (4·L·H·hd·S·(S/2) per row)
+  for policy, extra in (("full", fwd), ("dots", 4 * 2 * 2 * 4 * 4 * 2)):
+    est = aot.roofline(dataclasses.replace(m, remat=True, remat_policy=policy), run, chip, chips=1, tensor=1)
+    assert est["train_seconds"] == pytest.approx((train + 4 * extra) / chip.peak_flops)
 
 
 def test_every_pallas_kernel_compiles_for_tpu():
@@ -143,6 +147,7 @@ def test_pod_recipe_and_its_refusals(tmp_path):
   assert dataclasses.replace(model, dtype="float32", remat=False, attention="full") == published_config(
       "qwen2.5-math-7b")
   assert model.max_seq_len >= cfg.max_prompt_len + cfg.max_new_tokens and model.remat
+  assert model.remat_policy == "full"             # the pod keeps only layer inputs, whatever the CPU default
   assert cfg.mesh == "1,-1,1" and cfg.logprob_micro_batches == 0   # FSDP over the slice, counts picked at start
   with pytest.raises(ValueError, match="hf_folder"):
     exp.main(cfg)

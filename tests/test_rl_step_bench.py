@@ -1,4 +1,5 @@
 """The RL-step benchmark (rl_jax vs TRL's GRPOTrainer) runs end to end in its --quick mode."""
+import dataclasses
 import math
 
 import pytest
@@ -15,7 +16,7 @@ def _cells(line):
 
 
 def test_quick_mode_prints_one_row_of_positive_finite_numbers(capsys):
-  rl_step_bench.main(["--quick", "--steps=3"])
+  rl_step_bench.main(["--quick", "--steps=3", "--trl-checkpointing=on"])
   out = capsys.readouterr().out
   lines = [ln for ln in out.splitlines() if ln.startswith("|")]
   assert _cells(lines[0]) == rl_step_bench.HEADER
@@ -32,6 +33,7 @@ def test_quick_mode_prints_one_row_of_positive_finite_numbers(capsys):
   assert trl_tps == pytest.approx(float(tokens) / trl_s, rel=0.02)
   assert ratio == pytest.approx(jax_tps / trl_tps, rel=0.02)
   assert "machine:" in out and "trl " in out
+  assert "TRL gradient checkpointing on, rl_jax no remat" in out     # the flag, named next to the figures
   # the phase table: CPU seconds (wall in brackets) of generation and the rest per side, their ratios, the floors
   assert len(lines) == 6 and _cells(lines[3]) == rl_step_bench.phase_header("TRL")
   phases = _cells(lines[5])
@@ -50,8 +52,10 @@ def test_gsm8k_case_is_the_experiments_cpu_default_step():
   from rl_jax.experiments.gsm8k_smollm2 import Config
 
   cfg, case = Config(), rl_step_bench.FULL["gsm8k"]
-  assert (case.prompts, case.group, case.new_tokens, case.remat) == (cfg.prompts_per_step, cfg.group_size,
-                                                                       cfg.max_new_tokens, cfg.remat)
+  assert (case.prompts, case.group, case.new_tokens, case.remat, case.remat_policy) == (
+      cfg.prompts_per_step, cfg.group_size, cfg.max_new_tokens, cfg.remat, cfg.remat_policy)
+  assert rl_step_bench.trl_checkpointing(case) == cfg.remat         # TRL matches unless told otherwise
+  assert rl_step_bench.trl_checkpointing(dataclasses.replace(case, trl_checkpointing=not cfg.remat)) != cfg.remat
   assert (case.prompts, case.group, case.new_tokens) == (8, 4, 192)
 
 

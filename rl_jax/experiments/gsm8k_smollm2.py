@@ -119,11 +119,13 @@ def evaluate_all(cfg: Config, params, mcfg, tok, tag: str) -> dict:
 # Fields that decide the "before" evaluation: two runs that agree on them have the same one.
 EVAL_FIELDS = ("preset", "model", "seed", "eval_sets", "eval_size", "eval_samples", "eval_max_new_tokens", "eval_batch",
                "prompt_bucket")
+# What the backward pass recomputes: memory and time only, the same gradients up to float rounding (as micro_batches).
+RECOMPUTE = frozenset({"remat", "remat_policy"})
 # Settings a resumed run may change besides the loop's: the evaluation (it is made again, "before" included).
-RESUMABLE = loop.RESUMABLE | {"before_from", "eval_sets", "eval_size", "eval_samples", "eval_max_new_tokens",
-                              "eval_batch"}
+RESUMABLE = loop.RESUMABLE | RECOMPUTE | {"before_from", "eval_sets", "eval_size", "eval_samples",
+                                          "eval_max_new_tokens", "eval_batch"}
 # Settings whose change leaves a finished run's summary standing.
-BOOKKEEPING = (loop.RESUMABLE - {"rl_steps"}) | {"before_from"}
+BOOKKEEPING = (loop.RESUMABLE - {"rl_steps"}) | RECOMPUTE | {"before_from"}
 
 
 def finished_with_same_settings(previous: dict | None, cfg: Config) -> bool:

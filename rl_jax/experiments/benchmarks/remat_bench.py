@@ -8,7 +8,7 @@ compiled first (its `memory_analysis()` temporary bytes printed), then the setti
 after round (A B C A B C ...), in CPU seconds of this process, so a load change on the machine hits all alike.
 
   XLA_FLAGS=--xla_cpu_multi_thread_eigen=false OMP_NUM_THREADS=1 taskset -c 1 \\
-    python -m rl_jax.experiments.benchmarks.remat_bench [--settings=off,full,dots] [--rounds=2] [--max-temp-gib=12]
+    python -m rl_jax.experiments.benchmarks.remat_bench [--settings=off,full,dots] [--rounds=2] [--max-temp-gib=8]
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--settings", default="off,full,dots")
   ap.add_argument("--rounds", type=int, default=2)
-  ap.add_argument("--max-temp-gib", type=float, default=12.0)
+  ap.add_argument("--max-temp-gib", type=float, default=8.0)
   args = ap.parse_args()
   settings = args.settings.split(",")
   unknown = set(settings) - set(SETTINGS)
@@ -86,7 +86,7 @@ def main():
       t0 = time.process_time()
       jax.block_until_ready(step(state, batch))
       cpu[name].append(time.process_time() - t0)
-      print(f"round {r}: {name} {cpu[name][-1]:.1f} CPU s", flush=True)
+      print(f"round {r}: {name} {cpu[name][-1]:.1f} CPU s (load average {os.getloadavg()[0]:.2f})", flush=True)
   for name, ts in cpu.items():
     print(f"{name}: median {np.median(ts):.1f} CPU s per step over {len(ts)} ({', '.join(f'{t:.1f}' for t in ts)})")
 

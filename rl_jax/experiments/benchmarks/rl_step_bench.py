@@ -13,7 +13,8 @@ Models, identical weights on both sides:
            float32): rl_jax's `load_gguf`, transformers' `from_pretrained(..., gguf_file=...)`.
   gsm8k    the same SmolLM2 at the GSM8K experiment's CPU default step (`gsm8k_smollm2`: 8 prompts x 4
            samples, 192 new tokens, layers recomputed in the backward pass) on its chat-templated train
-           questions, in its draw order; TRL with gradient checkpointing to match.
+           questions, in its draw order; TRL with gradient checkpointing where rl_jax recomputes layers
+           (`--trl-checkpointing=on|off` sets it for every case).
 Each side pads a step's prompts to the longest prompt of the run's steps (rl_jax) or of the batch (TRL).
 
 rl_jax's step is the RL loop's (`rl_jax.loop.rl_step`, what every experiment runs per step: prompts,
@@ -73,16 +74,23 @@ class Case:
   d_model: int = 128  # tiny model only
   vocab: int = 512    # tiny model only
   remat: bool = False  # recompute each layer in the backward pass (TRL: gradient checkpointing)
+  remat_policy: str = "full"  # what rl_jax's recomputation keeps (rl_jax.models.llama.remat_policy)
+  trl_checkpointing: bool | None = None  # TRL's gradient checkpointing (None: as `remat`)
 
 
 def gsm8k_case() -> Case:
   """The GSM8K experiment's CPU default step (`gsm8k_smollm2.Config()`): P prompts x G samples, its new-token cap,
-  its layer recomputation (remat) in the backward pass."""
+  its layer recomputation (remat and its policy) in the backward pass."""
   from rl_jax.experiments.gsm8k_smollm2 import Config
 
   cfg = Config()
   return Case("gsm8k", prompts=cfg.prompts_per_step, group=cfg.group_size, new_tokens=cfg.max_new_tokens,
-              remat=cfg.remat)
+              remat=cfg.remat, remat_policy=cfg.remat_policy)
+
+
+def trl_checkpointing(case: Case) -> bool:
+  """Whether TRL's side of `case` runs with gradient checkpointing: case.trl_checkpointing, else as rl_jax's remat."""
+  return case.remat if case.trl_checkpointing is None else case.trl_checkpointing
 
 
 FULL = {"tiny": Case("tiny", prompts=4, group=4, new_tokens=64),
@@ -268,7 +276,7 @@ def medians(timed: list[Timing]) -> dict:
 def bench_rl_jax(case: Case, params, cfg, tok, prompts, steps: int) -> dict:
   """Median seconds and tokens of one RL step of the loop (`rl_jax.loop.rl_step`), after a warm-up step, with the
   step's generation (prompts, rollouts, decoding and reward) in wall and CPU seconds."""
-  cfg = dataclasses.replace(cfg, remat=case.remat)  # as TRL's gradient checkpointing
+  cfg = dataclasses.replace(cfg, remat=case.remat, remat_policy=case.remat_policy)
   run_cfg = loop.RLConfig(seed=SEED, prompts_per_step=case.prompts, group_size=case.group, lr=LR, objective="grpo",
                           objective_args="agg=seq-mean-token-mean", checkpoint_every=0, progress_bar=False)
   task = BenchTask(case, tok, prompts)
@@ -336,7 +344,7 @@ def bench_trl(case: Case, model, tok, prompts, steps: int) -> dict:
         num_iterations=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, optim="adamw_torch", max_steps=total, logging_steps=1, report_to=[], use_cpu=True,
         bf16=False, fp16=False, save_strategy="no", shuffle_dataset=False, disable_tqdm=True, seed=SEED,
-        log_completions=False, dataloader_num_workers=0, gradient_checkpointing=case.remat)
+        log_completions=False, dataloader_num_workers=0, gradient_checkpointing=trl_checkpointing(case))
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=data, processing_class=tok,
                           callbacks=[StepTimer()])
     trainer.remove_callback(PrinterCallback)  # keep stdout for the table
@@ -348,7 +356,9 @@ def bench_trl(case: Case, model, tok, prompts, steps: int) -> dict:
   timed_steps = [Timing(*(e - b), *gen, n * p * g, float("nan"))
                  for b, e, gen, n in zip(marks["begin"][1:], marks["end"][1:], marks["gen"][1:], lengths)]
   first = marks["end"][0] - marks["begin"][0]
-  return dict(medians(timed_steps), first=first[0], threads=torch.get_num_threads())
+  recompute = f"remat {case.remat_policy}" if case.remat else "no remat"
+  note = f"TRL gradient checkpointing {'on' if trl_checkpointing(case) else 'off'}, rl_jax {recompute}"
+  return dict(medians(timed_steps), first=first[0], threads=torch.get_num_threads(), note=note)
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -408,14 +418,16 @@ def compare(chosen, steps: int, build: Callable, bench_peer: Callable, peer: str
 
 
 def run(models=("tiny", "smollm2"), steps: int = 3, quick: bool = False,
-        torch_threads: int | None = None) -> tuple[str, list[dict]]:
+        torch_threads: int | None = None, trl_checkpointing: bool | None = None) -> tuple[str, list[dict]]:
   """Runs the benchmark; returns (markdown tables + notes, one dict per model row).
 
   `torch_threads` sets torch's intra-op threads (default: torch's own choice, one per core). On a loaded
   machine torch's OpenMP threads spin at every barrier and small ops slow down by orders of magnitude;
-  1 thread is then the fairer setting for TRL.
+  1 thread is then the fairer setting for TRL. `trl_checkpointing` (True / False) sets TRL's gradient
+  checkpointing in every case (default: each case's, as its rl_jax side recomputes layers or not).
   """
-  chosen = select_cases(models, steps, quick)
+  chosen = [(name, dataclasses.replace(case, trl_checkpointing=trl_checkpointing))
+            for name, case in select_cases(models, steps, quick)]
   if torch_threads is not None:
     import torch
     torch.set_num_threads(torch_threads)
@@ -503,10 +515,13 @@ def main(argv=None):
   ap = arg_parser(__doc__)
   ap.add_argument("--torch-threads", type=int, default=None,
                   help="torch intra-op threads (default: torch's; 1 is fairer on a loaded machine)")
+  ap.add_argument("--trl-checkpointing", choices=("on", "off"), default=None,
+                  help="TRL's gradient checkpointing (default: on where rl_jax recomputes layers, e.g. gsm8k)")
   args = ap.parse_args(argv)
   t0 = time.perf_counter()
+  checkpointing = None if args.trl_checkpointing is None else args.trl_checkpointing == "on"
   table, _ = run(tuple(filter(None, args.models.split(","))), steps=args.steps, quick=args.quick,
-                 torch_threads=args.torch_threads)
+                 torch_threads=args.torch_threads, trl_checkpointing=checkpointing)
   print(table)
   print(f"wall time {time.perf_counter() - t0:.0f} s")
 
