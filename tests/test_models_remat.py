@@ -31,20 +31,22 @@ def test_remat_changes_nothing_but_memory():
   assert barriers(dataclasses.replace(cfg, remat=True)) > barriers(cfg)
 
 
-def _plain_dots(jaxpr) -> int:
-  """dot_generals without batch dimensions (the layer projections, the LM head) in a jaxpr and its sub-jaxprs."""
-  n = 0
+def _dots(jaxpr) -> np.ndarray:
+  """(dot_generals without, with batch dimensions) in a jaxpr and its sub-jaxprs: the layer projections and the
+  LM head, the attention's two einsums."""
+  n = np.zeros(2, int)
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "dot_general":
-      n += not eqn.params["dimension_numbers"][1][0]
-    n += sum(_plain_dots(sub) for sub in jaxprs_in_params(eqn.params))
+      n[int(bool(eqn.params["dimension_numbers"][1][0]))] += 1
+    n += sum((_dots(sub) for sub in jaxprs_in_params(eqn.params)), np.zeros(2, int))
   return n
 
 
-def test_dots_policy_keeps_the_projections():
-  """remat_policy "dots" saves the projection outputs (q, k, v, o, gate, up: 6 per layer) of the custom VJP
-  `llama.project`: its backward recomputes none of them (as many projection matmuls as without remat), "full"
-  recomputes all six; gradients equal the plain model's, jitted and eager."""
+def test_dots_policy_keeps_the_projections_and_the_attention_output():
+  """remat_policy "dots" saves the outputs of the custom VJP `llama.project` (q, k, v, o, gate, up: 6 per layer)
+  and the attention output: its backward recomputes none of the projections (as many plain matmuls as without
+  remat) and of the attention only the scores q·kᵀ; "full" recomputes six projections and both attention
+  einsums. Gradients equal the plain model's, jitted and eager."""
   cfg = tiny_config(32, n_layers=2, max_seq_len=32)
   params = init_params(cfg, jax.random.PRNGKey(0))
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 10), 1, 32)
@@ -53,9 +55,9 @@ def test_dots_policy_keeps_the_projections():
     return jax.grad(lambda p: jnp.sum(token_logprobs(p, tokens, c, prompt_len=4)[0] * jnp.arange(6.0)[None, :]))
 
   dots = dataclasses.replace(cfg, remat=True, remat_policy="dots")
-  count = lambda c: _plain_dots(jax.make_jaxpr(grad(c))(params).jaxpr)
-  assert count(dots) == count(cfg)
-  assert count(dataclasses.replace(cfg, remat=True)) == count(cfg) + 6
+  count = lambda c: _dots(jax.make_jaxpr(grad(c))(params).jaxpr)
+  np.testing.assert_array_equal(count(dots), count(cfg) + [0, 1])
+  np.testing.assert_array_equal(count(dataclasses.replace(cfg, remat=True)), count(cfg) + [6, 2])
   ref = jax.jit(grad(cfg))(params)
   for wrap in (jax.jit, lambda f: f):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ref, wrap(grad(dots))(params))

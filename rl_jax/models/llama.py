@@ -173,15 +173,16 @@ def _project_bwd(res, cts):
 project.defvjp(_project_fwd, _project_bwd)
 
 
-SAVEABLE = "projection"   # the checkpoint_name of the layer projection outputs remat_policy "dots" keeps
+SAVEABLE = ("projection", "attention")   # checkpoint_names of what remat_policy "dots" keeps (`saveable`)
 
 
-def saveable(ys: tuple[Array, ...]) -> tuple[Array, ...]:
-  """The projection outputs ys unchanged, named SAVEABLE for the remat policy (jax.ad_checkpoint.checkpoint_name).
+def saveable(ys: tuple[Array, ...], name: str = "projection") -> tuple[Array, ...]:
+  """ys unchanged, named for the remat policy (jax.ad_checkpoint.checkpoint_name): "projection" for the layer
+  projection outputs, "attention" for the attention output (the input of the output projection).
 
   The down projection is not tagged: its output only enters the residual sum, which the backward never reads.
   """
-  return tuple(checkpoint_name(y, SAVEABLE) for y in ys)
+  return tuple(checkpoint_name(y, name) for y in ys)
 
 
 def weight_grads(x: Array, dys: tuple[Array, ...]) -> tuple[Array, ...]:
@@ -270,7 +271,8 @@ def _layer(cfg, inv_freq, x, lp, positions, allowed, cache_kv=None, cache_index=
     ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], (layer, 0, cache_index, 0, 0))
     cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], (layer, 0, cache_index, 0, 0))
     k, v, new_kv = ck[layer], cv[layer], (ck, cv)
-  x = x + saveable(project(attend(q, k, v, allowed, cfg) if attention is None else attention(q, k, v), lp["wo"]))[0]
+  att, = saveable((attend(q, k, v, allowed, cfg) if attention is None else attention(q, k, v),), "attention")
+  x = x + saveable(project(att, lp["wo"]))[0]
   h = rms_norm(x, lp["mlp_norm"], cfg.rms_eps)
   gate, up = saveable(project(h, lp["w_gate"], lp["w_up"]))
   x = x + project(jax.nn.silu(gate) * up, lp["w_down"])[0]
@@ -322,14 +324,15 @@ def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: O
 
 
 def remat_policy(cfg: ModelConfig):
-  """jax.checkpoint policy of cfg.remat_policy: "full" saves nothing inside a layer (the backward recomputes
-  its whole forward), "dots" keeps the projection outputs tagged by `saveable` (q, k, v, the attention output
-  projection, gate, up), so the backward recomputes only the attention and elementwise ops.
+  """jax.checkpoint policy of cfg.remat_policy: "full" saves nothing inside a layer (the backward recomputes its
+  whole forward), "dots" keeps what `saveable` names (q, k, v, the attention output and its projection, gate,
+  up), so the backward recomputes only the layer's elementwise ops (norms, RoPE, SwiGLU) and, inside the
+  attention's own backward, its scores.
 
   The projections run inside a custom VJP (`project`), whose matmuls a dot-based policy
   (jax.checkpoint_policies.dots_with_no_batch_dims_saveable) does not see: it would save nothing more than "full".
   """
-  return None if cfg.remat_policy == "full" else jax.checkpoint_policies.save_only_these_names(SAVEABLE)
+  return None if cfg.remat_policy == "full" else jax.checkpoint_policies.save_only_these_names(*SAVEABLE)
 
 
 def lm_head_weight(params: dict, cfg: ModelConfig) -> Array:
