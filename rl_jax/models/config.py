@@ -28,7 +28,7 @@ class ModelConfig:
   rope_scaling: Optional[tuple] = None  # sorted (key, value) pairs of HF rope scaling, e.g. rope_type llama3
   max_seq_len: int = 2048
   remat: bool = False           # recompute each decoder layer in the backward pass (activation memory ∝ 1 layer)
-  remat_policy: str = "full"    # with remat: "full" (save only layer inputs) or "dots" (also keep matmul outputs)
+  remat_policy: str = "full"    # with remat: "full" (save only layer inputs) or "dots" (also projection + attention outputs)
   dtype: str = "float32"        # compute dtype of the forward ("bfloat16": parameters cast at use, float32 master)
   attention: str = "full"       # "full" (scores [B, H, S, S_k] at once) or "chunked" (query blocks of attn_chunk)
   attn_chunk: int = 512         # query block of chunked attention

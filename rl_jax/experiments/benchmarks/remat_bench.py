@@ -8,7 +8,8 @@ compiled first (its `memory_analysis()` temporary bytes printed), then the setti
 after round (A B C A B C ...), in CPU seconds of this process, so a load change on the machine hits all alike.
 
   XLA_FLAGS=--xla_cpu_multi_thread_eigen=false OMP_NUM_THREADS=1 taskset -c 1 \\
-    python -m rl_jax.experiments.benchmarks.remat_bench [--settings=off,full,dots] [--rounds=2] [--max-temp-gib=8]
+    python -m rl_jax.experiments.benchmarks.remat_bench [--settings=off,full,dots] [--rounds=2] [--max-temp-gib=8] \\
+    [--layers=30]
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def packed_batch(tokens: np.ndarray, attn: np.ndarray) -> tuple[RLBatch, dict]:
   return batch, layout_stats(packed, tokens, attn)
 
 
+def first_layers(params: dict, cfg, n: int):
+  """The model cut to its first n decoder layers (embedding, final norm and head unchanged)."""
+  params = dict(params, layers=jax.tree.map(lambda x: x[:n], params["layers"]))
+  return params, dataclasses.replace(cfg, n_layers=n)
+
+
 def compiled_steps(cfg, settings, state, batch, max_temp: float) -> dict:
   """{setting: compiled step} for each setting whose compiled temporary memory is at most max_temp bytes."""
   steps = {}
@@ -66,18 +73,20 @@ def main():
   ap.add_argument("--settings", default="off,full,dots")
   ap.add_argument("--rounds", type=int, default=2)
   ap.add_argument("--max-temp-gib", type=float, default=8.0)
+  ap.add_argument("--layers", type=int, default=30, help="the first N of SmolLM2's 30 layers (less memory and time)")
   args = ap.parse_args()
   settings = args.settings.split(",")
   unknown = set(settings) - set(SETTINGS)
-  if unknown or args.rounds < 1:
-    raise ValueError(f"settings must be among {sorted(SETTINGS)} (got {sorted(unknown)}), rounds >= 1.")
+  if unknown or args.rounds < 1 or not 1 <= args.layers <= 30:
+    raise ValueError(f"settings must be among {sorted(SETTINGS)} (got {sorted(unknown)}), rounds >= 1, "
+                     "1 <= layers <= 30.")
   from rl_jax.models import load_gguf, smollm2_gguf_path
 
-  params, cfg = load_gguf(smollm2_gguf_path())
+  params, cfg = first_layers(*load_gguf(smollm2_gguf_path()), args.layers)
   batch, stats = packed_batch(*gsm8k_like_batch())
   state = init_state(jax.tree.map(jnp.asarray, params), rl_optimizer(1e-5), jax.random.PRNGKey(0))
   print(f"{cpu_model()}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; SmolLM2-135M float32; "
-        f"real tokens {stats['real_tokens']}, distinct {stats['distinct_tokens']}, packed rows "
+        f"{cfg.n_layers} layers; real tokens {stats['real_tokens']}, distinct {stats['distinct_tokens']}, packed rows "
         f"{batch.packed.tokens.shape[0]} x {batch.packed.tokens.shape[1]}", flush=True)
   steps = compiled_steps(cfg, settings, state, batch, args.max_temp_gib * 2**30)
   cpu = {name: [] for name in steps}
