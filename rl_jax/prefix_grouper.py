@@ -13,6 +13,7 @@ prompt once, completions unpadded, several groups per row), where the shared pre
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -142,7 +143,7 @@ def scatter_rows(values: Array, dest: Array, shape: tuple[int, int]) -> Array:
 
 
 def packed_logprobs(params: dict, cfg: ModelConfig, packed, shape: tuple[int, int], *,
-                    vocab_chunk: int = 8192) -> tuple[Array, Array]:
+                    vocab_chunk: int = 8192, keep_logits: Optional[bool] = None) -> tuple[Array, Array]:
   """Log-probs and entropies [B, T] of the completion tokens of a batch in the packed layout
   (rl_jax.packing.pack_groups), equal to `rl_jax.logprobs.token_logprobs` on the plain [B, P + T] layout at
   every real completion token (0 at padding).
@@ -152,7 +153,7 @@ def packed_logprobs(params: dict, cfg: ModelConfig, packed, shape: tuple[int, in
   (the output projection runs on completion tokens only), then scattered to [B, T] by dest. Each prompt is
   computed once for its G completions; the gradient through that one copy is the sum of the G copies'
   gradients of the plain layout (Prefix Grouper, arXiv 2506.05433). `shape` = (B, T); `packed`: a
-  rl_jax.packing.Packed of arrays.
+  rl_jax.packing.Packed of arrays; `vocab_chunk`, `keep_logits`: see `rl_jax.logprobs.logprobs_from_hidden`.
   """
   attention = lambda q, k, v: grouped_attention(q, k, v, packed.segment, packed.member, packed.prompt_window,
                                                 packed.completion_window, cfg)
@@ -161,6 +162,6 @@ def packed_logprobs(params: dict, cfg: ModelConfig, packed, shape: tuple[int, in
   r, n, d = pred.shape
   w = lm_head_weight(cast_params(params, cfg), cfg)
   logp, ent = logprobs_from_hidden(constrain_rows(pred.reshape(r * n, d)), w, constrain_rows(packed.targets.reshape(-1)),
-                                   vocab_chunk=vocab_chunk)
+                                   vocab_chunk=vocab_chunk, keep_logits=keep_logits)
   logp, ent = scatter_rows(logp.reshape(r, n), packed.dest, shape), scatter_rows(ent.reshape(r, n), packed.dest, shape)
   return logp, jax.lax.stop_gradient(ent)
