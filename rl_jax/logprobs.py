@@ -107,11 +107,11 @@ def _head_forward(hidden, w_vd, targets, chunk, keep=False):
 def _head_logprobs(hidden: Array, w_vd: Array, targets: Array, chunk: int, keep: bool) -> tuple[Array, Array]:
   """(log p(target), entropy) [N] of softmax(hidden · w_vdᵀ), w_vd [V, D], `chunk` vocabulary rows at a time.
 
-  Custom VJP: the backward applies ∂ log p_t / ∂z_v = 1[v = t] − p_v and ∂H / ∂z_v = −p_v (z_v − E_p[z]) directly
-  (no gradient through the online-logsumexp carry), p_v = exp(z_v − log Z), then dh = dz · W and dW = dzᵀ · h per
-  chunk, reading the weight rows in place. The forward keeps log Z and E_p[z] per row and, with `keep`, the chunk
-  logits z [N, V] float32; without, the backward recomputes them (one more [N, D] × [D, V] matmul: 4 in all
-  instead of 3).
+  Custom VJP: the backward applies ∂ log p_t / ∂z_v = 1[v = t] − p_v and ∂H / ∂z_v = −p_v (z_v − E_p[z])
+  directly (no gradient through the online-logsumexp carry), p_v = exp(z_v − log Z), then dh = dz · W and
+  dW = dzᵀ · h per chunk, reading the weight rows in place. The forward keeps log Z and E_p[z] per row and, with
+  `keep`, the chunk logits z [N, V] float32; without, the backward recomputes them (one more [N, D] × [D, V]
+  matmul: 4 in all instead of 3).
   """
   return _head_forward(hidden, w_vd, targets, chunk)[0]
 
@@ -129,7 +129,10 @@ def _head_bwd(chunk, keep, res, cts):
 
   def body(dh, xs):
     w_c, c, z_kept = xs
-    z, ids = _chunk_logits(h, w_c, c, v) if z_kept is None else (z_kept, c * w_c.shape[0] + jnp.arange(w_c.shape[0]))
+    if z_kept is None:
+      z, ids = _chunk_logits(h, w_c, c, v)
+    else:
+      z, ids = z_kept, c * w_c.shape[0] + jnp.arange(w_c.shape[0])
     p = jnp.exp(z - log_z[:, None])                                       # 0 past the vocabulary
     centred = jnp.where(jnp.isfinite(z), z - mean_z[:, None], 0.0)
     dz = g_lp[:, None] * (jnp.where(ids[None, :] == targets[:, None], 1.0, 0.0) - p) - g_ent[:, None] * p * centred

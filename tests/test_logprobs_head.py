@@ -55,7 +55,8 @@ def test_tied_head_gradient_reaches_the_embedding_rows(keep):
   h, w, t, g_lp, g_ent = case(v=40, seed=1)
   embed = jnp.asarray(w.T, jnp.float32)
   loss = lambda fn, e: objective(fn, jnp.asarray(h, jnp.float32), e.T, jnp.asarray(t, jnp.int32), g_lp, g_ent)
-  got = jax.jit(jax.grad(lambda e: loss(lambda a, b, c: logprobs_from_hidden(a, b, c, vocab_chunk=16, keep_logits=keep), e)))(embed)
+  head = lambda a, b, c: logprobs_from_hidden(a, b, c, vocab_chunk=16, keep_logits=keep)
+  got = jax.jit(jax.grad(lambda e: loss(head, e)))(embed)
   want = jax.grad(lambda e: loss(dense_head, e))(embed)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
 
@@ -118,7 +119,7 @@ def test_keeping_the_logits_drops_the_backward_recompute_matmul():
 
 def test_auto_keeps_the_logits_on_cpu_within_the_budget(monkeypatch):
   assert jax.default_backend() != "cpu" or head_grad_matmuls(None) == 3
-  monkeypatch.setattr(L, "KEEP_LOGITS_BUDGET", 4 * 12 * 56 - 1)      # N · ⌈V / chunk⌉·chunk float32, one byte short
+  monkeypatch.setattr(L, "KEEP_LOGITS_BUDGET", 4 * 12 * 56 - 1)    # N · ⌈V / chunk⌉·chunk float32, 1 byte short
   assert head_grad_matmuls(None) == 4
   assert L.keep_logits_default(12, 56, "cpu", 4 * 12 * 56) and not L.keep_logits_default(12, 56, "cpu", 4 * 12 * 56 - 1)
   assert not L.keep_logits_default(12, 56, "tpu", 2 ** 40) and not L.keep_logits_default(12, 56, "gpu", 2 ** 40)

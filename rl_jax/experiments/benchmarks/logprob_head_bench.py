@@ -57,8 +57,8 @@ def head_variants() -> dict:
 
 def bench_head(rows: int, repeats: int) -> dict:
   rng = np.random.default_rng(0)
-  args = (jnp.asarray(rng.normal(size=(rows, D)), jnp.float32), jnp.asarray(rng.normal(size=(D, V)) * 0.05, jnp.float32),
-          jnp.asarray(rng.integers(0, V, rows), jnp.int32))
+  args = (jnp.asarray(rng.normal(size=(rows, D)), jnp.float32),
+          jnp.asarray(rng.normal(size=(D, V)) * 0.05, jnp.float32), jnp.asarray(rng.integers(0, V, rows), jnp.int32))
   return alternate(head_variants(), args, repeats)
 
 
@@ -87,8 +87,8 @@ def step_case(prompts: int, group: int, new: int, remat: bool, prompt_len: int =
   steps = {}
   for name, budget in (("keep", 2 * 2 ** 30), ("recompute", 0)):
     L.KEEP_LOGITS_BUDGET = budget
-    step = make_rl_step(cfg, opt, objectives.get("grpo"), dict(beta=0.0, agg="seq-mean-token-mean"), prompt_len=prompt_len,
-                        packed=True)
+    step = make_rl_step(cfg, opt, objectives.get("grpo"), dict(beta=0.0, agg="seq-mean-token-mean"),
+                        prompt_len=prompt_len, packed=True)
     jax.block_until_ready(step(state, batch))      # traced (and compiled) under this budget
     steps[name] = step
   L.KEEP_LOGITS_BUDGET = 2 * 2 ** 30
