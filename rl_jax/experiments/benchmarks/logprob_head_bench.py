@@ -37,9 +37,10 @@ def cpu_seconds(fn, *args) -> float:
   return time.process_time() - start
 
 
-def alternate(variants: dict, args: tuple, repeats: int) -> dict:
-  """Median CPU seconds of each variant's fn(*args), called in turn (A B A B ...) after one warm-up call each."""
-  for fn in variants.values():
+def alternate(variants: dict, args: tuple, repeats: int, warm: bool = True) -> dict:
+  """Median CPU seconds of each variant's fn(*args), called in turn (A B A B ...) after one warm-up call each
+  (`warm=False`: they have been called already)."""
+  for fn in variants.values() if warm else ():
     jax.block_until_ready(fn(*args))
   times = {name: [] for name in variants}
   for _ in range(repeats):
@@ -112,9 +113,9 @@ def main(argv=None):
   if "step" in a.parts:
     p, g, new = (int(x) for x in a.step.split(","))
     steps, state, batch, n = step_case(p, g, new, a.remat)
-    t = alternate(steps, (state, batch), a.repeats)
+    t = alternate(steps, (state, batch), a.repeats, warm=False)
     print(f"packed SmolLM2 train step {p}x{g}x{new} (head N={n}, remat={a.remat}): keep {t['keep']:.3f} / recompute "
-          f"{t['recompute']:.3f} CPU s ({t['recompute'] - t['keep']:+.3f} s)")
+          f"{t['recompute']:.3f} CPU s ({t['keep'] - t['recompute']:+.3f} s)")
   print(f"load {load_average()} (1 min)")
 
 
