@@ -71,6 +71,25 @@ def test_local_sh_needs_a_module():
   assert r.returncode != 0 and "usage" in r.stderr
 
 
+def test_local_sh_exports_the_malloc_env_of_rl_jax_machine(tmp_path):
+  """local.sh sets rl_jax.machine.MALLOC_ENV (same values), keeps a value already set, and RL_JAX_MALLOC_ENV=0
+  leaves all of it unset; a stand-in python prints what it was started with."""
+  import os
+
+  from rl_jax.machine import MALLOC_ENV, MALLOC_SWITCH
+
+  fake = tmp_path / "python"
+  fake.write_text("#!/usr/bin/env bash\n" + "".join(f'echo "{k}=${{{k}-unset}}"\n' for k in MALLOC_ENV) + 'echo "$*"\n')
+  fake.chmod(0o755)
+  base = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV and k != MALLOC_SWITCH}
+  run = lambda **env: subprocess.run(["bash", str(ROOT / "launch/local.sh"), "some.module", "--x=1"],
+                                     env={**base, "PYTHON": str(fake), **env}, capture_output=True, text=True,
+                                     check=True).stdout.split()
+  assert run() == [f"{k}={v}" for k, v in MALLOC_ENV.items()] + ["-m", "some.module", "--x=1"]
+  assert run(MALLOC_ARENA_MAX="8")[0] == "MALLOC_ARENA_MAX=8"
+  assert run(**{MALLOC_SWITCH: "0"})[:len(MALLOC_ENV)] == [f"{k}=unset" for k in MALLOC_ENV]
+
+
 def test_tpu_pod_runs_the_commands_and_reuses_an_existing_vm(tmp_path):
   """Without --dry-run, a stand-in gcloud on PATH records the calls: create only when describe fails."""
   log = tmp_path / "calls.txt"

@@ -43,6 +43,7 @@ import numpy as np
 from rl_jax.chat import chat_text, encode_prompts
 from rl_jax.decode import decode_cache_from, decode_step, decode_weights, grow_cache, resolve_cpu_kernels
 from rl_jax.experiments.benchmarks.decode_previous import previous_decode_step, previous_weights
+from rl_jax.machine import reexec_with_malloc_env
 from rl_jax.models import default_positions, forward_with_cache, init_cache, load_gguf, load_tokenizer, smollm2_gguf_path
 from rl_jax.sampling import filter_logits, row_uniforms, sample_tokens
 
@@ -266,4 +267,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  reexec_with_malloc_env("rl_jax.experiments.benchmarks.decode_bench")   # glibc settings for XLA's per-call buffers
   main()

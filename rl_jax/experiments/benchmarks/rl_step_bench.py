@@ -59,7 +59,7 @@ from rl_jax import loop
 from rl_jax.chat import decode_completions, encode_prompts
 from rl_jax.experiments.benchmarks.decode_bench import load_average
 from rl_jax.experiments.benchmarks.rl_step_floor import Rates, generation_floor, measured_rates, rest_floor
-from rl_jax.machine import cpu_model
+from rl_jax.machine import cpu_model, reexec_with_malloc_env
 
 LR = 1e-5
 SEED = 0
@@ -527,4 +527,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  reexec_with_malloc_env("rl_jax.experiments.benchmarks.rl_step_bench")   # glibc settings for XLA's per-call buffers
   main()

@@ -47,7 +47,7 @@ from rl_jax.experiments.benchmarks.rl_step_bench import (LR, QUICK, SEED, Case, 
                                                   select_cases, tiny_prompts)
 from rl_jax.experiments.benchmarks.rl_step_floor import measured_rates
 from rl_jax.models import forward, init_params, save_hf_folder, tiny_config
-from rl_jax.machine import cpu_model
+from rl_jax.machine import cpu_model, reexec_with_malloc_env
 
 HEADER = header("tunix")
 
@@ -212,4 +212,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  reexec_with_malloc_env("rl_jax.experiments.benchmarks.rl_step_bench_tunix")   # glibc settings for XLA's per-call buffers
   main()
