@@ -61,3 +61,27 @@ def test_dots_policy_keeps_the_projections_and_the_attention_output():
   ref = jax.jit(grad(cfg))(params)
   for wrap in (jax.jit, lambda f: f):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ref, wrap(grad(dots))(params))
+
+
+def test_unrolled_layers_give_the_scanned_values_and_gradients_without_a_loop():
+  cfg = tiny_config(32, n_layers=3, max_seq_len=32)
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 12), 1, 32)
+  mask = jnp.ones_like(tokens).at[0, :3].set(0)
+
+  def loss(p, c):
+    lp, _ = token_logprobs(p, tokens, c, prompt_len=5, attn_mask=mask)
+    return jnp.sum(lp * jnp.arange(7.0)[None, :])
+
+  for remat in (False, True):
+    scanned = dataclasses.replace(cfg, remat=remat)
+    unrolled = dataclasses.replace(scanned, unroll_layers=True)
+    ref = jax.jit(jax.value_and_grad(lambda p: loss(p, scanned)))(params)
+    for wrap in (jax.jit, lambda f: f):
+      got = wrap(jax.value_and_grad(lambda p: loss(p, unrolled)))(params)
+      np.testing.assert_allclose(ref[0], got[0], rtol=1e-6)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ref[1], got[1])
+    # the layer stack is a loop in the scanned program and none in the unrolled one (the LM head's vocabulary
+    # chunks stay a scan: one loop forward, one backward)
+    loops = lambda c: jax.jit(jax.grad(lambda p: loss(p, c))).lower(params).as_text().count("stablehlo.while")
+    assert loops(scanned) == loops(unrolled) + 2, (loops(scanned), loops(unrolled))

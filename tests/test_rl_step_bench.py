@@ -33,7 +33,7 @@ def test_quick_mode_prints_one_row_of_positive_finite_numbers(capsys):
   assert trl_tps == pytest.approx(float(tokens) / trl_s, rel=0.02)
   assert ratio == pytest.approx(jax_tps / trl_tps, rel=0.02)
   assert "machine:" in out and "trl " in out
-  assert "TRL gradient checkpointing on, rl_jax no remat" in out     # the flag, named next to the figures
+  assert "TRL gradient checkpointing on, rl_jax no remat, layers unrolled" in out     # the flag, named next to the figures
   # the phase table: CPU seconds (wall in brackets) of generation and the rest per side, their ratios, the floors
   assert len(lines) == 6 and _cells(lines[3]) == rl_step_bench.phase_header("TRL")
   phases = _cells(lines[5])

@@ -32,6 +32,7 @@ class ModelConfig:
   dtype: str = "float32"        # compute dtype of the forward ("bfloat16": parameters cast at use, float32 master)
   attention: str = "full"       # "full" (scores [B, H, S, S_k] at once) or "chunked" (query blocks of attn_chunk)
   attn_chunk: int = 512         # query block of chunked attention
+  unroll_layers: bool = False   # trace the layer stack unrolled instead of a scan loop (see llama.hidden_states)
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):  # stored as a tuple so the config stays hashable (jit static arg)

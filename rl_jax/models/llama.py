@@ -298,6 +298,12 @@ def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: O
 
   `attention` (q [B, S, H, hd], k, v [B, S, K, hd]) -> [B, S, H·hd] replaces the causal padding-masked attention
   (packed sequences: rl_jax.prefix_grouper.grouped_attention); `positions` must then be given.
+
+  The layers run as one `jax.lax.scan` over the stacked parameters (compile time independent of depth), or
+  unrolled with cfg.unroll_layers: no loop, so XLA reads each layer's weights in place instead of slicing them
+  out of the stack and writes no per-iteration stacks of saved activations and weight gradients. Same values up
+  to float rounding; on CPU the SmolLM2-135M packed train step took 5.68 instead of 6.02 CPU s for 11 s more
+  compilation (README, "Full RL step").
   """
   if tokens.ndim != 2:
     raise ValueError(f"tokens must be [B, S], got shape {tokens.shape}.")
@@ -319,7 +325,7 @@ def hidden_states(params: dict, tokens: Array, cfg: ModelConfig, *, positions: O
   if cfg.remat:
     body = jax.checkpoint(body, policy=remat_policy(cfg))
 
-  x, _ = jax.lax.scan(body, x, params["layers"])
+  x, _ = jax.lax.scan(body, x, params["layers"], unroll=cfg.n_layers if cfg.unroll_layers else 1)
   return rms_norm(x, params["final_norm"], cfg.rms_eps)
 
 

@@ -75,6 +75,7 @@ class Case:
   vocab: int = 512    # tiny model only
   remat: bool = False  # recompute each layer in the backward pass (TRL: gradient checkpointing)
   remat_policy: str = "full"  # what rl_jax's recomputation keeps (rl_jax.models.llama.remat_policy)
+  unroll_layers: bool = True  # rl_jax's layers unrolled (the GSM8K experiment's CPU default; ModelConfig)
   trl_checkpointing: bool | None = None  # TRL's gradient checkpointing (None: as `remat`)
 
 
@@ -85,7 +86,7 @@ def gsm8k_case() -> Case:
 
   cfg = Config()
   return Case("gsm8k", prompts=cfg.prompts_per_step, group=cfg.group_size, new_tokens=cfg.max_new_tokens,
-              remat=cfg.remat, remat_policy=cfg.remat_policy)
+              remat=cfg.remat, remat_policy=cfg.remat_policy, unroll_layers=cfg.unroll_layers)
 
 
 def trl_checkpointing(case: Case) -> bool:
@@ -276,7 +277,7 @@ def medians(timed: list[Timing]) -> dict:
 def bench_rl_jax(case: Case, params, cfg, tok, prompts, steps: int) -> dict:
   """Median seconds and tokens of one RL step of the loop (`rl_jax.loop.rl_step`), after a warm-up step, with the
   step's generation (prompts, rollouts, decoding and reward) in wall and CPU seconds."""
-  cfg = dataclasses.replace(cfg, remat=case.remat, remat_policy=case.remat_policy)
+  cfg = dataclasses.replace(cfg, remat=case.remat, remat_policy=case.remat_policy, unroll_layers=case.unroll_layers)
   run_cfg = loop.RLConfig(seed=SEED, prompts_per_step=case.prompts, group_size=case.group, lr=LR, objective="grpo",
                           objective_args="agg=seq-mean-token-mean", checkpoint_every=0, progress_bar=False)
   task = BenchTask(case, tok, prompts)
@@ -356,7 +357,8 @@ def bench_trl(case: Case, model, tok, prompts, steps: int) -> dict:
   timed_steps = [Timing(*(e - b), *gen, n * p * g, float("nan"))
                  for b, e, gen, n in zip(marks["begin"][1:], marks["end"][1:], marks["gen"][1:], lengths)]
   first = marks["end"][0] - marks["begin"][0]
-  recompute = f"remat {case.remat_policy}" if case.remat else "no remat"
+  recompute = (f"remat {case.remat_policy}" if case.remat else "no remat") + (", layers unrolled" if case.unroll_layers
+                                                                             else ", layers scanned")
   note = f"TRL gradient checkpointing {'on' if trl_checkpointing(case) else 'off'}, rl_jax {recompute}"
   return dict(medians(timed_steps), first=first[0], threads=torch.get_num_threads(), note=note)
 
