@@ -11,7 +11,9 @@ from rl_jax.logprobs import token_logprobs
 from rl_jax.models import init_params, tiny_config
 
 
-def test_remat_changes_nothing_but_memory():
+def _tiny_loss():
+  """A 3-layer tiny model's config, parameters, and loss(params, cfg): a weighted sum of the completion log-probs
+  of 3 rows (one left-padded)."""
   cfg = tiny_config(32, n_layers=3, max_seq_len=32)
   params = init_params(cfg, jax.random.PRNGKey(0))
   tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 12), 1, 32)
@@ -20,6 +22,12 @@ def test_remat_changes_nothing_but_memory():
   def loss(p, c):
     lp, _ = token_logprobs(p, tokens, c, prompt_len=5, attn_mask=mask)
     return jnp.sum(lp * jnp.arange(7.0)[None, :])
+
+  return cfg, params, loss
+
+
+def test_remat_changes_nothing_but_memory():
+  cfg, params, loss = _tiny_loss()
 
   plain = jax.jit(jax.value_and_grad(lambda p: loss(p, cfg)))(params)
   for wrap in (jax.jit, lambda f: f):   # remat jitted and eager, against the plain model's jitted reference
@@ -64,14 +72,7 @@ def test_dots_policy_keeps_the_projections_and_the_attention_output():
 
 
 def test_unrolled_layers_give_the_scanned_values_and_gradients_without_a_loop():
-  cfg = tiny_config(32, n_layers=3, max_seq_len=32)
-  params = init_params(cfg, jax.random.PRNGKey(0))
-  tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 12), 1, 32)
-  mask = jnp.ones_like(tokens).at[0, :3].set(0)
-
-  def loss(p, c):
-    lp, _ = token_logprobs(p, tokens, c, prompt_len=5, attn_mask=mask)
-    return jnp.sum(lp * jnp.arange(7.0)[None, :])
+  cfg, params, loss = _tiny_loss()
 
   for remat in (False, True):
     scanned = dataclasses.replace(cfg, remat=remat)
