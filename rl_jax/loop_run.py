@@ -70,6 +70,7 @@ class Run:
     if not (self.micro_batches and self.logprob_micro_batches):
       raise ValueError("micro-batch counts of 0 (auto) are picked from compiled memory by loop.make_run.")
     self.decode_block = decode_block
+    self.layouts = set()   # (R, S) of the packed layouts packed so far (`pack`)
     self.mesh = make_mesh(cfg.mesh, devices)
     self.optimizer = rl_optimizer(cfg.lr)
     self.objective = objective or objectives_lib.get(cfg.objective)
@@ -145,9 +146,13 @@ class Run:
   def pack(self, tokens: np.ndarray, attn_mask: np.ndarray, prompt_len: int):
     """The rows in the packed layout (rl_jax.packing.pack_groups): R a multiple of lcm(micro-batch counts) ×
     the devices on the batch axes, so every micro-batch's rows spread over all of them; a group longer than
-    4 plain rows is split in parts (so a row need not be longer than 4 plain rows)."""
+    4 plain rows is split in parts (so a row need not be longer than 4 plain rows). A layout this run has
+    packed before is reused when barely larger than the best new one (`rl_jax.packing.choose_layout`'s known)."""
     multiple = packed_row_multiple(self)
-    return pack_groups(tokens, attn_mask, prompt_len, rows_multiple=multiple, max_span=span_limit(tokens.shape[1]))
+    packed = pack_groups(tokens, attn_mask, prompt_len, rows_multiple=multiple, max_span=span_limit(tokens.shape[1]),
+                         known=self.layouts)
+    self.layouts.add(packed.tokens.shape)
+    return packed
 
   def tree_shape(self) -> dict:
     """max_depth (segments to cover max_new_tokens) and first_width (the smallest power of two that reaches G
