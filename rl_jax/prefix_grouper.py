@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from rl_jax.logprobs import logprobs_from_hidden
+from rl_jax.logprobs import logprobs_from_hidden, lowering_platform
 from rl_jax.models.config import ModelConfig
 from rl_jax.models.llama import KVCache, cast_params, constrain_rows, forward_with_cache, hidden_states, init_cache, \
     lm_head_weight
@@ -112,7 +112,7 @@ def key_blocks(segment: Array, member: Array, prompt_window: int, completion_win
 
 def grouped_attention(q: Array, k: Array, v: Array, segment: Array, member: Array, prompt_window: int,
                       completion_window: int, cfg: ModelConfig, chunk: int = 0,
-                      blocks: Optional[KeyBlocks] = None) -> Array:
+                      blocks: Optional[KeyBlocks] = None, gathered: Optional[bool] = None) -> Array:
   """softmax(q kᵀ/√hd + `packed_mask`) v on packed rows, one block of C queries (from x0 = i·C) at a time
   against two key sets under one softmax (`key_blocks`):
     prompt: the `prompt_window` keys from the start of the span holding x0 (`span_starts`): the pairs whose key
@@ -125,18 +125,26 @@ def grouped_attention(q: Array, k: Array, v: Array, segment: Array, member: Arra
   whole spans): a completion token attends to its prompt and its own completion only (Prefix Grouper's mask,
   arXiv 2506.05433).
 
-  Every block's keys and values are gathered before the loop, head-major ([n, R, K, W, hd]), so the loop body
-  is two batched matmuls and a softmax, and the backward scatters their gradients back once (a loop over
-  closed-over keys would add a gradient of the full key array at every block: quadratic in S).
+  `gathered` (default: on CPU, `rl_jax.logprobs.lowering_platform`): every block's keys and values are gathered
+  before the loop, head-major ([n, R, K, W, hd]), so the loop body is two batched matmuls and a softmax, and the
+  backward scatters their gradients back once; slicing them inside the loop instead adds a gradient of the whole
+  key array at every block in the backward (quadratic in S: the GSM8K CPU step's attention took 0.77 CPU s per
+  layer on 4 rows of 1792 and 1.08 on one row of 7168 sliced, 0.59 / 0.66 gathered, README). The gathered copies
+  are W / C times the keys and values: on an accelerator, where HBM is what runs out (the 1.5B pod preset's
+  log-prob forward needed 36.6 GiB per v5p chip gathered against 18.2 sliced, its train step 22.8 against 15.3),
+  the loop slices.
 
-  q [R, S, H, hd], k/v [R, S, K, hd] → [R, S, H·hd]; C = `chunk` or `grouped_chunk(cfg)`; `blocks`: the
-  layout's `key_blocks` for this C (computed here if None). Products in float32 for cfg.attention == "full"
-  (as `_attention`), else in the input dtype with float32 accumulation; each block is recomputed in the
-  backward pass.
+  q [R, S, H, hd], k/v [R, S, K, hd] → [R, S, H·hd]; C = `chunk` or `grouped_chunk(cfg, gathered)`; `blocks`: the
+  layout's `key_blocks` for this C (computed here if None; gathered only). Products in float32 for
+  cfg.attention == "full" (as `_attention`), else in the input dtype with float32 accumulation; each block is
+  recomputed in the backward pass.
   """
   r, s, h, hd = q.shape
   kh, lw, w = k.shape[2], prompt_window, completion_window
-  c = min(chunk or grouped_chunk(cfg), s)
+  gathered = lowering_platform() == "cpu" if gathered is None else gathered
+  c = min(chunk or grouped_chunk(cfg, gathered), s)
+  if not gathered:
+    return _sliced_attention(q, k, v, segment, member, lw, w, cfg, c)
   n = -(-s // c)
   end = n * c - s
   if blocks is None:
@@ -162,21 +170,60 @@ def grouped_attention(q: Array, k: Array, v: Array, segment: Array, member: Arra
   return out.transpose(1, 0, 4, 2, 3, 5).reshape(r, n * c, h * hd)[:, :s]
 
 
+def _sliced_attention(q: Array, k: Array, v: Array, segment: Array, member: Array, prompt_window: int,
+                      completion_window: int, cfg: ModelConfig, c: int) -> Array:
+  """`grouped_attention` slicing each block's keys out of the padded keys inside the loop (no copies of K/V;
+  the backward adds a key-sized gradient per block)."""
+  r, s, h, hd = q.shape
+  kh, lw, w = k.shape[2], prompt_window, completion_window
+  n = -(-s // c)
+  end = n * c - s
+  dt = jnp.float32 if cfg.attention == "full" else q.dtype
+  qb = jnp.pad(q, ((0, 0), (0, end), (0, 0), (0, 0))).astype(dt).reshape(r, n, c, kh, h // kh, hd).swapaxes(0, 1)
+  blocks = lambda x: jnp.pad(x, ((0, 0), (0, end))).reshape(r, n, c).swapaxes(0, 1)
+  pad = lambda x: jnp.pad(x, ((0, 0), (w, end + lw)) + ((0, 0),) * (x.ndim - 2))   # key j at j + w
+  kp, vp, seg_k, mem_k = pad(k.astype(dt)), pad(v.astype(dt)), pad(segment), pad(member)
+  first = span_starts(segment)[:, ::c].T                                               # [n, R]
+
+  @jax.checkpoint
+  def block(_, xs):
+    i, qc, q_seg, q_mem, ps = xs
+    x0, qi = i * c, i * c + jnp.arange(c)
+    kj_p = ps[:, None] + jnp.arange(lw)[None]                                          # [R, lw] key indices
+    pre = lambda x: jnp.take_along_axis(x, (kj_p + w).reshape((r, lw) + (1,) * (x.ndim - 2)), axis=1)
+    band = lambda x: jax.lax.dynamic_slice_in_dim(x, x0, w + c, axis=1)               # keys x0 − w ..
+    kj_b = x0 - w + jnp.arange(w + c)
+    in_prompt_set = lambda kj, mem: (kj < x0) & (mem == 0)                             # [R, W]
+    ok_p = _allowed_at(qi, kj_p, q_seg, q_mem, pre(seg_k), pre(mem_k)) & in_prompt_set(kj_p, pre(mem_k))[:, None]
+    ok_b = _allowed_at(qi, jnp.broadcast_to(kj_b, (r, w + c)), q_seg, q_mem, band(seg_k), band(mem_k))
+    ok_b &= ~in_prompt_set(kj_b[None], band(mem_k))[:, None]
+    kc, vc = (jnp.concatenate([pre(x), band(x)], axis=1) for x in (kp, vp))
+    scores = jnp.einsum("bckgd,btkd->bkgct", qc, kc, preferred_element_type=jnp.float32) / math.sqrt(hd)
+    allowed = jnp.concatenate([ok_p, ok_b], axis=2)
+    probs = jax.nn.softmax(jnp.where(allowed[:, None, None], scores, -1e30), axis=-1)
+    out = jnp.einsum("bkgct,btkd->bckgd", probs.astype(dt), vc, preferred_element_type=jnp.float32)
+    return None, out.astype(q.dtype)
+
+  _, out = jax.lax.scan(block, None, (jnp.arange(n), qb, blocks(segment), blocks(member), first))
+  return out.swapaxes(0, 1).reshape(r, n * c, h * hd)[:, :s]
+
+
 def take_rows(x: Array, idx: Array) -> Array:
   """x [R, L, ...] at positions idx [n, R, W] of each row → [n, R, W, ...] (a gather batched over the rows, so a
   mesh that splits the rows keeps it on each device)."""
   return jax.vmap(lambda row, i: row[i], in_axes=(0, 1), out_axes=1)(x, idx)
 
 
-def grouped_chunk(cfg: ModelConfig) -> int:
-  """`grouped_attention`'s default query block: min(cfg.attn_chunk, GROUPED_CHUNK)."""
-  return min(cfg.attn_chunk, GROUPED_CHUNK)
+def grouped_chunk(cfg: ModelConfig, gathered: bool) -> int:
+  """`grouped_attention`'s default query block: min(cfg.attn_chunk, GROUPED_CHUNK[gathered])."""
+  return min(cfg.attn_chunk, GROUPED_CHUNK[gathered])
 
 
-# Measured per SmolLM2 layer (9 heads, fwd + bwd, one CPU core): at the GSM8K CPU step's windows (prompts ≤ 181,
-# completions ≤ 192, 4 × 1792 positions) 0.66 CPU s with blocks of 32 queries, 0.59 with 64, 0.60 with 128; at
-# the RL-step benchmark's 2 × 4 × 64 step (one row of 640) 32 and 64 tie (0.018 / 0.019 s).
-GROUPED_CHUNK = 64
+# Gathered (CPU), measured per SmolLM2 layer (9 heads, fwd + bwd, one CPU core): at the GSM8K CPU step's windows
+# (prompts ≤ 181, completions ≤ 192, 4 × 1792 positions) 0.66 CPU s with blocks of 32 queries, 0.59 with 64,
+# 0.60 with 128; at the RL-step benchmark's 2 × 4 × 64 step (one row of 640) 32 and 64 tie (0.018 / 0.019 s).
+# Sliced (accelerators): 32, as tuned before on CPU; not tuned on an accelerator.
+GROUPED_CHUNK = {True: 64, False: 32}
 
 
 def _allowed_at(qi, kj, q_seg, q_mem, k_seg, k_mem):
@@ -209,10 +256,13 @@ def packed_logprobs(params: dict, cfg: ModelConfig, packed, shape: tuple[int, in
   gradients of the plain layout (Prefix Grouper, arXiv 2506.05433). `shape` = (B, T); `packed`: a
   rl_jax.packing.Packed of arrays; `vocab_chunk`, `keep_logits`: see `rl_jax.logprobs.logprobs_from_hidden`.
   """
-  c = min(grouped_chunk(cfg), packed.tokens.shape[1])
-  blocks = key_blocks(packed.segment, packed.member, packed.prompt_window, packed.completion_window, c)   # all layers
+  gathered = lowering_platform() == "cpu"
+  c = min(grouped_chunk(cfg, gathered), packed.tokens.shape[1])
+  blocks = key_blocks(packed.segment, packed.member, packed.prompt_window, packed.completion_window, c) if gathered \
+      else None                                                                        # shared by every layer
   attention = lambda q, k, v: grouped_attention(q, k, v, packed.segment, packed.member, packed.prompt_window,
-                                                packed.completion_window, cfg, chunk=c, blocks=blocks)
+                                                packed.completion_window, cfg, chunk=c, blocks=blocks,
+                                                gathered=gathered)
   h = hidden_states(params, packed.tokens, cfg, positions=packed.positions, attention=attention)   # [R, S, D]
   pred = jnp.take_along_axis(h, packed.source[..., None], axis=1)                                   # [R, N, D]
   r, n, d = pred.shape

@@ -187,17 +187,19 @@ def qkv(r, s, seed=0, hd=8):
                                                                        (4, 2, 2)))
 
 
+@pytest.mark.parametrize("gathered", [True, False])   # the CPU path and the accelerators' (`grouped_attention`)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("chunk,attention,jit", [(3, "full", True), (4, "chunked", False), (0, "full", False),
                                                  (64, "full", True)])
-def test_grouped_attention_equals_a_float64_reference(layout, chunk, attention, jit):
+def test_grouped_attention_equals_a_float64_reference(layout, chunk, attention, jit, gathered):
   groups, multiple = LAYOUTS[layout]
   tokens, attn = make_batch(groups, seed=8)
   rows = pack_groups(tokens, attn, P, rows_multiple=multiple)
   q, k, v = qkv(*rows.tokens.shape)
   cfg = dataclasses.replace(CFG, attention=attention)
   fn = lambda q, k, v: grouped_attention(q, k, v, jnp.asarray(rows.segment), jnp.asarray(rows.member),
-                                         rows.prompt_window, rows.completion_window, cfg, chunk=chunk)
+                                         rows.prompt_window, rows.completion_window, cfg, chunk=chunk,
+                                         gathered=gathered)
   got = (jax.jit(fn) if jit else fn)(q, k, v)
   np.testing.assert_allclose(np.asarray(got), dense_reference(q, k, v, rows.segment, rows.member), rtol=1e-5,
                              atol=1e-5)
@@ -205,7 +207,8 @@ def test_grouped_attention_equals_a_float64_reference(layout, chunk, attention, 
     assert not rows.segment[-1].any()                          # a row of padding only
 
 
-def test_grouped_attention_needs_its_windows():
+@pytest.mark.parametrize("gathered", [True, False])
+def test_grouped_attention_needs_its_windows(gathered):
   # exact at the longest prompt (7) and completion (6) of the batch, not narrower (chunk 2: most blocks start
   # inside a span)
   tokens, attn = make_batch(ALL, seed=8)
@@ -213,7 +216,8 @@ def test_grouped_attention_needs_its_windows():
   q, k, v = qkv(*rows.tokens.shape)
   seg, mem = jnp.asarray(rows.segment), jnp.asarray(rows.member)
   want = dense_reference(q, k, v, rows.segment, rows.member)
-  err = lambda lw, w: float(np.abs(np.asarray(grouped_attention(q, k, v, seg, mem, lw, w, CFG, chunk=2)) - want).max())
+  err = lambda lw, w: float(np.abs(np.asarray(grouped_attention(q, k, v, seg, mem, lw, w, CFG, chunk=2,
+                                                                gathered=gathered)) - want).max())
   assert err(7, 6) < 1e-5 and err(6, 6) > 1e-3 and err(7, 4) > 1e-3
 
 
@@ -229,14 +233,16 @@ def test_grouped_attention_takes_precomputed_key_blocks_of_its_chunk_only():
     grouped_attention(q, k, v, seg, mem, lw, w, CFG, chunk=2, blocks=blocks)
 
 
-def test_grouped_attention_gradients_equal_the_dense_masked_attention():
+@pytest.mark.parametrize("gathered", [True, False])
+def test_grouped_attention_gradients_equal_the_dense_masked_attention(gathered):
   tokens, attn = make_batch(LAYOUTS["uneven"][0] + CASES["ragged"], seed=9)
   rows = pack_groups(tokens, attn, P, rows_multiple=2)
   q, k, v = qkv(*rows.tokens.shape, seed=1)
   seg, mem = jnp.asarray(rows.segment), jnp.asarray(rows.member)
   weights = jax.random.normal(jax.random.PRNGKey(5), q.shape[:2] + (q.shape[2] * q.shape[3],))
   grouped = lambda q, k, v: jnp.sum(weights * grouped_attention(q, k, v, seg, mem, rows.prompt_window,
-                                                                rows.completion_window, CFG, chunk=5))
+                                                                rows.completion_window, CFG, chunk=5,
+                                                                gathered=gathered))
   dense = lambda q, k, v: jnp.sum(weights * _attention(q, k, v, packed_mask(seg, mem), CFG))
   for g, d in zip(jax.jit(jax.grad(grouped, argnums=(0, 1, 2)))(q, k, v), jax.grad(dense, argnums=(0, 1, 2))(q, k, v)):
     assert float(jnp.abs(d).max()) > 0.1

@@ -75,7 +75,7 @@ class Case:
   vocab: int = 512    # tiny model only
   remat: bool = False  # recompute each layer in the backward pass (TRL: gradient checkpointing)
   remat_policy: str = "full"  # what rl_jax's recomputation keeps (rl_jax.models.llama.remat_policy)
-  unroll_layers: bool = True  # rl_jax's layers unrolled (the GSM8K experiment's CPU default; ModelConfig)
+  unroll_layers: bool = True  # rl_jax's layers unrolled (tiny, SmolLM2; the gsm8k case takes its experiment's default)
   trl_checkpointing: bool | None = None  # TRL's gradient checkpointing (None: as `remat`)
 
 
