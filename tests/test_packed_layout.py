@@ -382,3 +382,5 @@ def test_the_packed_shapes_benchmark_counts_shapes_and_restores_the_rounding():
     assert 1 <= c["logprob_shapes"] <= 4 and 1 <= c["train_shapes"] <= 8
     assert 1.0 <= c["positions_per_distinct"] <= c["worst"] < 1.5
   assert coarse["positions_per_distinct"] >= fine["positions_per_distinct"]   # coarser sizes never pack tighter here
+  fresh = bench.count(steps=4, seed=1, reuse=False)
+  assert fresh["train_shapes"] >= coarse["train_shapes"] and fresh["logprob_shapes"] >= coarse["logprob_shapes"]

@@ -4,8 +4,9 @@ Every new (R, S, N) of the packed rows (rl_jax.packing) compiles the train step 
 again. This draws GSM8K-like batches (8 prompts of 80–160 real tokens, padded to 160; 4 completions each,
 log-normal around 170 tokens, capped at 192), packs each whole batch (the π_old / reference forward) and its 2
 mini-batches of whole groups (the train step) as the loop does, and counts the distinct shapes over `--steps`
-steps and the positions computed per distinct real token, for the rounding in use and for every size at 1/16
-of an octave (the earlier rounding), side by side.
+steps and the positions computed per distinct real token, side by side: the loop's packing (the rounding in use,
+reusing a layout the run already compiled when barely larger: `rl_jax.packing.choose_layout`'s known), the same
+rounding with every step's layout chosen afresh, and every size at 1/16 of an octave (the earlier rounding).
 
   python -m rl_jax.experiments.benchmarks.packed_shapes_bench [--steps=100] [--seed=0]
 """
@@ -50,16 +51,23 @@ def shape_of(rows: packing.Packed) -> tuple:
   return rows.tokens.shape, rows.targets.shape, rows.prompt_window, rows.completion_window
 
 
-def count(steps: int, seed: int) -> dict:
-  """Distinct log-prob and train-step shapes over `steps` steps, and train-step positions / distinct tokens."""
-  rng, logprob, train, ratio = np.random.default_rng(seed), set(), set(), []
+def count(steps: int, seed: int, reuse: bool = True) -> dict:
+  """Distinct log-prob and train-step shapes over `steps` steps, and train-step positions / distinct tokens;
+  `reuse`: every packing may take a layout packed before (one set for the run, as rl_jax.loop_run.Run.pack)."""
+  rng, logprob, train, ratio, known = np.random.default_rng(seed), set(), set(), [], set()
   width = packing.span_limit(PROMPT + NEW)             # as rl_jax.loop_run.Run.pack
+
+  def pack(tokens, attn):
+    packed = packing.pack_groups(tokens, attn, PROMPT, max_span=width, known=known if reuse else ())
+    known.add(packed.tokens.shape)
+    return packed
+
   for _ in range(steps):
     tokens, attn = draw_batch(rng)
-    logprob.add(shape_of(packing.pack_groups(tokens, attn, PROMPT, max_span=width)))
+    logprob.add(shape_of(pack(tokens, attn)))
     for m in range(MINI_BATCHES):
       rows = np.arange(len(tokens)).reshape(PROMPTS, GROUP)[m::MINI_BATCHES].ravel()
-      packed = packing.pack_groups(tokens[rows], attn[rows], PROMPT, max_span=width)
+      packed = pack(tokens[rows], attn[rows])
       train.add(shape_of(packed))
       stats = packing.layout_stats(packed, tokens[rows], attn[rows])
       ratio.append(stats["packed_positions"] / stats["distinct_tokens"])
@@ -78,9 +86,10 @@ def main(argv=None):
   print(f"{args.steps} steps of {PROMPTS} groups × {GROUP}, {MINI_BATCHES} mini-batches (seed {args.seed})\n")
   print("| rounding (S, N: 1/k of an octave) | log-prob shapes | train-step shapes | positions / distinct (worst) |")
   print("|---|---|---|---|")
-  for name, fine in (("in use", now), ("every size 1/16", (16, 16))):
+  for name, fine, reuse in (("in use, compiled layouts reused (the loop)", now, True),
+                            ("in use, each layout chosen afresh", now, False), ("every size 1/16", (16, 16), False)):
     with rounding(*fine):
-      c = count(args.steps, args.seed)
+      c = count(args.steps, args.seed, reuse)
     print(f"| {name}: 1/{fine[0]}, 1/{fine[1]} | {c['logprob_shapes']} | {c['train_shapes']} | "
           f"{c['positions_per_distinct']:.3f} ({c['worst']:.3f}) |")
 
