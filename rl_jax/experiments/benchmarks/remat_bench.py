@@ -1,5 +1,5 @@
 """CPU seconds and compiled temporary memory of the RL train step under each layer-recomputation setting (remat
-off, "full", "dots"), at the GSM8K experiment's CPU default shape with SmolLM2-135M-Instruct's real weights.
+off, "full", "dots"; "full-unrolled", "dots-unrolled" with the layers unrolled instead of scanned), at the GSM8K experiment's CPU default shape with SmolLM2-135M-Instruct's real weights.
 
 The step is the loop's packed train step (`make_rl_step(..., packed=True)`, GRPO, Adam with global-norm clipping
 1.0, float32) on a GSM8K-like batch (`prefix_grouper_bench.gsm8k_like_batch`: 8 prompts x 4 samples, prompts of
@@ -31,7 +31,10 @@ from rl_jax.packing import layout_stats, pack_groups, span_limit
 from rl_jax.train import RLBatch, init_state, make_rl_step
 
 SETTINGS = {"off": dict(remat=False), "full": dict(remat=True, remat_policy="full"),
-            "dots": dict(remat=True, remat_policy="dots")}
+            "dots": dict(remat=True, remat_policy="dots"),
+            # the layer stack unrolled instead of scanned (ModelConfig.unroll_layers)
+            "full-unrolled": dict(remat=True, remat_policy="full", unroll_layers=True),
+            "dots-unrolled": dict(remat=True, remat_policy="dots", unroll_layers=True)}
 WIDTH = 192   # prompts padded to this many tokens
 
 
