@@ -128,8 +128,9 @@ def grouped_attention(q: Array, k: Array, v: Array, segment: Array, member: Arra
   `gathered` (default: on CPU, `rl_jax.logprobs.lowering_platform`): every block's keys and values are gathered
   before the loop, head-major ([n, R, K, W, hd]), so the loop body is two batched matmuls and a softmax, and the
   backward scatters their gradients back once; slicing them inside the loop instead adds a gradient of the whole
-  key array at every block in the backward (quadratic in S: the GSM8K CPU step's attention took 0.77 CPU s per
-  layer on 4 rows of 1792 and 1.08 on one row of 7168 sliced, 0.59 / 0.66 gathered, README). The gathered copies
+  key array at every block in the backward (quadratic in S: at the GSM8K CPU step's windows one SmolLM2 layer's
+  attention, forward + backward, took 0.78 CPU s on 4 rows of 1792 and 1.06 on one row of 7168 sliced with blocks
+  of 32, 0.58 / 0.65 gathered with blocks of 64: `grouped_attention_bench`, README). The gathered copies
   are W / C times the keys and values: on an accelerator, where HBM is what runs out (the 1.5B pod preset's
   log-prob forward needed 36.6 GiB per v5p chip gathered against 18.2 sliced, its train step 22.8 against 15.3),
   the loop slices.
@@ -219,10 +220,11 @@ def grouped_chunk(cfg: ModelConfig, gathered: bool) -> int:
   return min(cfg.attn_chunk, GROUPED_CHUNK[gathered])
 
 
-# Gathered (CPU), measured per SmolLM2 layer (9 heads, fwd + bwd, one CPU core): at the GSM8K CPU step's windows
-# (prompts ≤ 181, completions ≤ 192, 4 × 1792 positions) 0.66 CPU s with blocks of 32 queries, 0.59 with 64,
-# 0.60 with 128; at the RL-step benchmark's 2 × 4 × 64 step (one row of 640) 32 and 64 tie (0.018 / 0.019 s).
-# Sliced (accelerators): 32, as tuned before on CPU; not tuned on an accelerator.
+# Gathered (CPU), per SmolLM2 layer (9 heads, fwd + bwd, one CPU core, `grouped_attention_bench`): at the GSM8K
+# CPU step's windows (prompt window 181, completions 192) 0.64 CPU s with blocks of 32 queries and 0.58 with 64
+# on 4 rows of 1792, 0.72 / 0.65 on one row of 7168; at the RL-step benchmark's 2 × 4 × 64 step (one row of 640,
+# measured apart) 32 and 64 tie (0.018 / 0.019 s). Sliced (accelerators): 32, as tuned before on CPU; not tuned
+# on an accelerator.
 GROUPED_CHUNK = {True: 64, False: 32}
 
 
